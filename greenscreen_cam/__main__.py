@@ -1,0 +1,4 @@
+from greenscreen_cam.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,493 @@
+"""Benchmarks behind ``greencam bench`` (medians, never single timings).
+
+- :func:`bench_tracker`: per-stage median ms/frame of the streaming tracker and,
+  in the same run on the same frames, the official ``SAM2VideoPredictor``.
+- ``e2e=True``: the whole offline pipeline (decode, track, composite, encode)
+  against the bare tracker on the same frames.
+- :func:`bench_compositor`: the compositor's default path at 1280x720.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from greenscreen_cam.errors import ConfigError
+
+
+def synthetic_frames(n: int, width: int = 1280, height: int = 720, seed: int = 0) -> list[np.ndarray]:
+    """A textured background with a moving, slowly deforming ellipse (RGB uint8)."""
+    rng = np.random.default_rng(seed)
+    base = cv2.resize(rng.integers(0, 255, (18, 32, 3), dtype=np.uint8), (width, height), interpolation=cv2.INTER_CUBIC)
+    frames = []
+    for i in range(n):
+        img = base.copy()
+        cx = int(width * (0.35 + 0.3 * (i / max(1, n - 1))))
+        cv2.ellipse(img, (cx, height // 2), (width // 8, height // 3 + (i % 5)), 0, 0, 360, (230, 80, 40), -1)
+        frames.append(img)
+    return frames
+
+
+def load_frames(source: str, n: int) -> list[np.ndarray]:
+    from greenscreen_cam.sources import ImageFolderSource, VideoFileSource
+
+    path = Path(source)
+    src = ImageFolderSource(path) if path.is_dir() else VideoFileSource(path)
+    frames: list[np.ndarray] = []
+    try:
+        while len(frames) < n and (f := src.read()) is not None:
+            frames.append(f.image)
+    finally:
+        src.close()
+    if len(frames) < 2:
+        raise ConfigError(f"{source} has fewer than 2 frames")
+    return frames
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "opencv": cv2.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _median_ms(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench_tracker(
+    *,
+    source: str | None,
+    frames: int,
+    model: str,
+    checkpoint: str | None,
+    random_weights: bool,
+    resolution: int | None,
+    device: str,
+    bbox: str | None,
+    reference: bool,
+    e2e: bool,
+    compile_model: bool = False,
+) -> dict[str, Any]:
+    import torch
+
+    from greenscreen_cam import models
+    from greenscreen_cam.segmenter import STAGES, Prompt
+
+    imgs = synthetic_frames(frames) if source is None else load_frames(source, frames)
+    h, w = imgs[0].shape[:2]
+    box = _parse_box(bbox, w, h)
+    prompt = Prompt(box=box)  # type: ignore[arg-type]
+    prompt.validate(w, h)
+    with tempfile.TemporaryDirectory(prefix="greencam-bench-") as tmp:
+        tmpdir = Path(tmp)
+        tracker, spec, dev, res, ckpt = _pipeline_setup(
+            model, checkpoint, random_weights, resolution, device, tmpdir, profile=True, compile_model=compile_model
+        )
+        # The official predictor reads a JPEG folder: both sides run on the very same decoded frames.
+        folder = tmpdir / "frames"
+        folder.mkdir()
+        for i, img in enumerate(imgs):
+            cv2.imwrite(
+                str(folder / f"{i:05d}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95]
+            )
+        imgs = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(folder.iterdir())]
+
+        if dev.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        # warm-up pass (kernels, allocator, compile), then the measured pass
+        tracker.prompt(imgs[0], prompt)
+        for img in imgs[1 : min(len(imgs), 4)]:
+            tracker.track(img)
+        tracker.timings.clear()
+        totals: list[float] = []
+        for i, img in enumerate(imgs):
+            start = time.perf_counter()
+            if i == 0:
+                tracker.prompt(img, prompt)
+            else:
+                tracker.track(img)
+            if dev.startswith("cuda"):
+                torch.cuda.synchronize()
+            if i > 0:
+                totals.append((time.perf_counter() - start) * 1000.0)
+        stages = {name: _median_ms(tracker.timings[name][1:]) for name in STAGES}
+        result: dict[str, Any] = {
+            "kind": "tracker",
+            "model": spec.name,
+            "resolution": res,
+            "device": dev,
+            "dtype": "bf16 autocast" if models.autocast_dtype(dev) is not None else "float32",
+            "compiled": compile_model,
+            "frames": len(imgs),
+            "frame_size": f"{w}x{h}",
+            "source": source or "synthetic",
+            "weights": "random (seeded)" if random_weights else str(ckpt),
+            "stages_ms": stages,
+            "total_ms": _median_ms(totals),
+            "stored_entries": list(tracker.stored_entries()),
+            "machine": machine(),
+        }
+        if dev.startswith("cuda"):
+            result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["peak_rss_mb"] = _peak_rss_mb()
+
+        if e2e:
+            result.update(_bench_pipeline(folder, tracker, prompt, result["total_ms"], tmpdir))
+            result["kind"] = "e2e"
+        if reference:
+            result["reference"] = _bench_official(spec, ckpt, dev, res, folder, box, len(imgs))
+            ref = result["reference"]["propagate_ms"]
+            result["ratio_vs_official"] = result["total_ms"] / ref if ref else None
+            with_load = result["reference"]["per_frame_with_loading_ms"]
+            result["ratio_vs_official_with_loading"] = (result["total_ms"]) / with_load if with_load else None
+        del tracker
+    return result
+
+
+def _bench_official(
+    spec: Any, ckpt: Path, dev: str, res: int, folder: Path, box: tuple[float, ...], n: int
+) -> dict[str, Any]:
+    import contextlib
+    import warnings
+
+    import torch
+    from sam2.build_sam import build_sam2_video_predictor
+
+    predictor = build_sam2_video_predictor(
+        spec.config, str(ckpt), device=dev, hydra_overrides_extra=[f"++model.image_size={res}"]
+    )
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.startswith("cuda") else contextlib.nullcontext()
+    x, y, bw, bh = box
+    with warnings.catch_warnings(), amp, open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        warnings.simplefilter("ignore")
+        # warm-up on a short prefix, then the measured run
+        state = predictor.init_state(str(folder))
+        predictor.add_new_points_or_box(state, 0, 1, box=[x, y, x + bw, y + bh])
+        for i, _ in enumerate(predictor.propagate_in_video(state)):
+            if i >= 3:
+                break
+        t0 = time.perf_counter()
+        state = predictor.init_state(str(folder))
+        load_s = time.perf_counter() - t0
+        predictor.add_new_points_or_box(state, 0, 1, box=[x, y, x + bw, y + bh])
+        times = []
+        last = time.perf_counter()
+        for i, _ in enumerate(predictor.propagate_in_video(state)):
+            if dev.startswith("cuda"):
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            if i > 0:
+                times.append((now - last) * 1000.0)
+            last = now
+    propagate = _median_ms(times)
+    return {
+        "propagate_ms": propagate,
+        "loading_ms_per_frame": load_s * 1000.0 / n,
+        "per_frame_with_loading_ms": propagate + load_s * 1000.0 / n,
+    }
+
+
+def _bench_pipeline(folder: Path, tracker: Any, prompt: Any, bare_ms: float, tmpdir: Path) -> dict[str, Any]:
+    from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.pipeline import Pipeline
+    from greenscreen_cam.sinks import VideoFileSink
+    from greenscreen_cam.sources import ImageFolderSource
+
+    src = ImageFolderSource(folder)
+    out_path = tmpdir / "e2e.mp4"
+    with VideoFileSink(out_path, src.width, src.height, src.fps) as sink:
+        tracker.timings.clear()
+        pipe = Pipeline(src, tracker, Compositor(CompositorSettings(smooth=0.3)), sink, prompt=prompt)
+        start = time.perf_counter()
+        summary = pipe.run()
+        wall = time.perf_counter() - start
+    per_frame = wall * 1000.0 / max(1, summary["frames_out"])
+    compose = [t * 1000.0 for t in pipe.stats.compose_times]
+    track = [t * 1000.0 for t in pipe.stats.track_times][1:]
+    return {
+        "e2e_ms_per_frame": per_frame,
+        "e2e_track_ms": _median_ms(track),
+        "e2e_compose_send_ms": _median_ms(compose),
+        "bare_tracker_ms": bare_ms,
+        "pipeline_overhead": per_frame / bare_ms - 1.0 if bare_ms else None,
+    }
+
+
+class _CountingSink:
+    """Counts frames as they arrive: the 'external count' the status line is checked against."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.times: list[float] = []
+
+    def send(self, frame: np.ndarray) -> None:
+        self.count += 1
+        self.times.append(time.perf_counter())
+
+    def close(self) -> None:
+        pass
+
+
+def _pipeline_setup(
+    model: str,
+    checkpoint: str | None,
+    random_weights: bool,
+    resolution: int | None,
+    device: str,
+    tmpdir: Path,
+    *,
+    profile: bool = False,
+    compile_model: bool = False,
+) -> tuple[Any, Any, str, int, Path]:
+    """Load the tracker a benchmark runs: ``(tracker, spec, device, resolution, checkpoint path)``."""
+    import torch
+
+    from greenscreen_cam import models
+    from greenscreen_cam.segmenter import StreamingTracker
+
+    spec = models.get_spec(model)
+    dev = models.resolve_device(device)
+    res = resolution or models.DEFAULT_RESOLUTION[dev.split(":")[0]]
+    if random_weights:
+        ckpt = models.save_random_checkpoint(spec, tmpdir / spec.filename, seed=0)
+    else:
+        ckpt = models.resolve_checkpoint(spec, Path(checkpoint) if checkpoint else None)
+    net = models.load_model(spec, ckpt, device=dev, resolution=res)
+    if compile_model:
+        net.image_encoder.forward = torch.compile(net.image_encoder.forward, dynamic=False)
+    return StreamingTracker(net, autocast=models.autocast_dtype(dev), profile=profile), spec, dev, res, ckpt
+
+
+def bench_live(
+    *,
+    source: str,
+    seconds: float,
+    model: str,
+    checkpoint: str | None,
+    random_weights: bool,
+    resolution: int | None,
+    device: str,
+    bbox: str | None,
+    flow: bool = False,
+) -> dict[str, Any]:
+    """Run the live loop on a file paced at its own fps (like a camera) and compare the stats to an external count."""
+    from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.pipeline import Pipeline
+    from greenscreen_cam.segmenter import Prompt
+    from greenscreen_cam.sources import open_source
+
+    with tempfile.TemporaryDirectory(prefix="greencam-bench-") as tmp:
+        tracker, spec, dev, res, _ = _pipeline_setup(model, checkpoint, random_weights, resolution, device, Path(tmp))
+        src = open_source(source, realtime=True)
+        box = _parse_box(bbox, src.width, src.height)
+        sink = _CountingSink()
+        pipe = Pipeline(
+            src,
+            tracker,
+            Compositor(CompositorSettings(smooth=0.3)),
+            sink,
+            prompt=Prompt(box=box),  # type: ignore[arg-type]
+            flow=flow,
+            max_frames=max(2, int(seconds * src.fps)),
+        )
+        summary = pipe.run()
+        src.close()
+    gaps = np.diff(sink.times) * 1000.0 if len(sink.times) > 1 else np.zeros(1)
+    return {
+        "kind": "live",
+        "model": spec.name,
+        "resolution": res,
+        "device": dev,
+        "source": source,
+        "source_fps": src.fps,
+        "frame_size": f"{src.width}x{src.height}",
+        "flow": flow,
+        "status": {
+            k: summary[k]
+            for k in (
+                "frames_in",
+                "frames_out",
+                "tracked",
+                "dropped",
+                "input_fps",
+                "output_fps",
+                "tracker_fps",
+                "latency_p50_ms",
+                "latency_p95_ms",
+                "seconds",
+            )
+        },
+        "external_frames_written": sink.count,
+        "external_output_fps": (sink.count - 1) / (sink.times[-1] - sink.times[0]) if sink.count > 1 else 0.0,
+        "median_gap_ms": float(np.median(gaps)),
+        "p95_gap_ms": float(np.percentile(gaps, 95)),
+        "machine": machine(),
+    }
+
+
+def bench_soak(
+    *,
+    source: str | None,
+    frames: int,
+    model: str,
+    checkpoint: str | None,
+    random_weights: bool,
+    resolution: int | None,
+    device: str,
+    size: int = 96,
+) -> dict[str, Any]:
+    """Track ``frames`` frames of a looped clip (scaled down to ``size`` px wide) and sample the process RSS."""
+    from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.segmenter import Prompt
+
+    clip = synthetic_frames(30) if source is None else load_frames(source, 60)
+    h = max(2, round(clip[0].shape[0] * size / clip[0].shape[1]))
+    clip = [cv2.resize(f, (size, h), interpolation=cv2.INTER_AREA) for f in clip]
+    with tempfile.TemporaryDirectory(prefix="greencam-bench-") as tmp:
+        tracker, spec, dev, res, _ = _pipeline_setup(model, checkpoint, random_weights, resolution, device, Path(tmp))
+        comp = Compositor(CompositorSettings(smooth=0.3))
+        tracker.prompt(clip[0], Prompt(box=(size / 4, h / 4, size / 2, h / 2)))
+        samples: list[tuple[int, float]] = []
+        start = time.perf_counter()
+        for i in range(1, frames):
+            frame = clip[i % len(clip)]
+            result = tracker.track(frame)
+            comp.compose(frame, result.low_res_numpy())
+            if i % 100 == 0:
+                samples.append((i, _rss_mb()))
+        elapsed = time.perf_counter() - start
+    warm = next((rss for i, rss in samples if i >= 300), samples[0][1] if samples else 0.0)
+    peak_after = max((rss for i, rss in samples if i >= 300), default=warm)
+    return {
+        "kind": "soak",
+        "model": spec.name,
+        "resolution": res,
+        "device": dev,
+        "frames": frames,
+        "frame_size": f"{size}x{h}",
+        "seconds": elapsed,
+        "rss_samples_mb": samples,
+        "rss_at_300_mb": warm,
+        "rss_max_after_300_mb": peak_after,
+        "rss_growth": peak_after / warm - 1.0 if warm else 0.0,
+        "stored_entries": list(tracker.stored_entries()),
+        "machine": machine(),
+    }
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return _peak_rss_mb()
+
+
+def _parse_box(bbox: str | None, width: int, height: int) -> tuple[float, ...]:
+    if bbox:
+        from greenscreen_cam.cli import parse_numbers
+
+        return parse_numbers(bbox, 4, "--bbox")
+    return (width / 4, height / 4, width / 2, height / 2)
+
+
+def bench_compositor(frames: int, width: int = 1280, height: int = 720) -> dict[str, Any]:
+    from greenscreen_cam.compositor import Compositor, CompositorSettings
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:64, 0:64]
+    results: dict[str, Any] = {
+        "kind": "compositor",
+        "frame_size": f"{width}x{height}",
+        "frames": frames,
+        "machine": machine(),
+    }
+    for name, settings in [
+        ("default (smooth 0.3)", CompositorSettings(smooth=0.3)),
+        ("no smoothing", CompositorSettings(smooth=0.0)),
+        ("despill", CompositorSettings(smooth=0.3, despill=True)),
+        ("refine none", CompositorSettings(refine="none", smooth=0.0)),
+    ]:
+        comp = Compositor(settings)
+        times = []
+        for i in range(frames + 10):
+            logits = (22.0 - np.hypot(yy - 32 - (i % 3), xx - 32)).astype(np.float32)
+            start = time.perf_counter()
+            comp.compose(frame, logits)
+            if i >= 10:
+                times.append((time.perf_counter() - start) * 1000.0)
+        results[name] = {"median_ms": _median_ms(times), "p95_ms": float(np.percentile(times, 95))}
+    return results
+
+
+def print_result(result: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    if result["kind"] in ("live", "soak"):
+        import json
+
+        console.print_json(json.dumps(result))
+        return
+    if result["kind"] == "compositor":
+        table = Table(title=f"compositor, {result['frame_size']}, {result['frames']} frames")
+        table.add_column("path")
+        table.add_column("median ms")
+        table.add_column("p95 ms")
+        for key, value in result.items():
+            if isinstance(value, dict) and "median_ms" in value:
+                table.add_row(key, f"{value['median_ms']:.2f}", f"{value['p95_ms']:.2f}")
+        console.print(table)
+        return
+    title = (
+        f"{result['model']} @ {result['resolution']} on {result['device']} ({result['dtype']}"
+        f"{', compiled' if result['compiled'] else ''}), {result['frames']} frames {result['frame_size']}"
+    )
+    table = Table(title=title)
+    table.add_column("stage")
+    table.add_column("median ms/frame", justify="right")
+    for stage, ms in result["stages_ms"].items():
+        table.add_row(stage, f"{ms:.1f}")
+    table.add_row("[bold]total[/]", f"[bold]{result['total_ms']:.1f}[/]")
+    console.print(table)
+    if "peak_gpu_mb" in result:
+        console.print(f"peak GPU memory: {result['peak_gpu_mb']:.0f} MiB")
+    console.print(
+        f"peak process RSS: {result['peak_rss_mb']:.0f} MiB; stored memory entries: {result['stored_entries']}"
+    )
+    if "reference" in result:
+        ref = result["reference"]
+        console.print(
+            f"official SAM2VideoPredictor: propagate {ref['propagate_ms']:.1f} ms/frame "
+            f"(+{ref['loading_ms_per_frame']:.1f} ms/frame loading) -> ratio {result['ratio_vs_official']:.3f} "
+            f"(with loading {result['ratio_vs_official_with_loading']:.3f})"
+        )
+    if "e2e_ms_per_frame" in result:
+        console.print(
+            f"end to end: {result['e2e_ms_per_frame']:.1f} ms/frame (track {result['e2e_track_ms']:.1f}, "
+            f"composite+send {result['e2e_compose_send_ms']:.1f}) vs bare tracker {result['bare_tracker_ms']:.1f} "
+            f"-> overhead {100 * result['pipeline_overhead']:.1f}%"
+        )

@@ -1,0 +1,155 @@
+"""Enumerate cameras and virtual cameras.
+
+On Linux this reads ``/sys/class/video4linux`` (no device is opened, so a busy
+camera is listed too) and asks each capture node for its formats with the
+V4L2 ``VIDIOC_ENUM_FMT`` ioctl where the device can be opened. v4l2loopback
+devices are recognised by their driver and marked as virtual cameras.
+Elsewhere, cameras are probed with OpenCV by index.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SYSFS_V4L = Path("/sys/class/video4linux")
+
+
+@dataclass
+class VideoDevice:
+    """One capture or virtual camera device."""
+
+    index: int
+    path: str
+    name: str
+    driver: str = ""
+    virtual: bool = False
+    formats: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _driver(entry: Path) -> str:
+    for link in (entry / "device" / "driver", entry / "device" / "driver" / "module"):
+        try:
+            return os.path.basename(os.path.realpath(link))
+        except OSError:
+            continue
+    return ""
+
+
+def _is_loopback(entry: Path, driver: str, name: str) -> bool:
+    if "v4l2loopback" in driver or "v4l2 loopback" in driver:
+        return True
+    try:
+        target = os.path.realpath(entry / "device")
+    except OSError:
+        target = ""
+    return "v4l2loopback" in target or name.lower().startswith("dummy video device")
+
+
+def list_v4l2(sysfs: Path = SYSFS_V4L, dev: Path = Path("/dev"), *, probe_formats: bool = True) -> list[VideoDevice]:
+    """Video devices described under ``sysfs`` (a tree laid out like ``/sys/class/video4linux``).
+
+    Only the first node of each physical camera (sysfs ``index`` 0) is listed:
+    the others are metadata nodes that deliver no frames.
+    """
+    if not sysfs.is_dir():
+        return []
+    devices: list[VideoDevice] = []
+    for entry in sorted(sysfs.iterdir(), key=lambda p: _natural(p.name)):
+        match = re.fullmatch(r"video(\d+)", entry.name)
+        if not match:
+            continue
+        node_index = _read(entry / "index")
+        if node_index not in ("", "0"):
+            continue
+        name = _read(entry / "name") or entry.name
+        driver = _driver(entry)
+        virtual = _is_loopback(entry, driver, name)
+        path = str(dev / entry.name)
+        formats = _enum_formats(path) if probe_formats and os.path.exists(path) else []
+        devices.append(VideoDevice(int(match.group(1)), path, name, driver, virtual, formats))
+    return devices
+
+
+def _natural(name: str) -> list[object]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+class _V4L2FmtDesc(ctypes.Structure):
+    _fields_ = [
+        ("index", ctypes.c_uint32),
+        ("type", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("description", ctypes.c_char * 32),
+        ("pixelformat", ctypes.c_uint32),
+        ("mbus_code", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32 * 3),
+    ]
+
+
+def _iowr(nr: int, size: int) -> int:
+    return (3 << 30) | (size << 16) | (ord("V") << 8) | nr
+
+
+_VIDIOC_ENUM_FMT = _iowr(2, ctypes.sizeof(_V4L2FmtDesc))
+
+
+def _enum_formats(path: str) -> list[str]:
+    """FourCCs a capture device offers (``VIDIOC_ENUM_FMT``); empty if it cannot be asked."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    except (ImportError, OSError):
+        return []
+    formats: list[str] = []
+    try:
+        for i in range(32):
+            desc = _V4L2FmtDesc(index=i, type=1)  # V4L2_BUF_TYPE_VIDEO_CAPTURE
+            try:
+                fcntl.ioctl(fd, _VIDIOC_ENUM_FMT, desc)
+            except OSError:
+                break
+            code = desc.pixelformat
+            formats.append("".join(chr((code >> (8 * k)) & 0xFF) for k in range(4)).strip())
+    finally:
+        os.close(fd)
+    return formats
+
+
+def probe_opencv(max_index: int = 5) -> list[VideoDevice]:
+    """Cameras found by opening indices 0..max_index-1 with OpenCV (non-Linux)."""
+    import cv2
+
+    found = []
+    for index in range(max_index):
+        cap = cv2.VideoCapture(index)
+        try:
+            if cap.isOpened():
+                w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+                h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+                found.append(VideoDevice(index, str(index), f"camera {index}", formats=[f"{w}x{h}"] if w else []))
+        finally:
+            cap.release()
+    return found
+
+
+def list_devices() -> list[VideoDevice]:
+    """All cameras and (on Linux) v4l2loopback virtual cameras on this machine."""
+    if sys.platform.startswith("linux"):
+        return list_v4l2()
+    return probe_opencv()

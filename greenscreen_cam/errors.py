@@ -1,0 +1,65 @@
+"""Domain errors for greencam.
+
+Every error a user can cause (bad flag, missing file, no device) is a
+:class:`GreencamError` subclass whose message is one actionable line. The CLI
+catches the base class once, prints the message to stderr and exits with the
+class's ``exit_code``; nothing below the CLI prints or exits.
+"""
+
+from __future__ import annotations
+
+
+class GreencamError(Exception):
+    """Base class: a problem the user can fix, described in one line."""
+
+    exit_code = 1
+
+
+class ConfigError(GreencamError):
+    """A malformed option value or configuration file."""
+
+    exit_code = 2
+
+
+class PromptError(GreencamError):
+    """A malformed or out-of-frame ``--bbox`` / ``--point``."""
+
+    exit_code = 2
+
+
+class CheckpointError(GreencamError):
+    """A missing, corrupt or mismatched SAM 2 checkpoint."""
+
+    exit_code = 3
+
+
+class DownloadError(GreencamError):
+    """A checkpoint download that failed or did not verify."""
+
+    exit_code = 3
+
+
+class SourceError(GreencamError):
+    """A camera, video file or image folder that cannot be read."""
+
+    exit_code = 4
+
+
+class CameraLostError(SourceError):
+    """A live camera that stopped delivering frames mid-stream."""
+
+
+class SinkError(GreencamError):
+    """An output (virtual camera, file, preview window) that cannot be opened."""
+
+    exit_code = 5
+
+
+class VirtualCameraError(SinkError):
+    """No usable virtual camera device."""
+
+
+class DeviceError(GreencamError):
+    """A compute device (cuda, mps) that is not available."""
+
+    exit_code = 6

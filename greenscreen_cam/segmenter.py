@@ -1,0 +1,349 @@
+"""Streaming SAM 2: prompt once, then track one frame at a time with bounded memory.
+
+sam2 ships no streaming API (``SAM2VideoPredictor.init_state`` loads a whole
+video), so :class:`StreamingTracker` drives ``SAM2Base``'s own building blocks
+per frame, in the order the official predictor runs them:
+
+1. preprocess: resize to ``image_size`` and normalise (as sam2's frame loader);
+2. image encoder: ``forward_image`` + ``_prepare_backbone_features``;
+3. memory attention: ``_prepare_memory_conditioned_features`` over the stored memory;
+4. mask decoder: ``_forward_sam_heads`` with the prompt on conditioning frames;
+5. memory encoder: ``_encode_new_memory`` on the predicted mask;
+6. postprocess: float32 logits and the visibility score, ready on the host side
+   (upsampling to the frame happens on demand, see :attr:`TrackResult.logits`).
+
+Memory is bounded: SAM 2's memory attention only reads the conditioning
+frame(s), the last ``num_maskmem - 1`` frames' spatial memories and the last
+``max_obj_ptrs_in_encoder - 1`` frames' object pointers, so anything older is
+dropped after every frame. With the same weights and the same preprocessed
+frames the tracker reproduces the official predictor's mask logits (see
+``tests/test_reference.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from greenscreen_cam.errors import PromptError
+
+STAGES = (
+    "preprocess",
+    "image_encoder",
+    "memory_attention",
+    "mask_decoder",
+    "memory_encoder",
+    "postprocess",
+)
+
+_IMG_MEAN = (0.485, 0.456, 0.406)
+_IMG_STD = (0.229, 0.224, 0.225)
+_STREAM_LENGTH = 2**31 - 1
+"""``num_frames`` given to SAM 2: a live stream has no end, so no pointer window is cut short."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the user selected on a frame, in that frame's pixel coordinates.
+
+    Attributes:
+        box: ``(x, y, w, h)`` with ``x2 = x + w``, or None.
+        points: ``[(x, y), ...]`` clicks, or empty.
+        labels: One label per point: 1 positive (subject), 0 negative (not subject).
+    """
+
+    box: tuple[float, float, float, float] | None = None
+    points: tuple[tuple[float, float], ...] = ()
+    labels: tuple[int, ...] = ()
+
+    def validate(self, width: int, height: int) -> None:
+        """Raise PromptError unless the prompt is non-empty and lies inside a ``width x height`` frame."""
+        if self.box is None and not self.points:
+            raise PromptError("a prompt needs a --bbox or at least one --point")
+        if len(self.points) != len(self.labels):
+            raise PromptError("every point needs a label")
+        if self.box is not None:
+            x, y, w, h = self.box
+            if w <= 0 or h <= 0:
+                raise PromptError(f"--bbox {fmt_box(self.box)} has zero or negative size (w and h must be > 0)")
+            if x < 0 or y < 0 or x + w > width or y + h > height:
+                raise PromptError(
+                    f"--bbox {fmt_box(self.box)} lies outside the {width}x{height} frame "
+                    f"(need 0 <= x, 0 <= y, x + w <= {width}, y + h <= {height})"
+                )
+        for px, py in self.points:
+            if not (0 <= px < width and 0 <= py < height):
+                raise PromptError(f"point {px:g},{py:g} lies outside the {width}x{height} frame")
+        if self.points and not any(label == 1 for label in self.labels) and self.box is None:
+            raise PromptError("negative points alone cannot select a subject; add a --point or a --bbox")
+
+
+def fmt_box(box: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in box)
+
+
+@dataclass
+class TrackResult:
+    """The tracker's output for one frame.
+
+    Attributes:
+        frame_index: Index of the frame in the tracker's stream (0 = first frame seen).
+        low_res_logits: SAM 2's ``(1, 1, S/4, S/4)`` float32 mask logits on the tracker's device.
+        frame_hw: ``(H, W)`` of the frame they belong to.
+        object_score: SAM 2's object-visibility logit; ``> 0`` means the subject is visible.
+        is_prompt_frame: True on a frame that received a prompt.
+    """
+
+    frame_index: int
+    low_res_logits: torch.Tensor
+    frame_hw: tuple[int, int]
+    object_score: float
+    is_prompt_frame: bool = False
+    _logits: torch.Tensor | None = None
+
+    @property
+    def visible(self) -> bool:
+        return self.object_score > 0
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """Mask logits at the frame's resolution, ``(H, W)`` float32 (bilinear, as sam2 upsamples)."""
+        if self._logits is None:
+            self._logits = F.interpolate(self.low_res_logits, size=self.frame_hw, mode="bilinear", align_corners=False)[
+                0, 0
+            ]
+        return self._logits
+
+    def low_res_numpy(self) -> np.ndarray:
+        """The low-resolution logits as a ``(S/4, S/4)`` float32 numpy array (for the compositor)."""
+        return self.low_res_logits[0, 0].float().cpu().numpy()
+
+    def probabilities(self) -> np.ndarray:
+        """Subject probability per pixel: ``(H, W)`` float32 numpy array in ``[0, 1]``."""
+        return torch.sigmoid(self.logits).float().cpu().numpy()
+
+
+class StreamingTracker:
+    """Track one subject through a stream of frames with a SAM 2 model.
+
+    Args:
+        model: A sam2 ``SAM2Base`` (as built by :func:`greenscreen_cam.models.load_model`).
+        autocast: dtype for ``torch.autocast`` (bf16 on CUDA) or None for float32.
+        profile: Record per-stage wall times (synchronising CUDA after each stage).
+
+    Frames are ``(H, W, 3)`` uint8 **RGB** numpy arrays. Use :meth:`prompt` on the
+    frame where the subject is selected, then :meth:`track` on every following
+    frame. :meth:`prompt` can be called again at any time (re-selection).
+    """
+
+    def __init__(self, model: Any, *, autocast: torch.dtype | None = None, profile: bool = False) -> None:
+        if getattr(model, "memory_temporal_stride_for_eval", 1) != 1:
+            raise ValueError("only memory_temporal_stride_for_eval == 1 is supported")
+        self.model = model
+        self.device = model.device
+        self.image_size: int = int(model.image_size)
+        self.autocast = autocast
+        self.profile = profile
+        self.timings: dict[str, list[float]] = defaultdict(list)
+        self._mean = torch.tensor(_IMG_MEAN, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(_IMG_STD, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._keep_mem = int(model.num_maskmem) - 1
+        self._keep_ptr = max(self._keep_mem, int(model.max_obj_ptrs_in_encoder) - 1)
+        self._pos_enc: list[torch.Tensor] | None = None
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget the prompt and all memory; the next frame must be a :meth:`prompt`."""
+        self._memory: dict[str, dict[int, dict[str, Any]]] = {
+            "cond_frame_outputs": {},
+            "non_cond_frame_outputs": {},
+        }
+        self._frame_index = -1
+
+    @property
+    def is_prompted(self) -> bool:
+        return bool(self._memory["cond_frame_outputs"])
+
+    @property
+    def frame_index(self) -> int:
+        """Index of the last frame processed (-1 before the first)."""
+        return self._frame_index
+
+    def stored_entries(self) -> tuple[int, int]:
+        """``(conditioning entries, non-conditioning entries)`` currently held in memory."""
+        return len(self._memory["cond_frame_outputs"]), len(self._memory["non_cond_frame_outputs"])
+
+    def stored_bytes(self) -> int:
+        """Bytes held by stored memory tensors."""
+        total = 0
+        for frames in self._memory.values():
+            for entry in frames.values():
+                for value in entry.values():
+                    if isinstance(value, torch.Tensor):
+                        total += value.numel() * value.element_size()
+        return total
+
+    # ------------------------------------------------------------------ public API
+    def preprocess(self, frame: np.ndarray) -> torch.Tensor:
+        """RGB uint8 ``(H, W, 3)`` frame -> normalised ``(1, 3, S, S)`` float32 on the device.
+
+        On the CPU this is exactly sam2's frame loader (PIL bicubic resize of the
+        uint8 image, then /255 and mean/std); on accelerators the resize runs on
+        the device (bicubic with antialiasing, rounded to uint8 levels), so only
+        the raw frame is copied over.
+        """
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {frame.shape} {frame.dtype}")
+        s = self.image_size
+        if self.device.type == "cpu":
+            from PIL import Image
+
+            resized = np.asarray(Image.fromarray(frame).resize((s, s), Image.Resampling.BICUBIC))
+            img = torch.from_numpy(resized.astype(np.float64) / 255.0).permute(2, 0, 1)[None].float()
+        else:
+            raw = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device, non_blocking=True)
+            raw = raw.permute(2, 0, 1)[None].float()
+            img = F.interpolate(raw, size=(s, s), mode="bicubic", antialias=True, align_corners=False)
+            img = img.round_().clamp_(0, 255).div_(255.0)
+        return (img - self._mean) / self._std
+
+    def prompt(self, frame: np.ndarray, prompt: Prompt) -> TrackResult:
+        """Select the subject on ``frame``; it becomes the conditioning frame.
+
+        Any earlier prompt and memory is dropped, so a re-selection starts clean.
+        """
+        h, w = frame.shape[:2]
+        prompt.validate(w, h)
+        with self._stage("preprocess"):
+            image = self.preprocess(frame)
+        return self.step(image, (h, w), prompt)
+
+    def track(self, frame: np.ndarray) -> TrackResult:
+        """Track the subject into the next frame of the stream."""
+        if not self.is_prompted:
+            raise PromptError("the tracker has no prompt yet; select a subject first")
+        with self._stage("preprocess"):
+            image = self.preprocess(frame)
+        return self.step(image, frame.shape[:2], None)
+
+    # ------------------------------------------------------------------ core
+    def _point_inputs(self, prompt: Prompt, height: int, width: int) -> dict[str, torch.Tensor]:
+        coords: list[tuple[float, float]] = []
+        labels: list[int] = []
+        if prompt.box is not None:
+            x, y, bw, bh = prompt.box
+            coords += [(x, y), (x + bw, y + bh)]
+            labels += [2, 3]
+        coords += list(prompt.points)
+        labels += list(prompt.labels)
+        pts = torch.tensor(coords, dtype=torch.float32)[None]
+        pts = pts / torch.tensor([width, height], dtype=torch.float32) * self.image_size
+        return {
+            "point_coords": pts.to(self.device),
+            "point_labels": torch.tensor(labels, dtype=torch.int32)[None].to(self.device),
+        }
+
+    @torch.inference_mode()
+    def step(self, image: torch.Tensor, frame_hw: tuple[int, int], prompt: Prompt | None) -> TrackResult:
+        """Run one frame given its preprocessed ``(1, 3, S, S)`` tensor.
+
+        ``prompt`` (in frame pixels of size ``frame_hw``) makes it a conditioning
+        frame; otherwise the frame is tracked from memory.
+        """
+        model = self.model
+        height, width = int(frame_hw[0]), int(frame_hw[1])
+        is_cond = prompt is not None
+        if is_cond:
+            self.reset()
+        elif not self.is_prompted:
+            raise PromptError("the tracker has no prompt yet; select a subject first")
+        self._frame_index += 1
+        t = self._frame_index
+        point_inputs = self._point_inputs(prompt, height, width) if prompt is not None else None
+        amp = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()
+        with amp:
+            with self._stage("image_encoder"):
+                backbone = model.forward_image(image)
+                _, feats, pos, sizes = model._prepare_backbone_features(backbone)
+            with self._stage("memory_attention"):
+                pix_feat = model._prepare_memory_conditioned_features(
+                    frame_idx=t,
+                    is_init_cond_frame=is_cond,
+                    current_vision_feats=feats[-1:],
+                    current_vision_pos_embeds=pos[-1:],
+                    feat_sizes=sizes[-1:],
+                    output_dict=self._memory,
+                    num_frames=_STREAM_LENGTH,
+                )
+            with self._stage("mask_decoder"):
+                high_res_features = [
+                    x.permute(1, 2, 0).view(x.size(1), x.size(2), *s)
+                    for x, s in zip(feats[:-1], sizes[:-1], strict=True)
+                ]
+                heads = model._forward_sam_heads(
+                    backbone_features=pix_feat,
+                    point_inputs=point_inputs,
+                    mask_inputs=None,
+                    high_res_features=high_res_features,
+                    multimask_output=model._use_multimask(is_cond, point_inputs),
+                )
+                low_res, high_res, obj_ptr, obj_score = heads[3], heads[4], heads[5], heads[6]
+            with self._stage("memory_encoder"):
+                maskmem, maskmem_pos = model._encode_new_memory(
+                    current_vision_feats=feats,
+                    feat_sizes=sizes,
+                    pred_masks_high_res=high_res,
+                    object_score_logits=obj_score,
+                    is_mask_from_pts=is_cond,
+                )
+        entry = {
+            # Stored in bf16 like the official predictor: half the memory, same results.
+            "maskmem_features": maskmem.to(torch.bfloat16),
+            "maskmem_pos_enc": self._shared_pos_enc(maskmem_pos),
+            "obj_ptr": obj_ptr,
+            "object_score_logits": obj_score,
+        }
+        self._memory["cond_frame_outputs" if is_cond else "non_cond_frame_outputs"][t] = entry
+        self._prune(t)
+        with self._stage("postprocess"):
+            low = low_res.float()
+            score = float(obj_score.float().reshape(-1)[0])  # also waits for the device
+        return TrackResult(t, low, (height, width), score, is_cond)
+
+    def _shared_pos_enc(self, pos: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The memory positional encoding is the same on every frame: keep one copy."""
+        if self._pos_enc is None:
+            self._pos_enc = [p[0:1].clone() for p in pos]
+        return self._pos_enc
+
+    def _prune(self, t: int) -> None:
+        """Drop memory the next frame (t + 1) cannot read; keep pointers longer than spatial memory."""
+        non_cond = self._memory["non_cond_frame_outputs"]
+        for idx in [i for i in non_cond if i <= t - self._keep_ptr]:
+            del non_cond[idx]
+        for idx, entry in non_cond.items():
+            if idx <= t - self._keep_mem and "maskmem_features" in entry:
+                non_cond[idx] = {"obj_ptr": entry["obj_ptr"]}
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        if not self.profile:
+            yield
+            return
+        sync = self.device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if sync:
+            torch.cuda.synchronize(self.device)
+        self.timings[name].append((time.perf_counter() - start) * 1000.0)

@@ -1,0 +1,125 @@
+"""Shared fixtures: seeded random SAM 2 checkpoints, small real video files, a recording virtual camera."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test when the data is absent (e.g. a user's machine)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared test data not available: {path}")
+    return path
+
+
+def moving_disc_frames(n: int, width: int = 160, height: int = 120, seed: int = 0) -> list[np.ndarray]:
+    """RGB frames: a textured background with a red disc moving right."""
+    rng = np.random.default_rng(seed)
+    base = cv2.resize(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8), (width, height), interpolation=cv2.INTER_CUBIC)
+    frames = []
+    for i in range(n):
+        img = base.copy()
+        cv2.circle(img, (width // 3 + 2 * i, height // 2), height // 4, (230, 50, 40), -1)
+        frames.append(img)
+    return frames
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames[0].shape[1], frames[0].shape[0]))
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def write_jpeg_folder(folder: Path, frames: list[np.ndarray]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:05d}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoints/ folder holding a seeded random ``tiny`` checkpoint under its official file name."""
+    from greenscreen_cam import models
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    models.save_random_checkpoint(models.get_spec("tiny"), folder / models.get_spec("tiny").filename, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(checkpoint_dir: Path) -> Path:
+    from greenscreen_cam import models
+
+    return checkpoint_dir / models.get_spec("tiny").filename
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint: Path):
+    """SAM 2.1 tiny at 256 px with seeded random weights, loaded through the real loader."""
+    from greenscreen_cam import models
+
+    return models.load_model(models.get_spec("tiny"), tiny_checkpoint, device="cpu", resolution=256)
+
+
+@pytest.fixture()
+def clip(tmp_path: Path) -> tuple[Path, list[np.ndarray]]:
+    frames = moving_disc_frames(12)
+    return write_video(tmp_path / "clip.mp4", frames), frames
+
+
+class RecordingBackend:
+    """A pyvirtualcam backend that records what it receives (registered as ``greencam-test``)."""
+
+    instances: list[RecordingBackend] = []
+    lock = threading.Lock()
+
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None, **kw: object) -> None:
+        if device == "missing-cam":
+            raise RuntimeError("device not found")
+        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
+        self.dev = device or "/dev/video-test"
+        self.frames: list[np.ndarray] = []
+        self.times: list[float] = []
+        self.closed = 0
+        with RecordingBackend.lock:
+            RecordingBackend.instances.append(self)
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def send(self, frame: np.ndarray) -> None:
+        self.frames.append(frame.copy())
+        self.times.append(time.perf_counter())
+
+    def device(self) -> str:
+        return self.dev
+
+    def native_fourcc(self) -> int | None:
+        return None
+
+
+@pytest.fixture()
+def vcam_backend():
+    import pyvirtualcam
+
+    RecordingBackend.instances.clear()
+    pyvirtualcam.register_backend("greencam-test", RecordingBackend)
+    yield RecordingBackend
+    pyvirtualcam.camera.BACKENDS.pop("greencam-test", None)

@@ -1,0 +1,66 @@
+"""Device listing against a temporary tree laid out like /sys/class/video4linux."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from greenscreen_cam.cli import app
+from greenscreen_cam.devices import list_v4l2
+
+
+def fake_sysfs(root: Path) -> Path:
+    sysfs = root / "sys" / "class" / "video4linux"
+    drivers = root / "sys" / "bus"
+    for name, label, index, driver in [
+        ("video0", "Integrated Camera: Integrated C", "0", "uvcvideo"),
+        ("video1", "Integrated Camera: Integrated C", "1", "uvcvideo"),  # metadata node
+        ("video10", "greencam", "0", "v4l2loopback"),
+        ("video2", "HD Pro Webcam C920", "0", "uvcvideo"),
+    ]:
+        entry = sysfs / name
+        (entry / "device").mkdir(parents=True)
+        (entry / "name").write_text(label + "\n")
+        (entry / "index").write_text(index + "\n")
+        (drivers / driver).mkdir(parents=True, exist_ok=True)
+        os.symlink(drivers / driver, entry / "device" / "driver")
+    (sysfs / "not-a-video").mkdir()
+    return sysfs
+
+
+def test_lists_cameras_and_marks_loopback(tmp_path):
+    devices = list_v4l2(fake_sysfs(tmp_path), tmp_path / "dev")
+    assert [(d.index, d.name, d.virtual) for d in devices] == [
+        (0, "Integrated Camera: Integrated C", False),
+        (2, "HD Pro Webcam C920", False),
+        (10, "greencam", True),
+    ]
+    assert devices[0].path == str(tmp_path / "dev" / "video0") and devices[2].driver == "v4l2loopback"
+
+
+def test_missing_sysfs_is_empty(tmp_path):
+    assert list_v4l2(tmp_path / "nothing") == []
+
+
+def test_devices_command_on_a_machine_with_nothing():
+    result = CliRunner().invoke(app, ["devices"])
+    assert result.exit_code == 0
+    assert "No cameras found" in result.output
+    assert "modprobe v4l2loopback devices=1 video_nr=10" in result.output.replace("\n", " ").replace("  ", " ")
+
+
+def test_devices_json(monkeypatch, tmp_path):
+    import json
+
+    import greenscreen_cam.devices as d
+
+    sysfs = fake_sysfs(tmp_path)
+    monkeypatch.setattr(d, "SYSFS_V4L", sysfs)
+    monkeypatch.setattr(d, "list_devices", lambda: list_v4l2(sysfs, tmp_path / "dev"))
+    result = CliRunner().invoke(app, ["devices", "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert [c["index"] for c in data["cameras"]] == [0, 2]
+    assert data["virtual_cameras"][0]["name"] == "greencam"

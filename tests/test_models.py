@@ -1,0 +1,197 @@
+"""Model registry, verified downloads over real HTTP on 127.0.0.1, and the checkpoint loader's errors."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import socket
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from greenscreen_cam import models
+from greenscreen_cam.cli import app
+from greenscreen_cam.errors import CheckpointError, DownloadError
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path == "/good.pt":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
+        elif self.path == "/truncated.pt":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[: len(PAYLOAD) // 3])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        else:
+            self.send_error(404, "Not Found")
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _spec(**kw) -> models.ModelSpec:
+    base = replace(
+        models.get_spec("tiny"), filename="test.pt", sha256=hashlib.sha256(PAYLOAD).hexdigest(), size=len(PAYLOAD)
+    )
+    return replace(base, **kw)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_registry_names_and_configs_exist():
+    import sam2
+
+    assert list(models.MODELS)[:4] == ["tiny", "small", "base-plus", "large"]
+    assert {"sam2.0-tiny", "sam2.0-small", "sam2.0-base-plus", "sam2.0-large"} <= set(models.MODELS)
+    assert models.DEFAULT_MODEL == "tiny"
+    root = Path(sam2.__file__).parent
+    for spec in models.MODELS.values():
+        assert (root / spec.config).is_file(), spec.config
+        assert spec.url.startswith("https://dl.fbaipublicfiles.com/segment_anything_2/") and spec.url.endswith(
+            spec.filename
+        )
+    assert models.get_spec("sam2.0-large").sha256.startswith("7442e4e9")
+    with pytest.raises(CheckpointError, match="unknown model 'huge'"):
+        models.get_spec("huge")
+
+
+def test_download_good_file_verifies_and_renames(server, tmp_path):
+    seen = []
+    path = models.download(_spec(), tmp_path, url=f"{server}/good.pt", progress=lambda d, t: seen.append((d, t)))
+    assert path == tmp_path / "test.pt" and path.read_bytes() == PAYLOAD
+    assert seen[0] == (0, len(PAYLOAD)) and seen[-1] == (len(PAYLOAD), len(PAYLOAD))
+    assert [p.name for p in tmp_path.iterdir()] == ["test.pt"]
+
+
+@pytest.mark.parametrize(
+    "path, spec_kw, message",
+    [
+        ("/good.pt", {"sha256": "0" * 64}, "failed verification"),
+        ("/good.pt", {"size": len(PAYLOAD) + 1, "sha256": None}, "truncated"),
+        ("/truncated.pt", {}, "failed after|truncated"),
+        ("/missing.pt", {}, "HTTP 404"),
+    ],
+    ids=["wrong-hash", "wrong-size", "truncated-transfer", "404"],
+)
+def test_download_failures_leave_nothing_behind(server, tmp_path, path, spec_kw, message):
+    with pytest.raises(DownloadError, match=message):
+        models.download(_spec(**spec_kw), tmp_path, url=f"{server}{path}", timeout=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_connection_refused(tmp_path):
+    with pytest.raises(DownloadError, match="cannot reach"):
+        models.download(_spec(), tmp_path, url=f"http://127.0.0.1:{_free_port()}/x.pt", timeout=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_download(server, tmp_path):
+    runner = CliRunner()
+    # 'small' has no published SHA-256, so the served bytes pass on their size alone.
+    ok = runner.invoke(app, ["download", "small", "--dir", str(tmp_path), "--url", f"{server}/good.pt"])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "sam2.1_hiera_small.pt").read_bytes() == PAYLOAD
+    # 'tiny' has a published SHA-256, which these bytes do not have.
+    bad = runner.invoke(app, ["download", "tiny", "--dir", str(tmp_path), "--url", f"{server}/good.pt", "--force"])
+    assert bad.exit_code == 3
+    assert "failed verification" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "sam2.1_hiera_tiny.pt").exists()
+    unknown = runner.invoke(app, ["download", "huge"])
+    assert unknown.exit_code == 3 and "unknown model 'huge'" in unknown.output
+
+
+def test_missing_checkpoint_says_how_to_download(tmp_path):
+    with pytest.raises(CheckpointError, match="greencam download tiny"):
+        models.resolve_checkpoint(models.get_spec("tiny"), None, tmp_path)
+    with pytest.raises(CheckpointError, match="not found"):
+        models.resolve_checkpoint(models.get_spec("tiny"), tmp_path / "nope.pt")
+
+
+def test_loads_the_checkpoint_it_was_given(tiny_checkpoint):
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["model"]
+    net = models.load_model(models.get_spec("tiny"), tiny_checkpoint, resolution=256)
+    key = "sam_mask_decoder.iou_prediction_head.layers.0.weight"
+    torch.testing.assert_close(net.state_dict()[key], state[key])
+    assert net.image_size == 256 and not net.training
+
+
+def test_corrupt_and_truncated_checkpoints(tiny_checkpoint, tmp_path):
+    spec = models.get_spec("tiny")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all" * 100)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        models.load_model(spec, garbage)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(tiny_checkpoint.read_bytes()[: tiny_checkpoint.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        models.load_model(spec, truncated)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        models.load_model(spec, empty)
+    nodict = tmp_path / "nodict.pt"
+    torch.save({"optimizer": 1}, nodict)
+    with pytest.raises(CheckpointError, match="holds no SAM 2 weights"):
+        models.load_model(spec, nodict)
+
+
+def test_checkpoint_for_another_model_is_named(tmp_path, tiny_checkpoint):
+    small = models.save_random_checkpoint(models.get_spec("small"), tmp_path / "small.pt")
+    with pytest.raises(CheckpointError, match="does not fit model 'tiny'.*looks like model 'small'"):
+        models.load_model(models.get_spec("tiny"), small)
+    # SAM 2.1 weights into the SAM 2.0 architecture: different keys.
+    with pytest.raises(CheckpointError, match="does not fit model 'sam2.0-tiny'.*looks like model 'tiny'"):
+        models.load_model(models.get_spec("sam2.0-tiny"), tiny_checkpoint)
+
+
+def test_shape_mismatch_is_named(tiny_checkpoint, tmp_path):
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["model"]
+    state["obj_ptr_proj.layers.0.weight"] = torch.zeros(3, 3)
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": state}, bad)
+    with pytest.raises(CheckpointError, match=r"obj_ptr_proj.layers.0.weight has shape \(3, 3\)"):
+        models.load_model(models.get_spec("tiny"), bad)
+
+
+@pytest.mark.parametrize(
+    "name, message", [("cuda", "no CUDA GPU"), ("mps", "MPS is not available"), ("tpu", "unknown --device")]
+)
+def test_unavailable_devices(name, message):
+    if torch.cuda.is_available() and name == "cuda":
+        pytest.skip("this machine has CUDA")
+    from greenscreen_cam.errors import DeviceError
+
+    with pytest.raises(DeviceError, match=message):
+        models.resolve_device(name)
+    assert models.resolve_device("auto") in ("cuda", "mps", "cpu")
+
+
+def test_unsupported_resolution():
+    with pytest.raises(CheckpointError, match="unsupported --resolution 300"):
+        models.build_model(models.get_spec("tiny"), 300)
