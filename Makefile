@@ -33,10 +33,18 @@ format: install
 	$(VENV)/bin/ruff format greenscreen_cam tests
 	$(VENV)/bin/ruff check --fix greenscreen_cam tests
 
-# Benchmarks (CPU by default): see docs/benchmarks.md for recorded results.
+# Benchmarks: see docs/benchmarks.md for recorded results and what each line measures.
+# BENCH_DEVICE=cuda BENCH_RES=1024 make bench  for a GPU.
+BENCH_CLIP   ?= ../shared/data/videos/default_juggle.mp4
+BENCH_DEVICE ?= cpu
+BENCH_RES    ?= 256
+BENCH_SRC    := $(if $(wildcard $(BENCH_CLIP)),$(BENCH_CLIP),--synthetic)
+BENCH_ARGS   := --random-weights --model $(MODEL) --device $(BENCH_DEVICE) --resolution $(BENCH_RES)
 bench: install
-	$(PY) -m greenscreen_cam bench --synthetic --random-weights --model $(MODEL) --resolution 256 --frames 30
-	$(PY) -m greenscreen_cam bench --compositor --frames 200
+	$(PY) -m greenscreen_cam bench $(BENCH_SRC) $(BENCH_ARGS) --frames 30
+	$(PY) -m greenscreen_cam bench $(BENCH_SRC) $(BENCH_ARGS) --frames 30 --e2e
+	$(if $(wildcard $(BENCH_CLIP)),$(PY) -m greenscreen_cam bench $(BENCH_CLIP) $(BENCH_ARGS) --live --seconds 20,@echo "live benchmark skipped: $(BENCH_CLIP) not found")
+	$(PY) -m greenscreen_cam bench --compositor --frames 300
 
 checkpoints: install
 	$(PY) -m greenscreen_cam download $(MODEL)

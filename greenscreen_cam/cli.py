@@ -425,8 +425,7 @@ def devices(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List cameras and virtual cameras."""
-    from greenscreen_cam.devices import list_devices
-    from greenscreen_cam.sinks import virtual_camera_fix
+    from greenscreen_cam.devices import LINUX_VCAM_PERSIST, list_devices, virtual_camera_fix
 
     found = list_devices()
     cams = [d for d in found if not d.virtual]
@@ -449,8 +448,6 @@ def devices(
     if not vcams:
         out.print("No virtual camera found: " + virtual_camera_fix())
         if sys.platform.startswith("linux"):
-            from greenscreen_cam.sinks import LINUX_VCAM_PERSIST
-
             out.print(LINUX_VCAM_PERSIST, soft_wrap=True)
 
 

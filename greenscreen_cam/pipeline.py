@@ -31,7 +31,7 @@ import numpy as np
 from greenscreen_cam.compositor import Compositor
 from greenscreen_cam.errors import CameraLostError
 from greenscreen_cam.segmenter import Prompt, StreamingTracker
-from greenscreen_cam.sources import Frame, LatestFrameReader, Source
+from greenscreen_cam.sources import Frame, LatestFrameReader, PrefetchReader, Source
 
 HOTKEYS = "r re-select  a auto re-select  space pause keying  m mask view  h help  q/Esc quit"
 
@@ -168,6 +168,7 @@ class Pipeline:
         self._show_help = False
         self._warper = _FlowWarper() if flow else None
         self._last_status = 0.0
+        self._ahead: list[Frame | None] = []
         self.error: BaseException | None = None
 
     # ------------------------------------------------------------------ control
@@ -308,14 +309,18 @@ class Pipeline:
         return self.stats.snapshot()
 
     def _run_offline(self) -> None:
-        while not self.stopping:
-            frame = self.source.read()
-            if frame is None:
-                break
-            frame.timestamp = time.perf_counter()
-            self.stats.frames_in += 1
-            mask = self._track(frame)
-            self._emit(frame, mask)
+        reader = PrefetchReader(self.source, pending=self._ahead)  # decode frame i+1 while frame i is tracked
+        try:
+            while not self.stopping:
+                frame = reader.read()
+                if frame is None:
+                    break
+                frame.timestamp = time.perf_counter()
+                self.stats.frames_in += 1
+                mask = self._track(frame)
+                self._emit(frame, mask)
+        finally:
+            self._ahead = reader.stop()  # joined: the caller may close the source now
         self.stats.dropped = int(getattr(self.source, "dropped", 0))
 
     def _run_live(self) -> None:

@@ -16,25 +16,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from greenscreen_cam.devices import LINUX_VCAM_FIX, LINUX_VCAM_PERSIST, virtual_camera_fix  # noqa: F401 (re-exported)
 from greenscreen_cam.errors import SinkError, VirtualCameraError
-
-LINUX_VCAM_FIX = 'sudo modprobe v4l2loopback devices=1 video_nr=10 card_label="greencam" exclusive_caps=1'
-LINUX_VCAM_PERSIST = (
-    "to load it at every boot: echo v4l2loopback | sudo tee /etc/modules-load.d/v4l2loopback.conf && "
-    "echo 'options v4l2loopback devices=1 video_nr=10 card_label=greencam exclusive_caps=1' | "
-    "sudo tee /etc/modprobe.d/v4l2loopback.conf"
-)
-OTHER_VCAM_FIX = (
-    "install OBS Studio 30 or newer (https://obsproject.com), click 'Start Virtual Camera' once, "
-    "then close OBS and run greencam again"
-)
-
-
-def virtual_camera_fix() -> str:
-    """The exact command/steps that create a virtual camera on this OS."""
-    if sys.platform.startswith("linux"):
-        return f"create one with: {LINUX_VCAM_FIX} (install the v4l2loopback-dkms package first if modprobe cannot find it)"
-    return OTHER_VCAM_FIX
 
 
 class Sink(Protocol):

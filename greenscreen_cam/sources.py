@@ -244,8 +244,14 @@ class CameraSource:
         got_fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(got_fps) if got_fps and 0 < got_fps < 1000 else float(fps or 30.0)
         self.negotiated: list[str] = []
-        if width and height and (width, height) != (self.width, self.height):
-            self.negotiated.append(f"asked for {width}x{height}, camera gives {self.width}x{self.height}")
+        asked = (width or self.width, height or self.height)
+        if (width or height) and asked != (self.width, self.height):
+            self._cap.release()
+            raise SourceError(
+                f"camera {device} does not support {asked[0]}x{asked[1]}"
+                f"{' in ' + fourcc.upper() if fourcc else ''} (it gives {self.width}x{self.height}); "
+                "try --fourcc MJPG, or a size listed by greencam devices"
+            )
         if fps and abs(self.fps - fps) > 0.5:
             self.negotiated.append(f"asked for {fps:g} fps, camera gives {self.fps:g} fps")
         if fourcc:
@@ -336,6 +342,86 @@ def open_source(
     if path.exists():
         return VideoFileSource(path, realtime=realtime)
     raise SourceError(f"--source {spec!r}: no such camera index, device, video file or image folder")
+
+
+class PrefetchReader:
+    """Decodes the next frames of an offline source on a background thread, keeping every frame in order.
+
+    Overlaps decoding with tracking when a file is keyed offline; at most
+    ``depth`` decoded frames wait in memory. Errors raised by the source are
+    re-raised by :meth:`read`. :meth:`stop` joins the thread (so the source can
+    be closed safely) and returns the frames it had read ahead, which a later
+    reader takes as ``pending``: no frame is lost or repeated.
+    """
+
+    def __init__(self, source: Source, depth: int = 2, pending: list[Frame | None] | None = None) -> None:
+        import queue
+
+        self.source = source
+        self._pending = list(pending or [])
+        self._queue: queue.Queue[Frame | BaseException | None] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._held: list[Frame | None] = []
+        self._thread = threading.Thread(target=self._run, name="greencam-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Frame | BaseException | None) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        if self._pending and self._pending[-1] is None:
+            return  # the source already ended
+        try:
+            while not self._stop.is_set():
+                frame = self.source.read()
+                if not self._put(frame):
+                    self._held.append(frame)  # read but not queued: stop() hands it back
+                    return
+                if frame is None:
+                    return
+        except BaseException as e:  # handed to the consumer
+            self._put(e)
+
+    def read(self) -> Frame | None:
+        if self._done:
+            return None
+        if self._pending:
+            first = self._pending.pop(0)
+            self._done = first is None
+            return first
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if item is None:
+            self._done = True
+        return item
+
+    def stop(self) -> list[Frame | None]:
+        """End the thread and return the frames read ahead but not yet taken (None marks the end)."""
+        import queue
+
+        self._stop.set()
+        self._thread.join()
+        ahead: list[Frame | None] = list(self._pending)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, BaseException):
+                break
+            ahead.append(item)
+        return ahead + self._held
 
 
 class LatestFrameReader:

@@ -69,6 +69,18 @@ def test_help_lists_every_command_fast():
     assert elapsed < 30
 
 
+def test_devices_command_stays_light():
+    """`greencam devices` must not pull in OpenCV, torch or sam2 on Linux (it only reads sysfs)."""
+    code = (
+        "import sys\nfrom greenscreen_cam.cli import app\n"
+        "try:\n    app(['devices'])\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('cv2', 'torch', 'sam2', 'pyvirtualcam') if m in sys.modules])"
+    )
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_start_help_has_examples():
     result = runner.invoke(app, ["start", "--help"])
     assert result.exit_code == 0
@@ -244,8 +256,9 @@ def test_auto_with_no_face_sends_the_key_and_says_so(env, clip, tmp_path):
     assert len(frames) == 12 and all(np.abs(f.astype(int) - np.array(KEY_COLOR)).mean() < 3 for f in frames)
 
 
-def test_sigint_exits_cleanly(checkpoint_dir, tmp_path):
-    """A running `greencam start` gets SIGINT: exit 0, summary printed, no traceback."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_exits_cleanly(checkpoint_dir, tmp_path, signum):
+    """A running `greencam start` gets Ctrl-C or SIGTERM: exit 0, summary printed, no traceback."""
     frames = moving_disc_frames(4)
     folder = write_jpeg_folder(tmp_path / "f", frames * 100)  # 400 frames: far longer than we wait
     out = tmp_path / "o.mp4"
@@ -283,7 +296,7 @@ def test_sigint_exits_cleanly(checkpoint_dir, tmp_path):
             time.sleep(0.2)
         assert len(list((tmp_path / "m").glob("*.png"))) >= 3, "greencam did not start producing frames"
         sent = time.time()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=30)
         stopped_in = time.time() - sent
     finally:

@@ -189,3 +189,38 @@ def test_shared_real_videos_decode(name):
         n += 1
     src.close()
     assert n == 30 and src.width in (960, 1280)
+
+
+def test_prefetch_reader_keeps_every_frame_in_order_and_hands_back_read_ahead(tmp_path):
+    from greenscreen_cam.sources import PrefetchReader
+
+    folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(9))
+    src = ImageFolderSource(folder)
+    first = PrefetchReader(src, depth=3)
+    got = [first.read().index for _ in range(4)]
+    time.sleep(0.2)  # let it read ahead
+    ahead = first.stop()
+    # 3 queued + the one read while the queue was full
+    assert got == [0, 1, 2, 3] and [f.index for f in ahead] == [4, 5, 6, 7]
+    second = PrefetchReader(src, pending=ahead)
+    rest = []
+    while (f := second.read()) is not None:
+        rest.append(f.index)
+    assert rest == [4, 5, 6, 7, 8] and second.read() is None
+    assert second.stop() == []
+
+
+def test_prefetch_reader_reraises_source_errors():
+    from greenscreen_cam.sources import PrefetchReader
+
+    class Broken(_FastSource):
+        def read(self):
+            if self.i == 2:
+                raise SourceError("cannot read image 2.jpg")
+            return super().read()
+
+    reader = PrefetchReader(Broken())
+    assert reader.read().index == 0 and reader.read().index == 1
+    with pytest.raises(SourceError, match="2.jpg"):
+        reader.read()
+    reader.stop()
