@@ -250,6 +250,10 @@ def start(
     height: Annotated[int | None, typer.Option(help="Camera height to ask for.")] = None,
     fps: Annotated[float | None, typer.Option(help="Camera fps to ask for (or image-folder fps).")] = None,
     fourcc: Annotated[str | None, typer.Option(help="Camera pixel format, e.g. MJPG.")] = None,
+    lost_after: Annotated[
+        float | None,
+        typer.Option(help="Seconds SAM 2 must miss the subject before the output turns to key (default: 1)."),
+    ] = None,
     realtime: Annotated[
         bool | None,
         typer.Option(
@@ -296,6 +300,7 @@ def start(
             fps=fps,
             fourcc=fourcc,
             realtime=realtime,
+            lost_after=lost_after,
         )
         settings = load_settings(config, overrides)
         run_start(settings, virtual_backend=virtual_backend)
@@ -307,6 +312,8 @@ def run_start(s: Any, *, virtual_backend: str | None = None) -> None:
     prompt = build_prompt(s.bbox, s.points, s.negative_points)
     if s.auto and prompt is not None:
         raise ConfigError("use either --auto or --bbox/--point, not both")
+    if s.lost_after < 0:
+        raise ConfigError(f"--lost-after must be 0 or more seconds, got {s.lost_after:g}")
     if s.max_frames is not None and s.max_frames <= 0:
         raise ConfigError(f"--max-frames must be positive, got {s.max_frames}")
     if not s.outputs and not s.preview:
@@ -373,8 +380,13 @@ def run_start(s: Any, *, virtual_backend: str | None = None) -> None:
         _print_summary(summary)
 
 
-def _status_printer(model: str, device: str, res: int) -> Callable[[dict[str, Any]], None]:
-    interactive = err.is_terminal
+def _status_printer(
+    model: str, device: str, res: int, *, interactive: bool | None = None, every: float = 5.0
+) -> Callable[[dict[str, Any]], None]:
+    """One status line, rewritten in place on a terminal; a new line every ``every`` s in logs."""
+    if interactive is None:
+        interactive = err.is_terminal
+    last = [float("-inf")]
 
     def show(s: dict[str, Any]) -> None:
         line = (
@@ -385,6 +397,9 @@ def _status_printer(model: str, device: str, res: int) -> Callable[[dict[str, An
         if interactive:
             err.file.write("\r\x1b[2K" + line)
             err.file.flush()
+        elif s["seconds"] - last[0] >= every:
+            last[0] = s["seconds"]
+            err.print(f"greencam: {line}", soft_wrap=True)
 
     return show
 
@@ -441,7 +456,7 @@ def devices(
             table.add_column(col)
         for d in found:
             kind = "[green]virtual camera (greencam output)[/]" if d.virtual else "camera"
-            table.add_row(str(d.index), d.path, d.name, kind, " ".join(d.formats) or "-")
+            table.add_row(str(d.index), d.path, d.name, kind, "\n".join(d.formats) or "-")
         out.print(table)
     if not cams:
         out.print("No cameras found.")

@@ -126,11 +126,48 @@ def _iowr(nr: int, size: int) -> int:
     return (3 << 30) | (size << 16) | (ord("V") << 8) | nr
 
 
+class _V4L2FrmSizeEnum(ctypes.Structure):
+    _fields_ = [
+        ("index", ctypes.c_uint32),
+        ("pixel_format", ctypes.c_uint32),
+        ("type", ctypes.c_uint32),
+        ("width", ctypes.c_uint32),  # discrete size; stepwise sizes use all six words
+        ("height", ctypes.c_uint32),
+        ("stepwise_rest", ctypes.c_uint32 * 4),
+        ("reserved", ctypes.c_uint32 * 2),
+    ]
+
+
 _VIDIOC_ENUM_FMT = _iowr(2, ctypes.sizeof(_V4L2FmtDesc))
+_VIDIOC_ENUM_FRAMESIZES = _iowr(74, ctypes.sizeof(_V4L2FrmSizeEnum))
+_V4L2_FRMSIZE_TYPE_DISCRETE = 1
+
+
+def _fourcc_text(code: int) -> str:
+    return "".join(chr((code >> (8 * k)) & 0xFF) for k in range(4)).strip()
+
+
+def _enum_sizes(fd: int, pixelformat: int, ioctl: object) -> list[str]:
+    """The discrete frame sizes a format offers, largest first (``VIDIOC_ENUM_FRAMESIZES``)."""
+    sizes: list[tuple[int, int]] = []
+    for i in range(64):
+        size = _V4L2FrmSizeEnum(index=i, pixel_format=pixelformat)
+        try:
+            ioctl(fd, _VIDIOC_ENUM_FRAMESIZES, size)  # type: ignore[operator]
+        except OSError:
+            break
+        if size.type != _V4L2_FRMSIZE_TYPE_DISCRETE:
+            break
+        sizes.append((size.width, size.height))
+    return [f"{w}x{h}" for w, h in sorted(set(sizes), reverse=True)]
 
 
 def _enum_formats(path: str) -> list[str]:
-    """FourCCs a capture device offers (``VIDIOC_ENUM_FMT``); empty if it cannot be asked."""
+    """What a capture device offers, e.g. ``["MJPG 1920x1080/1280x720", "YUYV 640x480"]``.
+
+    Asked with ``VIDIOC_ENUM_FMT`` and ``VIDIOC_ENUM_FRAMESIZES``; empty if the device cannot be
+    opened (busy, no permission) or asked.
+    """
     try:
         import fcntl
 
@@ -145,8 +182,8 @@ def _enum_formats(path: str) -> list[str]:
                 fcntl.ioctl(fd, _VIDIOC_ENUM_FMT, desc)
             except OSError:
                 break
-            code = desc.pixelformat
-            formats.append("".join(chr((code >> (8 * k)) & 0xFF) for k in range(4)).strip())
+            sizes = _enum_sizes(fd, desc.pixelformat, fcntl.ioctl)
+            formats.append(_fourcc_text(desc.pixelformat) + (" " + "/".join(sizes) if sizes else ""))
     finally:
         os.close(fd)
     return formats

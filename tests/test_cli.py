@@ -175,6 +175,9 @@ def test_matte_matches_official_predictor(env, tmp_path, tiny_checkpoint):
         (["--bbox", "10,10,20,20", "--model", "huge"], 3, "unknown model 'huge'"),
         (["--bbox", "10,10,20,20", "--checkpoint", "/nope/x.pt"], 3, "checkpoint file not found"),
         (["--bbox", "10,10,20,20", "--max-frames", "0"], 2, "--max-frames must be positive"),
+        (["--bbox", "10,10,20,20", "--lost-after", "-1"], 2, "--lost-after must be 0 or more"),
+        (["--bbox", "10,10,20,20", "--refine", "magic"], 2, "--refine must be auto or none"),
+        (["--bbox", "10,10,20,20", "--smooth", "1.5"], 2, "--smooth must be in [0, 1)"),
         (["--bbox", "10,10,20,20", "--output", "x.gif"], 5, "unsupported extension"),
     ],
 )

@@ -64,3 +64,10 @@ def test_devices_json(monkeypatch, tmp_path):
     data = json.loads(result.output)
     assert [c["index"] for c in data["cameras"]] == [0, 2]
     assert data["virtual_cameras"][0]["name"] == "greencam"
+
+
+def test_format_probe_of_a_non_camera_is_empty_not_an_error(tmp_path):
+    from greenscreen_cam.devices import _enum_formats
+
+    assert _enum_formats("/dev/null") == []  # opens, but answers no V4L2 ioctl
+    assert _enum_formats(str(tmp_path / "video9")) == []  # cannot be opened

@@ -200,3 +200,56 @@ def test_camera_lost_mid_stream_ends_the_run_with_a_clear_error(tiny_model, vcam
             pipe.run()
     assert source.closed and vcam_backend.instances[0].closed == 1
     assert len(vcam_backend.instances[0].frames) == 5
+
+
+def test_preview_hotkeys(tiny_model, tmp_path):
+    """The preview's keys change the loop's state: pass-through, mask view, help, auto re-select, quit."""
+    frames = moving_disc_frames(3)
+    rec = _Recorder()
+    events: list[str] = []
+    pipe = Pipeline(
+        ImageFolderSource(write_jpeg_folder(tmp_path / "f", frames)),
+        StreamingTracker(tiny_model),
+        Compositor(CompositorSettings()),
+        rec,
+        prompt=Prompt(box=(30, 25, 60, 70)),
+        on_event=events.append,
+    )
+    frame = pipe.source.read()
+    mask = pipe._track(frame)
+    pipe._hotkey(ord(" "), frame)  # pause keying: the camera passes through untouched
+    pipe._emit(frame, mask)
+    assert np.array_equal(rec.frames[-1], frame.image) and "keying paused (pass-through)" in events
+    pipe._hotkey(ord(" "), frame)
+    pipe._hotkey(ord("m"), frame)  # mask view: the alpha as a grey picture
+    pipe._emit(frame, mask)
+    view = rec.frames[-1]
+    assert (view[..., 0] == view[..., 1]).all() and set(np.unique(view)) >= {0, 255}
+    pipe._hotkey(ord("m"), frame)
+    pipe._hotkey(ord("h"), frame)
+    assert pipe._show_help
+    pipe._hotkey(ord("a"), frame)  # automatic re-selection: tracker reset, face search on
+    assert not pipe.tracker.is_prompted and pipe._auto and "automatic re-selection" in events
+    assert not pipe.stopping
+    pipe._hotkey(ord("q"), frame)
+    assert pipe.stopping
+
+
+def test_status_lines_in_a_log(capsys):
+    from greenscreen_cam.cli import _status_printer
+
+    show = _status_printer("tiny", "cpu", 256, interactive=False, every=5.0)
+    snap = {
+        "input_fps": 30.0,
+        "output_fps": 30.0,
+        "tracker_fps": 4.0,
+        "latency_p50_ms": 8.0,
+        "latency_p95_ms": 12.0,
+        "mask_age_ms": 200.0,
+        "subject": "tracking",
+        "seconds": 0.5,
+    }
+    for t in (0.5, 1.0, 5.4, 5.6, 10.6):
+        show(dict(snap, seconds=t))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("greencam: in")]
+    assert len(lines) == 3 and "tracker   4.0 fps" in lines[0] and "tiny@256 on cpu" in lines[0]
