@@ -196,25 +196,32 @@ class StreamingTracker:
     def preprocess(self, frame: np.ndarray) -> torch.Tensor:
         """RGB uint8 ``(H, W, 3)`` frame -> normalised ``(1, 3, S, S)`` float32 on the device.
 
-        On the CPU this is exactly sam2's frame loader (PIL bicubic resize of the
-        uint8 image, then /255 and mean/std); on accelerators the resize runs on
-        the device (bicubic with antialiasing, rounded to uint8 levels), so only
-        the raw frame is copied over.
+        On the CPU (and MPS) this is exactly sam2's frame loader (PIL bicubic
+        resize of the uint8 image, then /255 and mean/std); on CUDA the resize runs
+        on the GPU (bicubic with antialiasing, rounded to uint8 levels), so only the
+        raw frame is copied over.
         """
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {frame.shape} {frame.dtype}")
-        s = self.image_size
-        if self.device.type == "cpu":
-            from PIL import Image
-
-            resized = np.asarray(Image.fromarray(frame).resize((s, s), Image.Resampling.BICUBIC))
-            img = torch.from_numpy(resized.astype(np.float64) / 255.0).permute(2, 0, 1)[None].float()
-        else:
-            raw = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device, non_blocking=True)
-            raw = raw.permute(2, 0, 1)[None].float()
-            img = F.interpolate(raw, size=(s, s), mode="bicubic", antialias=True, align_corners=False)
-            img = img.round_().clamp_(0, 255).div_(255.0)
+        img = self._resize_on_device(frame) if self.device.type == "cuda" else self._resize_like_sam2(frame)
         return (img - self._mean) / self._std
+
+    def _resize_like_sam2(self, frame: np.ndarray) -> torch.Tensor:
+        """sam2's own frame loading: PIL bicubic on uint8, then /255 in float64 -> ``(1, 3, S, S)`` in [0, 1]."""
+        from PIL import Image
+
+        s = self.image_size
+        resized = np.asarray(Image.fromarray(frame).resize((s, s), Image.Resampling.BICUBIC))
+        img = torch.from_numpy(resized.astype(np.float64) / 255.0).permute(2, 0, 1)[None].float()
+        return img.to(self.device)
+
+    def _resize_on_device(self, frame: np.ndarray) -> torch.Tensor:
+        """The same resize on the tracker's device (antialiased bicubic, rounded to uint8 levels)."""
+        s = self.image_size
+        raw = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device, non_blocking=True)
+        raw = raw.permute(2, 0, 1)[None].float()
+        img = F.interpolate(raw, size=(s, s), mode="bicubic", antialias=True, align_corners=False)
+        return img.round_().clamp_(0, 255).div_(255.0)
 
     def prompt(self, frame: np.ndarray, prompt: Prompt) -> TrackResult:
         """Select the subject on ``frame``; it becomes the conditioning frame.

@@ -278,6 +278,9 @@ class CameraSource:
         if fps:
             cap.set(cv2.CAP_PROP_FPS, fps)
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        if hasattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC"):
+            # An unplugged camera must not block a read for long: it is retried by _recover().
+            cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, 2000)
         return cap
 
     def read(self) -> Frame | None:
@@ -482,9 +485,11 @@ class LatestFrameReader:
             return None
 
     def close(self) -> None:
+        """Stop the capture thread, then release the source (never while a read is in flight)."""
         self._stop.set()
-        self._thread.join(timeout=2.0)
-        self.source.close()
+        self._thread.join(timeout=5.0)
+        if not self._thread.is_alive():
+            self.source.close()
 
     def __enter__(self) -> LatestFrameReader:
         return self

@@ -176,3 +176,15 @@ def test_profile_records_every_stage(tiny_model):
     tracker.track(frames[1])
     assert set(tracker.timings) == set(STAGES)
     assert all(len(v) == 2 and min(v) >= 0 for v in tracker.timings.values())
+
+
+def test_cuda_preprocessing_matches_sam2_loader(tiny_model):
+    """The on-device resize used on CUDA, run here on the CPU: within 3 grey levels of sam2's PIL resize
+    (PIL rounds to uint8 between its horizontal and vertical passes), almost everywhere equal."""
+    tracker = StreamingTracker(tiny_model)
+    frame = cv2.resize(moving_disc_frames(1, 320, 240)[0], (1280, 720), interpolation=cv2.INTER_CUBIC)
+    reference = tracker._resize_like_sam2(frame)
+    on_device = tracker._resize_on_device(frame)
+    assert on_device.shape == reference.shape == (1, 3, 256, 256)
+    diff = (on_device - reference).abs() * 255
+    assert diff.max().item() <= 3.01 and diff.mean().item() < 0.3
