@@ -136,8 +136,10 @@ def _compositor_settings(s: Any) -> Any:
     return settings
 
 
-def load_tracker(model: str, checkpoint: str | None, device: str, resolution: int | None, *, profile: bool = False):
-    """Resolve device/resolution/checkpoint, load SAM 2 and wrap it in a StreamingTracker."""
+def resolve_model(
+    model: str, checkpoint: str | None, device: str, resolution: int | None
+) -> tuple[Any, str, int, Path]:
+    """Check model name, device, resolution and checkpoint file (fast): ``(spec, device, resolution, path)``."""
     from greenscreen_cam import models
 
     spec = models.get_spec(model)
@@ -145,11 +147,16 @@ def load_tracker(model: str, checkpoint: str | None, device: str, resolution: in
     res = resolution or models.DEFAULT_RESOLUTION[dev.split(":")[0]]
     if res not in models.RESOLUTIONS:
         raise ConfigError(f"unsupported --resolution {res}; choose one of {', '.join(map(str, models.RESOLUTIONS))}")
-    path = models.resolve_checkpoint(spec, Path(checkpoint) if checkpoint else None)
+    return spec, dev, res, models.resolve_checkpoint(spec, Path(checkpoint) if checkpoint else None)
+
+
+def load_tracker(spec: Any, path: Path, dev: str, res: int) -> Any:
+    """Load SAM 2 (slow) and wrap it in a StreamingTracker."""
+    from greenscreen_cam import models
     from greenscreen_cam.segmenter import StreamingTracker
 
     net = models.load_model(spec, path, device=dev, resolution=res)
-    return StreamingTracker(net, autocast=models.autocast_dtype(dev), profile=profile), spec, dev, res
+    return StreamingTracker(net, autocast=models.autocast_dtype(dev))
 
 
 # --------------------------------------------------------------------------- start
@@ -319,6 +326,7 @@ def run_start(s: Any, *, virtual_backend: str | None = None) -> None:
     if not s.outputs and not s.preview:
         raise ConfigError("nothing to output: give --output virtual, --output FILE or --preview")
     comp_settings = _compositor_settings(s)
+    spec, dev, res, checkpoint = resolve_model(s.model, s.checkpoint, s.device, s.resolution)
 
     from greenscreen_cam.sinks import MatteWriter, MultiSink, PreviewSink, VideoFileSink, VirtualCameraSink
     from greenscreen_cam.sources import open_source
@@ -342,8 +350,7 @@ def run_start(s: Any, *, virtual_backend: str | None = None) -> None:
                 box = preview_sink.select_box(first.image)
                 if box is not None:
                     prompt = Prompt(box=tuple(float(v) for v in box))  # type: ignore[arg-type]
-        err.print("greencam: loading SAM 2 ...")
-        tracker, spec, dev, res = load_tracker(s.model, s.checkpoint, s.device, s.resolution)
+        # Every output opens before the slow model load, so a missing device is reported at once.
         sinks: list[Any] = []
         for target in s.outputs:
             if target == "virtual":
@@ -358,6 +365,8 @@ def run_start(s: Any, *, virtual_backend: str | None = None) -> None:
                 sinks.append(stack.enter_context(VideoFileSink(Path(target), src.width, src.height, src.fps)))
         sink = MultiSink(sinks)
         matte = stack.enter_context(MatteWriter(Path(s.matte_output))) if s.matte_output else None
+        err.print(f"greencam: loading SAM 2 {spec.name} at {res} px on {dev} ...")
+        tracker = load_tracker(spec, checkpoint, dev, res)
         from greenscreen_cam.pipeline import Pipeline
 
         pipeline = Pipeline(

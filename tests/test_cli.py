@@ -225,6 +225,7 @@ def test_unreadable_video(env, tmp_path):
 def test_no_virtual_camera_prints_modprobe(env, clip):
     result = start("--source", str(clip[0]), "--bbox", "10,10,20,20")
     assert result.exit_code == 5
+    assert "loading SAM 2" not in result.output, "a missing virtual camera is reported before the slow model load"
     assert (
         'sudo modprobe v4l2loopback devices=1 video_nr=10 card_label="greencam" exclusive_caps=1'
         in result.output.replace("\n", "")
