@@ -155,6 +155,7 @@ class Pipeline:
         self.on_event = on_event or (lambda m: None)
         self.stats = Stats()
         self._pending_prompt = prompt
+        self._pending_reset = False
         self._auto = auto or prompt is None
         self._face_finder: Any = None
         self._said_searching = False
@@ -181,12 +182,15 @@ class Pipeline:
         return self._stop.is_set()
 
     def reselect(self, prompt: Prompt | None) -> None:
-        """Re-prompt on the next tracked frame; None = find the subject automatically."""
+        """Re-prompt on the next tracked frame; None = find the subject automatically.
+
+        Safe from any thread: the tracker itself is only touched by the thread that tracks.
+        """
         with self._lock:
             self._pending_prompt = prompt
             self._auto = prompt is None
             if prompt is None:
-                self.tracker.reset()
+                self._pending_reset = True
                 self._said_searching = False
 
     # ------------------------------------------------------------------ tracking
@@ -195,6 +199,11 @@ class Pipeline:
         with self._lock:
             prompt, self._pending_prompt = self._pending_prompt, None
             auto = self._auto
+            reset, self._pending_reset = self._pending_reset, False
+        if reset:
+            self.tracker.reset()
+            with self._lock:
+                self._mask = None  # the old subject's mask must not be shown any more
         start = time.perf_counter()
         if prompt is not None:
             result = self.tracker.prompt(frame.image, prompt)

@@ -228,8 +228,11 @@ def test_preview_hotkeys(tiny_model, tmp_path):
     pipe._hotkey(ord("m"), frame)
     pipe._hotkey(ord("h"), frame)
     assert pipe._show_help
-    pipe._hotkey(ord("a"), frame)  # automatic re-selection: tracker reset, face search on
-    assert not pipe.tracker.is_prompted and pipe._auto and "automatic re-selection" in events
+    pipe._hotkey(ord("a"), frame)  # automatic re-selection: face search on, tracker reset by the tracking thread
+    assert pipe._auto and "automatic re-selection" in events
+    assert pipe.tracker.is_prompted, "the hotkey itself never touches the tracker"
+    assert pipe._track(frame) is None  # no face in this picture: searching, plain key colour
+    assert not pipe.tracker.is_prompted
     assert not pipe.stopping
     pipe._hotkey(ord("q"), frame)
     assert pipe.stopping
