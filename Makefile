@@ -11,13 +11,13 @@ MODEL  ?= tiny
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile requirements/sam2.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	$(PIP) install --quiet $(TORCH_SPEC)
 	# sam2 is an sdist whose build imports torch: build it against the torch above,
-	# without its optional CUDA extension (greencam does not use it).
-	SAM2_BUILD_CUDA=0 $(PIP) install --quiet --no-build-isolation sam2==1.1.0
+	# without its optional CUDA extension (greencam does not use it), from the hash-pinned file.
+	SAM2_BUILD_CUDA=0 $(PIP) install --quiet --no-build-isolation --no-deps --require-hashes -r requirements/sam2.txt
 	$(PIP) install --quiet --no-build-isolation -e ".[dev]"
 	touch $@
 

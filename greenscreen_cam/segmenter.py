@@ -131,6 +131,21 @@ class TrackResult:
         return torch.sigmoid(self.logits).float().cpu().numpy()
 
 
+@dataclass
+class Encoded:
+    """One frame's image-encoder output, as SAM 2's ``_prepare_backbone_features`` gives it.
+
+    Attributes:
+        feats: Per level ``(H*W, 1, C)`` features, highest resolution first.
+        pos: Matching positional encodings.
+        sizes: Per level ``(H, W)``.
+    """
+
+    feats: list[torch.Tensor]
+    pos: list[torch.Tensor]
+    sizes: list[tuple[int, int]]
+
+
 class StreamingTracker:
     """Track one subject through a stream of frames with a SAM 2 model.
 
@@ -260,12 +275,43 @@ class StreamingTracker:
         }
 
     @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> list[Encoded]:
+        """Run the image encoder on a ``(B, 3, S, S)`` batch of preprocessed frames.
+
+        Only the shared model is used, so one call can serve the frames of several
+        trackers that share a model (``greencam serve`` batches its sessions this
+        way); each returned :class:`Encoded` then goes to its own tracker's
+        :meth:`step_encoded`.
+        """
+        amp = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()
+        with amp, self._stage("image_encoder"):
+            backbone = self.model.forward_image(images)
+            _, feats, pos, sizes = self.model._prepare_backbone_features(backbone)
+        batch = int(images.shape[0])
+        if batch == 1:
+            return [Encoded(list(feats), list(pos), list(sizes))]
+        return [
+            Encoded(
+                [f[:, i : i + 1].contiguous() for f in feats],
+                [p[:, i : i + 1].contiguous() for p in pos],
+                list(sizes),
+            )
+            for i in range(batch)
+        ]
+
     def step(self, image: torch.Tensor, frame_hw: tuple[int, int], prompt: Prompt | None) -> TrackResult:
         """Run one frame given its preprocessed ``(1, 3, S, S)`` tensor.
 
         ``prompt`` (in frame pixels of size ``frame_hw``) makes it a conditioning
         frame; otherwise the frame is tracked from memory.
         """
+        if prompt is None and not self.is_prompted:
+            raise PromptError("the tracker has no prompt yet; select a subject first")
+        return self.step_encoded(self.encode(image)[0], frame_hw, prompt)
+
+    @torch.inference_mode()
+    def step_encoded(self, encoded: Encoded, frame_hw: tuple[int, int], prompt: Prompt | None) -> TrackResult:
+        """Memory attention, mask decoder and memory encoder for one frame already through :meth:`encode`."""
         model = self.model
         height, width = int(frame_hw[0]), int(frame_hw[1])
         is_cond = prompt is not None
@@ -276,11 +322,9 @@ class StreamingTracker:
         self._frame_index += 1
         t = self._frame_index
         point_inputs = self._point_inputs(prompt, height, width) if prompt is not None else None
+        feats, pos, sizes = encoded.feats, encoded.pos, encoded.sizes
         amp = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()
         with amp:
-            with self._stage("image_encoder"):
-                backbone = model.forward_image(image)
-                _, feats, pos, sizes = model._prepare_backbone_features(backbone)
             with self._stage("memory_attention"):
                 pix_feat = model._prepare_memory_conditioned_features(
                     frame_idx=t,
