@@ -409,11 +409,9 @@ def _rss_mb() -> float:
 
 
 def _parse_box(bbox: str | None, width: int, height: int) -> tuple[float, ...]:
-    if bbox:
-        from greenscreen_cam.cli import parse_numbers
+    from greenscreen_cam.prompt import default_box, parse_numbers
 
-        return parse_numbers(bbox, 4, "--bbox")
-    return (width / 4, height / 4, width / 2, height / 2)
+    return parse_numbers(bbox, 4, "--bbox") if bbox else default_box(width, height)
 
 
 def bench_compositor(frames: int, width: int = 1280, height: int = 720) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from greenscreen_cam.errors import PromptError
+from greenscreen_cam.prompt import Prompt, fmt_box
+
+__all__ = ["STAGES", "Encoded", "Prompt", "StreamingTracker", "TrackResult", "fmt_box"]
 
 STAGES = (
     "preprocess",
@@ -48,46 +51,6 @@ _IMG_MEAN = (0.485, 0.456, 0.406)
 _IMG_STD = (0.229, 0.224, 0.225)
 _STREAM_LENGTH = 2**31 - 1
 """``num_frames`` given to SAM 2: a live stream has no end, so no pointer window is cut short."""
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """What the user selected on a frame, in that frame's pixel coordinates.
-
-    Attributes:
-        box: ``(x, y, w, h)`` with ``x2 = x + w``, or None.
-        points: ``[(x, y), ...]`` clicks, or empty.
-        labels: One label per point: 1 positive (subject), 0 negative (not subject).
-    """
-
-    box: tuple[float, float, float, float] | None = None
-    points: tuple[tuple[float, float], ...] = ()
-    labels: tuple[int, ...] = ()
-
-    def validate(self, width: int, height: int) -> None:
-        """Raise PromptError unless the prompt is non-empty and lies inside a ``width x height`` frame."""
-        if self.box is None and not self.points:
-            raise PromptError("a prompt needs a --bbox or at least one --point")
-        if len(self.points) != len(self.labels):
-            raise PromptError("every point needs a label")
-        if self.box is not None:
-            x, y, w, h = self.box
-            if w <= 0 or h <= 0:
-                raise PromptError(f"--bbox {fmt_box(self.box)} has zero or negative size (w and h must be > 0)")
-            if x < 0 or y < 0 or x + w > width or y + h > height:
-                raise PromptError(
-                    f"--bbox {fmt_box(self.box)} lies outside the {width}x{height} frame "
-                    f"(need 0 <= x, 0 <= y, x + w <= {width}, y + h <= {height})"
-                )
-        for px, py in self.points:
-            if not (0 <= px < width and 0 <= py < height):
-                raise PromptError(f"point {px:g},{py:g} lies outside the {width}x{height} frame")
-        if self.points and not any(label == 1 for label in self.labels) and self.box is None:
-            raise PromptError("negative points alone cannot select a subject; add a --point or a --bbox")
-
-
-def fmt_box(box: Sequence[float]) -> str:
-    return ",".join(f"{v:g}" for v in box)
 
 
 @dataclass
