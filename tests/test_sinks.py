@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -160,3 +161,151 @@ def test_multi_sink_fans_out_and_closes_all(tmp_path, vcam_backend):
     assert Failing.closed and vcam_backend.instances[0].closed == 1 and video.frames_written == 3
     assert Path(tmp_path / "o.mp4").stat().st_size > 0
     time.sleep(0)
+
+
+# --------------------------------------------------------------------------- never destroy a user's file
+
+
+def _hidden_leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".greencam-tmp-" in p.name)
+
+
+def test_existing_output_is_refused_and_left_unchanged(tmp_path):
+    from greenscreen_cam.sinks import OutputExistsError, check_outputs
+
+    out = tmp_path / "talk.mp4"
+    out.write_bytes(b"an earlier recording" * 100)
+    before = out.read_bytes()
+    with pytest.raises(OutputExistsError, match="already exists; pass --overwrite") as info:
+        check_outputs([out], None, overwrite=False, sources=["0"])
+    assert "\n" not in str(info.value)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        VideoFileSink(out, 160, 120, 30.0)
+    assert out.read_bytes() == before and _hidden_leftovers(tmp_path) == []
+    check_outputs([out], None, overwrite=True, sources=["0"])  # allowed with --overwrite
+
+
+def test_output_equal_to_source_is_refused_even_with_overwrite(tmp_path, clip):
+    from greenscreen_cam.sinks import OutputExistsError, check_outputs
+
+    source, _ = clip
+    before = source.read_bytes()
+    link = tmp_path / "hardlink.mp4"
+    os.link(source, link)
+    symlink = tmp_path / "symlink.mp4"
+    symlink.symlink_to(source)
+    for target in (source, tmp_path / "." / source.name, link, symlink):
+        with pytest.raises(OutputExistsError, match="would overwrite the source"):
+            check_outputs([target], None, overwrite=True, sources=[str(source)])
+    assert source.read_bytes() == before
+
+
+def test_matte_folder_checks(tmp_path):
+    from greenscreen_cam.sinks import OutputExistsError, check_outputs
+
+    mattes = tmp_path / "m"
+    check_outputs([], mattes, overwrite=False, sources=[])  # new folder: fine
+    mattes.mkdir()
+    check_outputs([], mattes, overwrite=False, sources=[])  # empty folder: fine
+    (mattes / "000000.png").write_bytes(b"old")
+    with pytest.raises(OutputExistsError, match="not empty; pass --overwrite"):
+        check_outputs([], mattes, overwrite=False, sources=[])
+    check_outputs([], mattes, overwrite=True, sources=[])
+    (mattes / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="did not write.*notes.txt"):
+        check_outputs([], mattes, overwrite=True, sources=[])
+    # an image-folder source cannot also be the matte folder
+    with pytest.raises(OutputExistsError, match="holds the source"):
+        check_outputs([], tmp_path, overwrite=True, sources=[str(mattes)])
+    with pytest.raises(OutputExistsError, match="lies inside --matte-output"):
+        check_outputs([mattes / "o.mp4"], mattes, overwrite=True, sources=[])
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("nofolder/out.mp4", "does not exist"), ("out.gif", "unsupported extension"), ("dir.mp4", "is a folder")],
+)
+def test_check_outputs_bad_paths(tmp_path, name, message):
+    from greenscreen_cam.sinks import check_outputs
+
+    (tmp_path / "dir.mp4").mkdir()
+    with pytest.raises(SinkError, match=message):
+        check_outputs([tmp_path / name], None, overwrite=True, sources=[])
+
+
+def _read_all(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        frames.append(img)
+    cap.release()
+    return frames
+
+
+def test_overwrite_replaces_only_on_clean_close(tmp_path):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"old content")
+    frames = moving_disc_frames(4)
+    sink = VideoFileSink(out, 160, 120, 30.0, overwrite=True)
+    for f in frames:
+        sink.send(f)
+    assert out.read_bytes() == b"old content", "the old file stays until the run finishes"
+    (tmp,) = _hidden_leftovers(tmp_path)
+    assert tmp.startswith(".out.greencam-tmp-") and tmp.endswith(".mp4")
+    sink.close()
+    assert len(_read_all(out)) == 4 and _hidden_leftovers(tmp_path) == []
+
+
+def test_abort_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"old content")
+    with pytest.raises(KeyboardInterrupt), VideoFileSink(out, 160, 120, 30.0, overwrite=True) as sink:
+        for f in moving_disc_frames(3):
+            sink.send(f)
+        raise KeyboardInterrupt  # Ctrl-C mid-run
+    assert out.read_bytes() == b"old content" and _hidden_leftovers(tmp_path) == []
+    # a new file that was aborted does not appear at all
+    fresh = tmp_path / "fresh.mp4"
+    sink = VideoFileSink(fresh, 160, 120, 30.0)
+    sink.send(moving_disc_frames(1)[0])
+    sink.abort()
+    sink.close()  # harmless after abort
+    assert not fresh.exists() and _hidden_leftovers(tmp_path) == []
+
+
+def test_multi_sink_aborts_every_file(tmp_path):
+    a, b = tmp_path / "a.mp4", tmp_path / "b.avi"
+    a.write_bytes(b"keep a")
+    with (
+        pytest.raises(RuntimeError),
+        MultiSink([VideoFileSink(a, 160, 120, 30.0, overwrite=True), VideoFileSink(b, 160, 120, 30.0)]) as multi,
+    ):
+        multi.send(moving_disc_frames(1)[0])
+        raise RuntimeError("tracker failed")
+    assert a.read_bytes() == b"keep a" and not b.exists() and _hidden_leftovers(tmp_path) == []
+
+
+def test_matte_overwrite_is_atomic_and_abort_keeps_old_mattes(tmp_path):
+    mattes = tmp_path / "m"
+    mattes.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(mattes / f"{i:06d}.png"), np.full((4, 4), 7, np.uint8))
+    with pytest.raises(SinkError, match="--overwrite"):
+        MatteWriter(mattes)
+    # aborted run: the old five mattes are untouched
+    with pytest.raises(RuntimeError), MatteWriter(mattes, overwrite=True) as matte:
+        matte.send(np.full((4, 4), 200, np.uint8))
+        raise RuntimeError("boom")
+    assert len(list(mattes.iterdir())) == 5 and _hidden_leftovers(tmp_path) == []
+    # clean run: the folder holds exactly the new mattes, and only after close
+    matte = MatteWriter(mattes, overwrite=True)
+    for v in (10, 20):
+        matte.send(np.full((4, 4), v, np.uint8))
+    assert len(list(mattes.iterdir())) == 5
+    matte.close()
+    assert sorted(p.name for p in mattes.iterdir()) == ["000000.png", "000001.png"]
+    assert cv2.imread(str(mattes / "000001.png"), cv2.IMREAD_UNCHANGED).max() == 20
+    assert _hidden_leftovers(tmp_path) == []
