@@ -6,8 +6,9 @@ uint8 **RGB** (converted from OpenCV's BGR here, at the edge).
 - :class:`VideoFileSource` / :class:`ImageFolderSource` deliver every frame in
   order (offline keying, tests); with ``realtime=True`` they are paced at their
   frame rate and drop frames like a camera when the consumer is slower.
-- :class:`CameraSource` opens a webcam by index or device path and reports what
-  it actually negotiated.
+- :class:`CameraSource` opens a webcam by index or device path, reports what
+  it actually negotiated, and reopens a camera that was unplugged or stopped
+  delivering (``reconnecting`` is True meanwhile) for up to ``reconnect_timeout`` s.
 - :class:`LatestFrameReader` reads any source on its own thread and keeps only
   the newest frame, so a slow consumer never sees a stale frame.
 """
@@ -18,7 +19,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -201,16 +202,44 @@ def _camera_backend() -> int:
     return cv2.CAP_ANY
 
 
+class Capture(Protocol):
+    """The part of ``cv2.VideoCapture`` a camera source uses (frames are BGR uint8)."""
+
+    def isOpened(self) -> bool: ...  # noqa: N802 (OpenCV's name)
+
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+
+    def set(self, prop: int, value: float) -> bool: ...
+
+    def get(self, prop: int) -> float: ...
+
+    def release(self) -> None: ...
+
+
+CaptureFactory = Callable[[int | str, int], Capture]
+"""Opens a capture: ``factory(index_or_path, opencv_backend)``; ``cv2.VideoCapture`` by default."""
+
+
 class CameraSource:
     """A webcam, by index (``0``) or device path (``/dev/video0``).
+
+    A camera that is unplugged or stops delivering is reopened: :meth:`read`
+    stays inside a retry loop (backoff 0.25 s doubling up to 2 s) while
+    :attr:`reconnecting` is True, returns the first frame of the reopened camera,
+    and raises :class:`~greenscreen_cam.errors.CameraLostError` once
+    ``reconnect_timeout`` seconds have passed without a frame. :meth:`close` may be
+    called from another thread: a blocked :meth:`read` then returns None promptly
+    and the device is released by whichever thread holds it last.
 
     Args:
         device: Index or path.
         width, height, fps, fourcc: What to ask the camera for (None = its default).
-        reopen_timeout: How long to keep retrying a camera that stopped delivering.
+        reconnect_timeout: Seconds to keep reopening a camera that stopped delivering.
+        capture_factory: Opens the device (tests inject a capture that fails and recovers).
 
     Attributes:
         negotiated: Human-readable notes where the camera gave something other than asked.
+        reconnects: How many times the camera came back after a loss.
     """
 
     live = True
@@ -223,30 +252,42 @@ class CameraSource:
         height: int | None = None,
         fps: float | None = None,
         fourcc: str | None = None,
-        reopen_timeout: float = 3.0,
+        reconnect_timeout: float = 60.0,
+        capture_factory: CaptureFactory | None = None,
     ) -> None:
         self.device = device
         self.requested = (width, height, fps, fourcc)
-        self.reopen_timeout = reopen_timeout
+        self.reconnect_timeout = reconnect_timeout
+        self._factory: CaptureFactory = capture_factory or cv2.VideoCapture  # type: ignore[assignment]
+        self._lock = threading.Lock()  # held around every use of self._cap
+        self._closed = threading.Event()
+        self._reconnecting = threading.Event()
+        self._cap: Capture | None = None
+        self.reconnects = 0
+        if reconnect_timeout < 0:
+            raise SourceError(f"--reconnect-timeout must be 0 or more seconds, got {reconnect_timeout:g}")
         if fourcc is not None and len(fourcc) != 4:
             raise SourceError(f"--fourcc must be 4 characters (e.g. MJPG, YUYV), got {fourcc!r}")
-        if isinstance(device, str) and not Path(device).exists():
+        if capture_factory is None and isinstance(device, str) and not Path(device).exists():
             raise SourceError(f"camera {device} does not exist; {_available_cameras_hint()}")
-        self._cap = self._open()
-        ok, image = self._cap.read()
+        cap = self._open()
+        if cap is None:
+            raise SourceError(f"cannot open camera {device}; {_available_cameras_hint()}")
+        ok, image = cap.read()
         if not ok or image is None:
-            self._cap.release()
+            cap.release()
             raise SourceError(
                 f"camera {device} opened but delivers no frames: it may be busy (another app is using it) "
                 "or not support the requested format"
             )
+        self._cap = cap
         self.height, self.width = image.shape[:2]
-        got_fps = self._cap.get(cv2.CAP_PROP_FPS)
+        got_fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(got_fps) if got_fps and 0 < got_fps < 1000 else float(fps or 30.0)
         self.negotiated: list[str] = []
         asked = (width or self.width, height or self.height)
         if (width or height) and asked != (self.width, self.height):
-            self._cap.release()
+            self.close()
             raise SourceError(
                 f"camera {device} does not support {asked[0]}x{asked[1]}"
                 f"{' in ' + fourcc.upper() if fourcc else ''} (it gives {self.width}x{self.height}); "
@@ -255,20 +296,33 @@ class CameraSource:
         if fps and abs(self.fps - fps) > 0.5:
             self.negotiated.append(f"asked for {fps:g} fps, camera gives {self.fps:g} fps")
         if fourcc:
-            code = int(self._cap.get(cv2.CAP_PROP_FOURCC))
+            code = int(cap.get(cv2.CAP_PROP_FOURCC))
             got = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)) if code else "?"
             if got.upper() != fourcc.upper():
                 self.negotiated.append(f"asked for {fourcc.upper()}, camera gives {got}")
         self._pending: np.ndarray | None = image
         self._index = 0
 
-    def _open(self) -> cv2.VideoCapture:
+    @property
+    def reconnecting(self) -> bool:
+        """True while :meth:`read` is trying to reopen a lost camera (safe to read from any thread)."""
+        return self._reconnecting.is_set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def _open(self) -> Capture | None:
+        """A configured capture of :attr:`device`, or None if it cannot be opened now."""
         width, height, fps, fourcc = self.requested
         target = int(self.device) if isinstance(self.device, int) else self.device
-        cap = cv2.VideoCapture(target, _camera_backend())
+        try:
+            cap = self._factory(target, _camera_backend())
+        except (cv2.error, OSError):
+            return None
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"cannot open camera {self.device}; {_available_cameras_hint()}")
+            return None
         if fourcc:
             cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*fourcc.upper()))
         if width:
@@ -279,40 +333,99 @@ class CameraSource:
             cap.set(cv2.CAP_PROP_FPS, fps)
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if hasattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC"):
-            # An unplugged camera must not block a read for long: it is retried by _recover().
+            # An unplugged camera must not block a read for long: read() then reconnects.
             cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, 2000)
         return cap
 
+    def _grab(self) -> np.ndarray | None:
+        """One BGR image from the current capture, or None (no capture, no frame, or closed)."""
+        with self._lock:
+            cap = self._cap
+            if self._closed.is_set():
+                self._release_locked()
+                return None
+            if cap is None:
+                return None
+            try:
+                ok, image = cap.read()
+            except cv2.error:
+                ok, image = False, None
+            if self._closed.is_set():  # close() ran meanwhile and left the release to us
+                self._release_locked()
+                return None
+        return image if ok and image is not None else None
+
+    def _release_locked(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
     def read(self) -> Frame | None:
+        """The next frame; None once closed. Blocks while reconnecting, at most ``reconnect_timeout`` s.
+
+        Raises:
+            CameraLostError: the camera did not come back within ``reconnect_timeout`` seconds.
+        """
+        if self._closed.is_set():
+            return None
         if self._pending is not None:
             image, self._pending = self._pending, None
         else:
-            ok, image = self._cap.read()
-            if not ok or image is None:
-                image = self._recover()
+            image = self._grab()
+            if image is None:
+                image = self._reconnect()
+                if image is None:
+                    return None
+        if image.shape[:2] != (self.height, self.width):  # came back in another format
+            image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
         frame = Frame(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), self._index)
         self._index += 1
         return frame
 
-    def _recover(self) -> np.ndarray:
-        """Retry a camera that stopped delivering (unplugged, driver hiccup) for ``reopen_timeout`` s."""
-        deadline = time.monotonic() + self.reopen_timeout
-        while time.monotonic() < deadline:
-            self._cap.release()
-            time.sleep(0.25)
-            try:
-                self._cap = self._open()
-            except SourceError:
-                continue
-            ok, image = self._cap.read()
-            if ok and image is not None:
-                return image
+    def _reconnect(self) -> np.ndarray | None:
+        """Reopen a camera that stopped delivering; its first image, or None if closed meanwhile."""
+        if self._closed.is_set():
+            return None
+        self._reconnecting.set()
+        try:
+            deadline = time.monotonic() + self.reconnect_timeout
+            delay = 0.25
+            while True:
+                with self._lock:
+                    self._release_locked()
+                    if self._closed.is_set():
+                        return None
+                    self._cap = self._open()
+                image = self._grab()
+                if image is not None:
+                    self.reconnects += 1
+                    return image
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if self._closed.wait(min(delay, remaining)):
+                    return None
+                delay = min(2 * delay, 2.0)
+        finally:
+            self._reconnecting.clear()
         raise CameraLostError(
-            f"camera {self.device} stopped delivering frames and did not come back within {self.reopen_timeout:g} s"
+            f"camera {self.device} stopped delivering frames and did not come back within "
+            f"{self.reconnect_timeout:g} s; check the cable, or raise --reconnect-timeout"
         )
 
+    def interrupt(self) -> None:
+        """Make a :meth:`read` blocked in another thread return None soon (without releasing yet)."""
+        self._closed.set()
+
     def close(self) -> None:
-        self._cap.release()
+        """Release the camera; safe from any thread, also while another thread is in :meth:`read`."""
+        self._closed.set()
+        if self._lock.acquire(timeout=0.05):
+            try:
+                self._release_locked()
+            finally:
+                self._lock.release()
+        # else: a read is in flight; it sees the closed flag and releases the device itself.
 
 
 def _available_cameras_hint() -> str:
@@ -332,14 +445,24 @@ def open_source(
     fps: float | None = None,
     fourcc: str | None = None,
     realtime: bool = False,
+    reconnect_timeout: float = 60.0,
 ) -> Source:
-    """Open ``--source``: a camera index, a device path, a video file or an image folder."""
+    """Open ``--source``: a camera index, a device path, a video file or an image folder.
+
+    ``reconnect_timeout`` is how long a camera that stops delivering is reopened
+    before :class:`~greenscreen_cam.errors.CameraLostError` (files ignore it).
+    """
     text = spec.strip()
-    if re.fullmatch(r"\d+", text):
-        return CameraSource(int(text), width=width, height=height, fps=fps, fourcc=fourcc)
     path = Path(text).expanduser()
-    if text.startswith("/dev/") or (path.exists() and path.is_char_device()):
-        return CameraSource(text, width=width, height=height, fps=fps, fourcc=fourcc)
+    if re.fullmatch(r"\d+", text) or text.startswith("/dev/") or (path.exists() and path.is_char_device()):
+        return CameraSource(
+            int(text) if text.isdigit() else text,
+            width=width,
+            height=height,
+            fps=fps,
+            fourcc=fourcc,
+            reconnect_timeout=reconnect_timeout,
+        )
     if path.is_dir():
         return ImageFolderSource(path, fps=fps or 30.0, realtime=realtime)
     if path.exists():
@@ -434,6 +557,10 @@ class LatestFrameReader:
     one if needed; frames that were overwritten before anyone took them are
     counted in :attr:`dropped`. Errors raised by the source (e.g. camera lost)
     are re-raised in the consumer. Use as a context manager, or call :meth:`close`.
+
+    For a live loop that must keep sending while no frame comes,
+    :attr:`last_frame_time` says when the newest frame arrived and
+    :attr:`reconnecting` whether the source is reopening a lost camera.
     """
 
     def __init__(self, source: Source) -> None:
@@ -446,6 +573,7 @@ class LatestFrameReader:
         self._stop = threading.Event()
         self.produced = 0
         self.dropped = 0
+        self._last_time: float | None = None
         self._thread = threading.Thread(target=self._run, name="greencam-capture", daemon=True)
         self._thread.start()
 
@@ -463,6 +591,7 @@ class LatestFrameReader:
                     self._latest = frame
                     self._fresh = True
                     self.produced += 1
+                    self._last_time = time.perf_counter()
                     self._cond.notify_all()
         except BaseException as e:  # handed to the consumer
             with self._cond:
@@ -484,11 +613,34 @@ class LatestFrameReader:
                 raise TimeoutError("no frame arrived in time")
             return None
 
+    @property
+    def last_frame_time(self) -> float | None:
+        """``time.perf_counter()`` when the newest frame arrived from the source; None before the first."""
+        return self._last_time
+
+    @property
+    def last_frame(self) -> Frame | None:
+        """The newest frame read so far (taken or not), e.g. to repeat while the camera is away."""
+        return self._latest
+
+    @property
+    def reconnecting(self) -> bool:
+        """Whether the source is reopening a lost camera (``CameraSource.reconnecting``)."""
+        return bool(getattr(self.source, "reconnecting", False))
+
     def close(self) -> None:
-        """Stop the capture thread, then release the source (never while a read is in flight)."""
+        """Stop the capture thread, then release the source.
+
+        A source with an ``interrupt()`` method (a camera) is told to abandon a read
+        that is waiting for the device, so this returns promptly; other sources
+        are closed only once no read is in flight.
+        """
         self._stop.set()
+        interrupt = getattr(self.source, "interrupt", None)
+        if callable(interrupt):
+            interrupt()
         self._thread.join(timeout=5.0)
-        if not self._thread.is_alive():
+        if not self._thread.is_alive() or callable(interrupt):
             self.source.close()
 
     def __enter__(self) -> LatestFrameReader:

@@ -224,3 +224,160 @@ def test_prefetch_reader_reraises_source_errors():
     with pytest.raises(SourceError, match="2.jpg"):
         reader.read()
     reader.stop()
+
+
+# --------------------------------------------------------------------------- camera recovery
+
+
+class _DyingCapture:
+    """A real ``cv2.VideoCapture`` of a video file that goes dark after ``frames`` reads (an unplugged camera)."""
+
+    def __init__(self, path, frames: int | None) -> None:
+        self.cap = cv2.VideoCapture(str(path))
+        self.left = frames
+        self.released = False
+
+    def isOpened(self) -> bool:  # noqa: N802
+        return self.cap.isOpened()
+
+    def read(self):
+        if self.left is not None:
+            if self.left <= 0:
+                return False, None
+            self.left -= 1
+        return self.cap.read()
+
+    def set(self, prop, value):
+        return True
+
+    def get(self, prop):
+        return self.cap.get(prop)
+
+    def release(self) -> None:
+        self.released = True
+        self.cap.release()
+
+
+class _FlakyCamera:
+    """A capture factory: plays ``path``, dies after ``frames`` reads, is absent for ``absent`` reopen
+    attempts (``None`` = never comes back), then plays the file again from its start."""
+
+    def __init__(self, path, frames: int, absent: int | None) -> None:
+        self.path, self.frames, self.absent = path, frames, absent
+        self.opens: list[_DyingCapture] = []
+        self.reconnecting_seen: list[bool] = []
+        self.source: CameraSource | None = None
+
+    def __call__(self, target, backend):
+        if self.source is not None:
+            self.reconnecting_seen.append(self.source.reconnecting)
+        attempt = len(self.opens)
+        if attempt == 0:
+            cap = _DyingCapture(self.path, self.frames)
+        elif self.absent is None or attempt <= self.absent:
+            cap = _DyingCapture(self.path / "unplugged.mp4", 0)  # cannot open
+        else:
+            cap = _DyingCapture(self.path, None)
+        self.opens.append(cap)
+        return cap
+
+
+@pytest.fixture()
+def camera_clip(tmp_path):
+    frames = moving_disc_frames(20)
+    return write_video(tmp_path / "camera.mp4", frames), frames
+
+
+def test_camera_reconnects_after_it_stops_delivering(camera_clip):
+    path, frames = camera_clip
+    factory = _FlakyCamera(path, frames=3, absent=2)
+    src = CameraSource(0, reconnect_timeout=30, capture_factory=factory)
+    factory.source = src
+    assert (src.width, src.height) == (160, 120) and not src.reconnecting
+    got = [src.read() for _ in range(5)]
+    # 3 frames before the loss, then the reopened camera starts again from its first frame
+    assert [f.index for f in got] == [0, 1, 2, 3, 4]
+    assert np.abs(got[3].image.astype(int) - frames[0].astype(int)).mean() < 12
+    assert np.abs(got[4].image.astype(int) - frames[1].astype(int)).mean() < 12
+    assert src.reconnects == 1 and not src.reconnecting
+    assert factory.reconnecting_seen == [True, True, True], "reconnecting is visible while reopening"
+    assert all(cap.released for cap in factory.opens[:-1]), "every dead capture is released"
+    src.close()
+    assert factory.opens[-1].released
+
+
+def test_camera_gives_up_after_reconnect_timeout(camera_clip):
+    from greenscreen_cam.errors import CameraLostError
+
+    path, _ = camera_clip
+    factory = _FlakyCamera(path, frames=1, absent=None)
+    src = CameraSource("/dev/video-fake", reconnect_timeout=0.6, capture_factory=factory)
+    assert src.read().index == 0
+    with pytest.raises(CameraLostError, match="did not come back within 0.6 s.*--reconnect-timeout") as info:
+        src.read()
+    assert "\n" not in str(info.value) and not src.reconnecting
+    assert len(factory.opens) >= 3, "it kept trying"
+    src.close()
+
+
+def _wait_until(predicate, limit: float = 5.0) -> bool:
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_close_from_another_thread_ends_a_blocked_read(camera_clip):
+    path, _ = camera_clip
+    factory = _FlakyCamera(path, frames=1, absent=None)
+    src = CameraSource(0, reconnect_timeout=120, capture_factory=factory)
+    src.read()
+    result: list[object] = []
+    reader = threading.Thread(target=lambda: result.append(src.read()), daemon=True)
+    reader.start()
+    assert _wait_until(lambda: src.reconnecting)
+    src.close()
+    reader.join(timeout=10)  # would hang for the 120 s reconnect timeout if close() did not interrupt it
+    assert not reader.is_alive() and result == [None]
+    assert all(cap.released for cap in factory.opens) and src.read() is None
+
+
+def test_latest_frame_reader_reports_reconnecting_and_recovers(camera_clip):
+    path, _ = camera_clip
+    factory = _FlakyCamera(path, frames=2, absent=3)
+    src = CameraSource(0, reconnect_timeout=30, capture_factory=factory)
+    seen_reconnecting = False
+    with LatestFrameReader(src) as reader:
+        assert reader.get(timeout=5) is not None
+        assert reader.last_frame_time is not None and reader.last_frame is not None
+        last = reader.last_frame_time
+        frames_after = 0
+        for _ in range(500):  # bounded: ~2 s of reconnection at most, then frames again
+            try:
+                frame = reader.get(timeout=0.05)
+            except TimeoutError:
+                seen_reconnecting |= reader.reconnecting
+                continue
+            if src.reconnects:
+                frames_after += 1
+                if frames_after == 3:
+                    break
+        assert seen_reconnecting and frames_after == 3 and frame is not None
+        assert reader.last_frame_time > last and not reader.reconnecting
+    assert src.closed
+
+
+def test_latest_frame_reader_close_returns_while_camera_is_away(camera_clip):
+    path, _ = camera_clip
+    factory = _FlakyCamera(path, frames=1, absent=None)
+    src = CameraSource(0, reconnect_timeout=120, capture_factory=factory)
+    reader = LatestFrameReader(src)
+    assert reader.get(timeout=5) is not None
+    assert _wait_until(lambda: reader.reconnecting)
+    closer = threading.Thread(target=reader.close, daemon=True)
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive() and all(cap.released for cap in factory.opens)
+    assert not reader._thread.is_alive(), "the capture thread ended instead of waiting out the timeout"
