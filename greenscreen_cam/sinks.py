@@ -318,31 +318,268 @@ def has_display() -> bool:
     return True
 
 
-class PreviewSink(_Closing):
-    """An OpenCV window showing the keyed frames; :attr:`last_key` holds the last key pressed."""
+PREVIEW_MAX_WIDTH = 1280
+"""The preview window opens at the frame's size, scaled down to at most this width (it stays resizable)."""
 
-    def __init__(self, title: str = "greencam preview") -> None:
+Box = tuple[int, int, int, int]
+"""``(x, y, w, h)`` in frame pixels."""
+
+
+def preview_scale(width: int, height: int, max_width: int = PREVIEW_MAX_WIDTH) -> float:
+    """Display pixels per frame pixel: 1.0, or less so that the picture is at most ``max_width`` wide."""
+    return min(1.0, max_width / max(1, width))
+
+
+class BoxSelection:
+    """A mouse drag that selects a box, as a state machine fed with OpenCV mouse events.
+
+    Event coordinates are in display pixels (the picture shown, which is the
+    frame scaled by ``scale``); :meth:`take` returns the box in frame pixels.
+    Left button down starts a drag, moves update it, up finishes it; a drag
+    smaller than ``min_size`` display pixels is ignored (a click), and the
+    right button cancels.
+
+    Args:
+        frame_size: ``(width, height)`` of the frame in pixels.
+        scale: Display pixels per frame pixel.
+        min_size: Smallest accepted box side, in display pixels.
+    """
+
+    def __init__(self, frame_size: tuple[int, int], scale: float = 1.0, min_size: int = 4) -> None:
+        self.frame_size = frame_size
+        self.scale = scale
+        self.min_size = min_size
+        self.active = True
+        self.start: tuple[int, int] | None = None
+        self.end: tuple[int, int] | None = None
+        self._result: Box | None = None
+
+    def _clip(self, x: int, y: int) -> tuple[int, int]:
+        w, h = self.frame_size
+        return (
+            min(max(x, 0), round(w * self.scale) - 1),
+            min(max(y, 0), round(h * self.scale) - 1),
+        )
+
+    def on_mouse(self, event: int, x: int, y: int, flags: int = 0) -> None:
+        """Feed one ``cv2.setMouseCallback`` event (``cv2.EVENT_*``, display coordinates)."""
+        if not self.active:
+            return
+        if event == cv2.EVENT_LBUTTONDOWN:
+            self.start = self.end = self._clip(x, y)
+        elif event == cv2.EVENT_MOUSEMOVE and self.start is not None and flags & cv2.EVENT_FLAG_LBUTTON:
+            self.end = self._clip(x, y)
+        elif event == cv2.EVENT_LBUTTONUP and self.start is not None:
+            self.end = self._clip(x, y)
+            (x0, y0), (x1, y1) = self.start, self.end
+            if abs(x1 - x0) >= self.min_size and abs(y1 - y0) >= self.min_size:
+                self._result = self._to_frame(self.band() or (0, 0, 0, 0))
+                self.active = False
+            self.start = self.end = None
+        elif event == cv2.EVENT_RBUTTONDOWN:
+            self.cancel()
+
+    def band(self) -> tuple[int, int, int, int] | None:
+        """The rubber band being dragged, ``(x0, y0, x1, y1)`` in display pixels, or None."""
+        if self.start is None or self.end is None:
+            return None
+        (xa, ya), (xb, yb) = self.start, self.end
+        return (min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))
+
+    def _to_frame(self, band: tuple[int, int, int, int]) -> Box:
+        w, h = self.frame_size
+        x0, y0, x1, y1 = band
+        fx0 = min(max(round(x0 / self.scale), 0), w - 1)
+        fy0 = min(max(round(y0 / self.scale), 0), h - 1)
+        fx1 = min(max(round((x1 + 1) / self.scale), fx0 + 1), w)
+        fy1 = min(max(round((y1 + 1) / self.scale), fy0 + 1), h)
+        return (fx0, fy0, fx1 - fx0, fy1 - fy0)
+
+    def cancel(self) -> None:
+        self.active = False
+        self.start = self.end = None
+
+    def take(self) -> Box | None:
+        """The finished box in frame pixels, once; None while dragging, after a cancel, or after taking it."""
+        result, self._result = self._result, None
+        return result
+
+
+def render_preview(
+    frame: np.ndarray,
+    scale: float,
+    overlay: list[str],
+    band: tuple[int, int, int, int] | None = None,
+    hint: str | None = None,
+) -> np.ndarray:
+    """The picture the preview shows: ``frame`` scaled by ``scale``, with text lines and a rubber band.
+
+    Args:
+        frame: ``(H, W, 3)`` uint8 RGB.
+        scale: Display pixels per frame pixel (see :func:`preview_scale`).
+        overlay: Lines drawn top-left on a dark backing, wrapped to the picture's width.
+        band: ``(x0, y0, x1, y1)`` in display pixels, drawn as a rectangle.
+        hint: A line drawn at the bottom (e.g. how to select).
+
+    Returns:
+        ``(round(H*scale), round(W*scale), 3)`` uint8 **BGR**, ready for ``cv2.imshow``.
+    """
+    h, w = frame.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    shown = frame if size == (w, h) else cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    bgr = cv2.cvtColor(shown, cv2.COLOR_RGB2BGR)
+    font, text_scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1
+    line_h = 22
+    max_chars = max(10, (size[0] - 20) // 10)
+    top = [part for line in overlay for part in _wrap(line, max_chars)]
+    bottom = _wrap(hint, max_chars) if hint else []
+    placed = [(22 + line_h * i, text) for i, text in enumerate(top)]
+    placed += [(size[1] - 10 - line_h * (len(bottom) - 1 - i), text) for i, text in enumerate(bottom)]
+    for y, text in placed:
+        tw = cv2.getTextSize(text, font, text_scale, thick)[0][0]
+        y0, y1, x1 = max(0, y - 16), max(0, y + 6), min(size[0], 14 + tw)
+        bgr[y0:y1, 6:x1] = (bgr[y0:y1, 6:x1] * 0.35).astype(np.uint8)  # a dark backing keeps text readable
+        cv2.putText(bgr, text, (10, y), font, text_scale, (255, 255, 255), thick, cv2.LINE_AA)
+    if band is not None:
+        x0, y0, x1, y1 = band
+        cv2.rectangle(bgr, (x0, y0), (x1, y1), (0, 0, 0), 3)
+        cv2.rectangle(bgr, (x0, y0), (x1, y1), (0, 255, 255), 1)
+    return bgr
+
+
+def _wrap(line: str, max_chars: int) -> list[str]:
+    """Split ``line`` at spaces into pieces of at most ``max_chars`` characters (long words are kept)."""
+    out: list[str] = []
+    current = ""
+    for word in line.split(" "):
+        if current and len(current) + 1 + len(word) > max_chars:
+            out.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    out.append(current)
+    return out
+
+
+SELECT_HINT = "drag a box around the subject (right click or Esc cancels)"
+
+
+class PreviewSink(_Closing):
+    """An OpenCV window showing the keyed frames, with state lines and a non-blocking box selection.
+
+    The window is resizable and opens at the frame's size, scaled down to at
+    most ``max_width``. Each :meth:`send` draws :attr:`overlay` (set by the
+    pipeline: mode, fps, tracking state, hotkeys) on the picture and stores the
+    key pressed in :attr:`last_key` (-1 when none). :meth:`begin_select` starts a
+    mouse drag selection that never blocks: every later :meth:`send` draws the
+    rubber band, and :meth:`take_selection` returns the finished box once. While
+    selecting, Esc cancels the selection and is not reported in :attr:`last_key`.
+
+    Args:
+        title: The window title.
+        max_width: Largest initial picture width in pixels.
+    """
+
+    def __init__(self, title: str = "greencam preview", *, max_width: int = PREVIEW_MAX_WIDTH) -> None:
         if not has_display():
             raise SinkError("--preview needs a display, and none was found (DISPLAY is not set); drop --preview")
         self.title = title
+        self.max_width = max_width
         try:
-            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
+            cv2.setMouseCallback(title, self._on_mouse)
         except cv2.error as e:
             raise SinkError(f"cannot open a preview window: {str(e).strip().splitlines()[-1]}") from None
         self.last_key: int = -1
         self.overlay: list[str] = []
+        self.scale = 1.0
+        self._sized: tuple[int, int] | None = None
+        self._selection: BoxSelection | None = None
+        self._wanted = False
+
+    @property
+    def selecting(self) -> bool:
+        """True between :meth:`begin_select` and the end (or cancel) of the drag."""
+        return self._wanted or (self._selection is not None and self._selection.active)
+
+    def _on_mouse(self, event: int, x: int, y: int, flags: int, param: object = None) -> None:
+        selection = self._selection
+        if selection is not None:
+            selection.on_mouse(event, x, y, flags)
+
+    def begin_select(self) -> None:
+        """Start a drag selection; the next :meth:`send` calls show the rubber band."""
+        self._wanted = True
+        if self._sized is not None:
+            self._selection = BoxSelection(self._sized, self.scale)
+            self._wanted = False
+
+    def cancel_select(self) -> None:
+        self._wanted = False
+        if self._selection is not None:
+            self._selection.cancel()
+
+    def take_selection(self) -> Box | None:
+        """The box the user finished dragging, ``(x, y, w, h)`` in frame pixels, once; else None."""
+        if self._selection is None:
+            return None
+        box = self._selection.take()
+        if box is not None or not self._selection.active:
+            self._selection = None
+        return box
+
+    def _resize_for(self, width: int, height: int) -> None:
+        if self._sized == (width, height):
+            return
+        self.scale = preview_scale(width, height, self.max_width)
+        self._sized = (width, height)
+        cv2.resizeWindow(self.title, max(1, round(width * self.scale)), max(1, round(height * self.scale)))
+        if self._selection is not None:  # the frame size changed under a selection: start it again
+            self._selection = BoxSelection(self._sized, self.scale)
 
     def send(self, frame: np.ndarray) -> None:
-        bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
-        for i, line in enumerate(self.overlay):
-            cv2.putText(bgr, line, (10, 24 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+        """Show one ``(H, W, 3)`` uint8 RGB frame and poll the keyboard (:attr:`last_key`)."""
+        self._resize_for(frame.shape[1], frame.shape[0])
+        if self._wanted:
+            self.begin_select()
+        selection = self._selection if self._selection is not None and self._selection.active else None
+        bgr = render_preview(
+            frame,
+            self.scale,
+            self.overlay,
+            band=selection.band() if selection is not None else None,
+            hint=SELECT_HINT if selection is not None else None,
+        )
         cv2.imshow(self.title, bgr)
-        self.last_key = cv2.waitKey(1) & 0xFF
+        key = cv2.waitKey(1)
+        self.last_key = -1 if key < 0 else key & 0xFF
+        if selection is not None and self.last_key == 27:
+            self.cancel_select()
+            self.last_key = -1
 
-    def select_box(self, frame: np.ndarray) -> tuple[int, int, int, int] | None:
-        """Let the user drag a box on ``frame``; None if cancelled."""
-        x, y, w, h = cv2.selectROI(self.title, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), showCrosshair=True)
-        return (int(x), int(y), int(w), int(h)) if w > 0 and h > 0 else None
+    def select_box(self, frame: np.ndarray) -> Box | None:
+        """Block until the user drags a box on ``frame`` (before the loop starts); None if cancelled.
+
+        Esc, ``q``, a right click or closing the window cancels.
+        """
+        self.begin_select()
+        shown = False
+        while True:
+            self.send(frame)
+            box = self.take_selection()
+            if box is not None:
+                return box
+            if not self.selecting or self.last_key == ord("q"):
+                self.cancel_select()
+                return None
+            try:
+                visible = cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE)
+            except cv2.error:
+                visible = -1
+            if shown and visible < 1:
+                self.cancel_select()
+                return None
+            shown = True
 
     def close(self) -> None:
         try:

@@ -619,6 +619,11 @@ class LatestFrameReader:
         return self._last_time
 
     @property
+    def finished(self) -> bool:
+        """True once the source has ended (a file's last frame was read); errors are raised by :meth:`get`."""
+        return self._ended
+
+    @property
     def last_frame(self) -> Frame | None:
         """The newest frame read so far (taken or not), e.g. to repeat while the camera is away."""
         return self._latest

@@ -309,3 +309,123 @@ def test_matte_overwrite_is_atomic_and_abort_keeps_old_mattes(tmp_path):
     assert sorted(p.name for p in mattes.iterdir()) == ["000000.png", "000001.png"]
     assert cv2.imread(str(mattes / "000001.png"), cv2.IMREAD_UNCHANGED).max() == 20
     assert _hidden_leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- preview window
+
+
+def test_preview_scale_caps_the_width():
+    from greenscreen_cam.sinks import preview_scale
+
+    assert preview_scale(1280, 720) == 1.0 and preview_scale(160, 120) == 1.0
+    assert preview_scale(1920, 1080) == pytest.approx(2 / 3)
+    assert round(3840 * preview_scale(3840, 2160)) == 1280
+
+
+def test_box_selection_drag_in_display_pixels_gives_frame_pixels():
+    from greenscreen_cam.sinks import BoxSelection
+
+    sel = BoxSelection((1920, 1080), scale=0.5)
+    sel.on_mouse(cv2.EVENT_MOUSEMOVE, 10, 10, 0)  # moving without a button does nothing
+    assert sel.band() is None
+    sel.on_mouse(cv2.EVENT_LBUTTONDOWN, 300, 250, cv2.EVENT_FLAG_LBUTTON)
+    sel.on_mouse(cv2.EVENT_MOUSEMOVE, 200, 150, cv2.EVENT_FLAG_LBUTTON)
+    assert sel.band() == (200, 150, 300, 250) and sel.take() is None and sel.active  # dragging up-left
+    sel.on_mouse(cv2.EVENT_MOUSEMOVE, 100, 50, cv2.EVENT_FLAG_LBUTTON)
+    sel.on_mouse(cv2.EVENT_LBUTTONUP, 100, 50, 0)
+    assert not sel.active and sel.band() is None
+    assert sel.take() == (200, 100, 402, 402)  # display (100..300, 50..250) at half scale, end pixel included
+    assert sel.take() is None, "returned once"
+
+
+def test_box_selection_clicks_cancels_and_edges():
+    from greenscreen_cam.sinks import BoxSelection
+
+    sel = BoxSelection((160, 120))
+    sel.on_mouse(cv2.EVENT_LBUTTONDOWN, 50, 50, cv2.EVENT_FLAG_LBUTTON)
+    sel.on_mouse(cv2.EVENT_LBUTTONUP, 51, 52, 0)  # a click, not a box
+    assert sel.active and sel.take() is None
+    sel.on_mouse(cv2.EVENT_LBUTTONDOWN, 100, 60, cv2.EVENT_FLAG_LBUTTON)
+    sel.on_mouse(cv2.EVENT_LBUTTONUP, 500, -40, 0)  # dragged out of the window: clipped to the frame
+    assert sel.take() == (100, 0, 60, 61)
+    other = BoxSelection((160, 120))
+    other.on_mouse(cv2.EVENT_LBUTTONDOWN, 10, 10, cv2.EVENT_FLAG_LBUTTON)
+    other.on_mouse(cv2.EVENT_RBUTTONDOWN, 10, 10, 0)
+    other.on_mouse(cv2.EVENT_LBUTTONUP, 90, 90, 0)
+    assert not other.active and other.take() is None
+
+
+def test_render_preview_scales_draws_text_and_band_in_bgr():
+    from greenscreen_cam.sinks import render_preview
+
+    frame = np.zeros((1080, 1920, 3), np.uint8)
+    frame[:] = (200, 30, 20)  # red, RGB
+    plain = render_preview(frame, 2 / 3, [])
+    assert plain.shape == (720, 1280, 3) and tuple(plain[400, 900]) == (20, 30, 200)
+    shown = render_preview(frame, 2 / 3, ["tracking  4.1 fps", "h: help"], band=(600, 300, 800, 500), hint="drag")
+    changed = np.abs(shown.astype(int) - plain.astype(int)).max(axis=2) > 0
+    assert changed[5:30, 6:200].any() and changed[30:52, 6:100].any()  # two overlay lines
+    assert changed[690:715, 6:80].any()  # the hint at the bottom
+    assert tuple(shown[400, 600]) == (0, 255, 255) and tuple(shown[300, 700]) == (0, 255, 255)  # the band
+    assert not changed[200:290, 300:1200].any(), "nothing else is drawn"
+
+
+def test_render_preview_wraps_long_lines():
+    from greenscreen_cam.sinks import render_preview
+
+    frame = np.zeros((120, 160, 3), np.uint8)
+    one = render_preview(frame, 1.0, ["r re-select"])
+    wrapped = render_preview(frame, 1.0, ["r re-select  a auto  space pause  m mask  q quit"])
+    assert not one[45:70].any() and wrapped[45:70].any(), "a long line continues on the next rows"
+
+
+@pytest.fixture()
+def xdisplay(monkeypatch):
+    """A real X display from Xvfb (skipped where Xvfb is not installed)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
+    for number in range(91, 120):
+        if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(f"/tmp/.X{number}-lock").exists():
+            break
+    proc = subprocess.Popen(
+        ["Xvfb", f":{number}", "-screen", "0", "1920x1200x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    end = time.monotonic() + 10
+    while not Path(f"/tmp/.X11-unix/X{number}").exists() and time.monotonic() < end and proc.poll() is None:
+        time.sleep(0.05)
+    if proc.poll() is not None or not Path(f"/tmp/.X11-unix/X{number}").exists():
+        proc.kill()
+        pytest.skip("Xvfb did not start")
+    monkeypatch.setenv("DISPLAY", f":{number}")
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    yield f":{number}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_preview_window_size_and_non_blocking_selection(xdisplay):
+    frame = np.zeros((1080, 1920, 3), np.uint8)
+    frame[:] = (40, 160, 60)
+    with PreviewSink("greencam test preview") as preview:
+        preview.overlay = ["auto  tracking  4.0 fps"]
+        preview.send(frame)
+        assert preview.scale == pytest.approx(2 / 3) and preview.last_key == -1
+        _, _, w, h = cv2.getWindowImageRect(preview.title)
+        assert (w, h) == (1280, 720), "the window opens at the frame's size capped to 1280 wide"
+        assert preview.take_selection() is None
+        preview.begin_select()
+        assert preview.selecting
+        preview.send(frame)  # returns at once: the output keeps flowing while the user drags
+        # what OpenCV's mouse callback receives, in the picture's pixels
+        preview._on_mouse(cv2.EVENT_LBUTTONDOWN, 100, 100, cv2.EVENT_FLAG_LBUTTON)
+        preview._on_mouse(cv2.EVENT_MOUSEMOVE, 399, 299, cv2.EVENT_FLAG_LBUTTON)
+        preview.send(frame)
+        assert preview.take_selection() is None and preview.selecting
+        preview._on_mouse(cv2.EVENT_LBUTTONUP, 399, 299, 0)
+        assert preview.take_selection() == (150, 150, 450, 300)
+        assert preview.take_selection() is None and not preview.selecting
