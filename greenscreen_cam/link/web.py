@@ -1,9 +1,299 @@
-"""Browser pages of ``greencam serve`` (capture page, OBS viewer). Filled in by the web-page work."""
+"""Browser pages of ``greencam serve``: the capture page, the OBS viewer page and its WHEP endpoint.
+
+Routes added to the server's aiohttp application:
+
+- ``GET /``: the capture page (``greenscreen_cam/web/index.html``). It publishes the camera
+  over ``POST /whip`` like the CLI client and keys the frames in the browser.
+- ``GET /web/<file>``: the page's static files (HTML, CSS, JavaScript modules), read with
+  :mod:`importlib.resources` so they work from a wheel; nothing comes from a CDN.
+- ``GET /view/<session>?token=VIEWER_TOKEN``: the receive-only viewer page for OBS's Browser
+  Source (OBS cannot set headers, so its token is in the URL).
+- ``POST /whep/<session>`` (``Content-Type: application/sdp``, ``Authorization: Bearer TOKEN``):
+  WHEP-shaped receive-only WebRTC. The answer carries the publisher's video (relayed, newest
+  frame only) and the session's mask messages on the viewer's ``greencam`` data channel.
+  ``201`` with ``Location: /whep/<session>/<viewer>``; ``DELETE`` there ends it.
+
+Tokens: a viewer connection accepts the session's own viewer token, or the server's publisher
+token (which can do everything anyway). The viewer token never publishes: ``POST /whip``
+checks only the publisher token.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
+logger = logging.getLogger(__name__)
 
-def add_routes(app: Any, server: Any) -> None:
-    """Add the browser pages' routes to the server's aiohttp application (none yet)."""
+MAX_OFFER_BYTES = 64 * 1024
+"""A viewer's SDP offer is a few kB; larger bodies get 413."""
+MAX_VIEWERS_PER_SESSION = 4
+"""Each viewer costs one video encode on the server: more get 503."""
+MAX_BUFFERED_BYTES = 512 * 1024
+"""Mask messages are dropped for a viewer whose data channel has this much still unsent."""
+WATCH_INTERVAL_S = 1.0
+"""How often a viewer checks that its publisher's session still exists."""
+
+STATIC_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
+# Pages and modules are small and change with greencam's version: let the browser revalidate.
+NO_CACHE = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+PAGE_HEADERS = {
+    **NO_CACHE,
+    "Referrer-Policy": "no-referrer",  # the viewer URL carries a token
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; media-src 'self' blob: mediastream:; frame-ancestors 'none'"
+    ),
+}
+
+
+@dataclass
+class Viewer:
+    """One receive-only peer connection watching a session."""
+
+    id: str
+    session_id: str
+    pc: Any
+    track: Any = None
+    channel: Any = None
+    listener: Any = None
+    session: Any = None
+    watch: asyncio.Task | None = None
+    closed: bool = False
+    sent: int = 0
+    dropped: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def read_static(name: str) -> bytes | None:
+    """The bytes of ``greenscreen_cam/web/<name>``, or None when there is no such plain file.
+
+    Args:
+        name: A file name without folders (``"capture.js"``); anything else gives None.
+    """
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name.endswith(".py"):
+        return None
+    if not any(name.endswith(ext) for ext in STATIC_TYPES):
+        return None
+    ref = resources.files("greenscreen_cam.web").joinpath(name)
+    if not ref.is_file():
+        return None
+    return ref.read_bytes()
+
+
+def _bearer(request: Any) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+class ViewerHub:
+    """Owns the viewer peer connections of one server (created by :func:`add_routes`)."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.viewers: dict[str, Viewer] = {}
+
+    # ---------------------------------------------------------------- pages
+
+    async def capture_page(self, request: Any) -> Any:
+        return self._file_response("index.html", PAGE_HEADERS)
+
+    async def view_page(self, request: Any) -> Any:
+        return self._file_response("view.html", PAGE_HEADERS)
+
+    async def static(self, request: Any) -> Any:
+        return self._file_response(request.match_info["name"], NO_CACHE)
+
+    def _file_response(self, name: str, headers: dict[str, str]) -> Any:
+        from aiohttp import web
+
+        body = read_static(name)
+        if body is None:
+            raise web.HTTPNotFound(text=f"no such file: {name}\n")
+        ext = name[name.rindex(".") :]
+        return web.Response(body=body, content_type=STATIC_TYPES[ext], headers=headers)
+
+    # ---------------------------------------------------------------- WHEP
+
+    def _authorized(self, token: str, session: Any) -> bool:
+        if not token:
+            return False
+        viewer_token = getattr(session, "viewer_token", None) or ""
+        ok_viewer = bool(viewer_token) and hmac.compare_digest(token.encode(), viewer_token.encode())
+        return ok_viewer or bool(self.server.check_token(token))
+
+    async def whep_post(self, request: Any) -> Any:
+        from aiohttp import web
+
+        session_id = request.match_info["session"]
+        token = _bearer(request)
+        session = self.server.sessions.get(session_id)
+        if session is None:
+            # Without a valid publisher token, say 401 so that session ids cannot be probed.
+            if token and self.server.check_token(token):
+                raise web.HTTPNotFound(text="no such session (it ends when its capture page disconnects)\n")
+            logger.info("viewer refused: unknown session or bad token")
+            raise web.HTTPUnauthorized(text="unknown session or wrong viewer token\n")
+        if not self._authorized(token, session):
+            logger.info("viewer refused for session %s: bad token", session_id[:8])
+            raise web.HTTPUnauthorized(text="wrong viewer token\n")
+        if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_OFFER_BYTES, actual_size=request.content_length)
+        body = await request.content.read(MAX_OFFER_BYTES + 1)
+        if len(body) > MAX_OFFER_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_OFFER_BYTES, actual_size=len(body))
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != "application/sdp":
+            raise web.HTTPUnsupportedMediaType(text="send the offer as application/sdp\n")
+        sdp = body.decode("utf-8", errors="replace")
+        if "m=video" not in sdp or "v=0" not in sdp:
+            raise web.HTTPBadRequest(text="the offer is not an SDP offer with a video section\n")
+        if sum(1 for v in self.viewers.values() if v.session_id == session_id) >= MAX_VIEWERS_PER_SESSION:
+            raise web.HTTPServiceUnavailable(
+                text=f"this session already has {MAX_VIEWERS_PER_SESSION} viewers (each costs a video encode)\n"
+            )
+        try:
+            viewer, answer = await self._answer(session, session_id, sdp)
+        except ValueError as e:
+            raise web.HTTPBadRequest(text=f"bad SDP offer: {e}\n") from None
+        return web.Response(
+            status=201,
+            text=answer,
+            content_type="application/sdp",
+            headers={"Location": f"/whep/{session_id}/{viewer.id}"},
+        )
+
+    async def _answer(self, session: Any, session_id: str, sdp: str) -> tuple[Viewer, str]:
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+
+        pc = RTCPeerConnection()
+        viewer = Viewer(id=secrets.token_urlsafe(12), session_id=session_id, pc=pc, session=session)
+        self.viewers[viewer.id] = viewer
+        loop = asyncio.get_running_loop()
+
+        def forward(message: bytes) -> None:
+            # Mask listeners may be called from the tracking thread: hop onto the loop.
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                self._send(viewer, message)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(self._send, viewer, message)
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            if viewer.channel is None:
+                viewer.channel = channel
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.close_viewer(viewer.id)
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            viewer.track = session.relay_track()
+            pc.addTrack(viewer.track)
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "video":
+                    transceiver.direction = "sendonly"
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as e:
+            await self.close_viewer(viewer.id)
+            raise ValueError(str(e) or type(e).__name__) from None
+        viewer.listener = forward
+        session.add_mask_listener(forward)
+        viewer.watch = asyncio.create_task(self._watch(viewer))
+        logger.info("viewer %s… joined session %s…", viewer.id[:4], session_id[:8])
+        return viewer, pc.localDescription.sdp
+
+    def _send(self, viewer: Viewer, message: bytes) -> None:
+        channel = viewer.channel
+        if viewer.closed or channel is None or channel.readyState != "open":
+            return
+        if channel.bufferedAmount > MAX_BUFFERED_BYTES:
+            viewer.dropped += 1
+            return
+        try:
+            channel.send(message)
+            viewer.sent += 1
+        except Exception:  # a channel closing under us: the state callback cleans up
+            viewer.dropped += 1
+
+    async def _watch(self, viewer: Viewer) -> None:
+        """Close the viewer when its publisher's session ends."""
+        while not viewer.closed:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            if self.server.sessions.get(viewer.session_id) is not viewer.session:
+                await self.close_viewer(viewer.id)
+                return
+
+    async def close_viewer(self, viewer_id: str) -> bool:
+        """Close one viewer's peer connection and stop its relay; False when it was not open."""
+        viewer = self.viewers.pop(viewer_id, None)
+        if viewer is None or viewer.closed:
+            return False
+        viewer.closed = True
+        if viewer.listener is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                viewer.session.remove_mask_listener(viewer.listener)
+        if viewer.track is not None:
+            viewer.track.stop()
+        if viewer.watch is not None and viewer.watch is not asyncio.current_task():
+            viewer.watch.cancel()
+        await viewer.pc.close()
+        logger.info("viewer %s… left session %s… (%d masks sent)", viewer.id[:4], viewer.session_id[:8], viewer.sent)
+        return True
+
+    async def whep_delete(self, request: Any) -> Any:
+        from aiohttp import web
+
+        viewer = self.viewers.get(request.match_info["viewer"])
+        if viewer is None or viewer.session_id != request.match_info["session"]:
+            raise web.HTTPNotFound(text="no such viewer\n")
+        if not self._authorized(_bearer(request), viewer.session):
+            raise web.HTTPUnauthorized(text="wrong token\n")
+        await self.close_viewer(viewer.id)
+        return web.Response(status=200, text="closed\n")
+
+    async def close_all(self, app: Any = None) -> None:
+        """Close every viewer (the application's shutdown hook)."""
+        for viewer_id in list(self.viewers):
+            await self.close_viewer(viewer_id)
+
+
+def add_routes(app: Any, server: Any) -> ViewerHub:
+    """Add the browser pages and the viewer (WHEP) endpoint to the server's aiohttp application.
+
+    Args:
+        app: The ``aiohttp.web.Application`` of ``greencam serve`` (not yet started).
+        server: The server object: ``sessions`` (dict id -> session), ``check_token(token) -> bool``;
+            each session has ``id``, ``viewer_token``, ``relay_track()``,
+            ``add_mask_listener(fn)`` and ``remove_mask_listener(fn)``.
+
+    Returns:
+        The :class:`ViewerHub` holding the viewer connections.
+    """
+    hub = ViewerHub(server)
+    app.router.add_get("/", hub.capture_page)
+    app.router.add_get("/web/{name}", hub.static)
+    app.router.add_get("/view/{session}", hub.view_page)
+    app.router.add_post("/whep/{session}", hub.whep_post)
+    app.router.add_delete("/whep/{session}/{viewer}", hub.whep_delete)
+    app.on_shutdown.append(hub.close_all)
+    return hub

@@ -1,0 +1,175 @@
+// Keys video frames with greencam masks on a 2D canvas.
+//
+// The mask (the tracker's probabilities, a square covering the whole frame, e.g. 64x64 at
+// 256 px) is upsampled bilinearly, goes through a smooth step around p = 0.5 and becomes the
+// alpha channel that cuts the subject out of the frame ("destination-in"). The cut-out is then drawn
+// over the background: the key colour RGB(0,175,57), another colour, nothing (transparent) or
+// a blurred copy of the frame.
+
+import { KEY_COLOR } from "./protocol.js";
+
+// Probabilities at or below LOW are background (alpha 0), at or above HIGH subject (alpha 1).
+export const ALPHA_LOW = 96;
+export const ALPHA_HIGH = 160;
+
+const ALPHA_LUT = (() => {
+  const lut = new Uint8ClampedArray(256);
+  for (let p = 0; p < 256; p++) {
+    const t = Math.min(1, Math.max(0, (p - ALPHA_LOW) / (ALPHA_HIGH - ALPHA_LOW)));
+    lut[p] = Math.round(255 * t * t * (3 - 2 * t));
+  }
+  return lut;
+})();
+
+/** Parse "key", "transparent", "blur", "#rrggbb" or "r,g,b" into {mode, color}. */
+export function parseBackground(text) {
+  const t = (text || "key").trim().toLowerCase();
+  if (t === "key" || t === "green") return { mode: "color", color: KEY_COLOR.slice() };
+  if (t === "transparent" || t === "none") return { mode: "transparent", color: null };
+  if (t === "blur") return { mode: "blur", color: null };
+  let m = /^#?([0-9a-f]{6})$/.exec(t);
+  if (m) {
+    const n = parseInt(m[1], 16);
+    return { mode: "color", color: [(n >> 16) & 255, (n >> 8) & 255, n & 255] };
+  }
+  m = /^(\d{1,3}),(\d{1,3}),(\d{1,3})$/.exec(t);
+  if (m) return { mode: "color", color: [+m[1], +m[2], +m[3]].map((v) => Math.min(255, v)) };
+  return { mode: "color", color: KEY_COLOR.slice() };
+}
+
+export class Keyer {
+  /**
+   * @param {HTMLCanvasElement} canvas the visible output
+   * @param {{background?: string, blurPx?: number, debug?: boolean}} options
+   *   debug keeps a copy of the last raw frame (for tests: rawCanvas)
+   */
+  constructor(canvas, options = {}) {
+    this.canvas = canvas;
+    this.ctx = canvas.getContext("2d", { alpha: true });
+    this.layer = document.createElement("canvas");
+    this.layerCtx = this.layer.getContext("2d");
+    this.alpha = document.createElement("canvas");
+    this.alphaCtx = this.alpha.getContext("2d");
+    this.mask = null; // the mask message whose alpha is in this.alpha
+    this.drawnMask = null; // the mask used for the frame now on the canvas
+    this.blurPx = options.blurPx ?? 16;
+    this.debug = !!options.debug;
+    this.rawCanvas = this.debug ? document.createElement("canvas") : null;
+    this.setBackground(options.background || "key");
+  }
+
+  setBackground(text) {
+    const bg = parseBackground(text);
+    this.mode = bg.mode;
+    this.color = bg.color;
+  }
+
+  /**
+   * Use this mask (a decodeMask() result) from the next frame on; null = all background.
+   *
+   * The probabilities are upsampled bilinearly (pixel centres aligned, like OpenCV's
+   * INTER_LINEAR) to an alpha image of up to 8x the mask size and at most the frame size,
+   * and only then go through the smooth step: the edge follows the interpolated p = 0.5
+   * contour and stays a few pixels wide. The canvas upsamples the rest of the way.
+   */
+  setMask(mask) {
+    this.mask = mask;
+    if (!mask) return;
+    const fw = this.canvas.width || mask.width;
+    const fh = this.canvas.height || mask.height;
+    const aw = Math.max(mask.width, Math.min(fw, mask.width * 8));
+    const ah = Math.max(mask.height, Math.min(fh, mask.height * 8));
+    if (this.alpha.width !== aw || this.alpha.height !== ah) {
+      this.alpha.width = aw;
+      this.alpha.height = ah;
+      this.alphaImage = this.alphaCtx.createImageData(aw, ah);
+      this.alphaImage.data.fill(255);
+      this.xs = bilinearTaps(aw, mask.width);
+      this.ys = bilinearTaps(ah, mask.height);
+    }
+    const px = this.alphaImage.data;
+    const src = mask.data;
+    const mw = mask.width;
+    const { i0: x0, i1: x1, f: fx } = this.xs;
+    const { i0: y0, i1: y1, f: fy } = this.ys;
+    let j = 3;
+    for (let y = 0; y < ah; y++) {
+      const r0 = y0[y] * mw;
+      const r1 = y1[y] * mw;
+      const wy = fy[y];
+      for (let x = 0; x < aw; x++, j += 4) {
+        const a = src[r0 + x0[x]];
+        const b = src[r0 + x1[x]];
+        const c = src[r1 + x0[x]];
+        const d = src[r1 + x1[x]];
+        const wx = fx[x];
+        const top = a + (b - a) * wx;
+        const bottom = c + (d - c) * wx;
+        px[j] = ALPHA_LUT[(top + (bottom - top) * wy + 0.5) | 0];
+      }
+    }
+    this.alphaCtx.putImageData(this.alphaImage, 0, 0);
+  }
+
+  /**
+   * Draw one keyed frame.
+   * @param {CanvasImageSource} source the video element (or any image)
+   * @param {number} width frame width in pixels
+   * @param {number} height frame height in pixels
+   */
+  draw(source, width, height) {
+    if (!width || !height) return;
+    for (const c of [this.canvas, this.layer, this.rawCanvas]) {
+      if (c && (c.width !== width || c.height !== height)) {
+        c.width = width;
+        c.height = height;
+      }
+    }
+    const ctx = this.ctx;
+    ctx.globalCompositeOperation = "copy";
+    if (this.mode === "color") {
+      ctx.fillStyle = `rgb(${this.color[0]},${this.color[1]},${this.color[2]})`;
+      ctx.fillRect(0, 0, width, height);
+    } else if (this.mode === "blur") {
+      ctx.filter = `blur(${this.blurPx}px)`;
+      // Overscan so the blur does not fade to transparent at the borders.
+      const m = this.blurPx * 2;
+      ctx.drawImage(source, -m, -m, width + 2 * m, height + 2 * m);
+      ctx.filter = "none";
+    } else {
+      ctx.clearRect(0, 0, width, height);
+    }
+    ctx.globalCompositeOperation = "source-over";
+    if (this.rawCanvas) {
+      const r = this.rawCanvas.getContext("2d");
+      r.globalCompositeOperation = "copy";
+      r.drawImage(source, 0, 0, width, height);
+    }
+    this.drawnMask = this.mask;
+    if (!this.mask) return; // no subject yet: background only
+    const l = this.layerCtx;
+    l.globalCompositeOperation = "copy";
+    l.drawImage(source, 0, 0, width, height);
+    l.globalCompositeOperation = "destination-in";
+    l.imageSmoothingEnabled = true;
+    l.imageSmoothingQuality = "high";
+    l.drawImage(this.alpha, 0, 0, width, height);
+    ctx.drawImage(this.layer, 0, 0);
+  }
+}
+
+/** Source indices and weights for resizing n source samples to size outputs (centres aligned). */
+function bilinearTaps(size, n) {
+  const i0 = new Int32Array(size);
+  const i1 = new Int32Array(size);
+  const f = new Float32Array(size);
+  for (let o = 0; o < size; o++) {
+    const s = Math.min(n - 1, Math.max(0, ((o + 0.5) * n) / size - 0.5));
+    i0[o] = Math.floor(s);
+    i1[o] = Math.min(n - 1, i0[o] + 1);
+    f[o] = s - i0[o];
+  }
+  return { i0, i1, f };
+}
+
+export { ALPHA_LUT };

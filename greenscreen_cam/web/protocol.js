@@ -1,0 +1,123 @@
+// Wire format shared with greencam serve (greenscreen_cam/link/protocol.py).
+//
+// Binary mask message, server -> browser, big-endian:
+//   0-3   magic "GCM1"
+//   4-7   uint32 frame tag (RTP timestamp of the frame the mask belongs to)
+//   8-11  uint32 mask sequence number
+//   12-13 uint16 width      14-15 uint16 height
+//   16    uint8 state (0 tracking, 1 lost, 2 waiting for a prompt)
+//   17    uint8 encoding (1 = 8-bit probability 0..255, row-major, zlib)
+//   18-19 reserved          20-23 float32 object score
+//   24..  payload
+
+export const KEY_COLOR = [0, 175, 57];
+export const STATES = ["tracking", "lost", "waiting"];
+const HEADER = 24;
+const MAGIC = 0x47434d31; // "GCM1"
+
+/**
+ * Parse and decompress one mask message.
+ * @param {ArrayBuffer} buffer the data channel message
+ * @returns {Promise<{tag:number, seq:number, width:number, height:number, state:string,
+ *   score:number, data:Uint8Array}>} data: width*height probabilities 0..255, row-major
+ */
+export async function decodeMask(buffer) {
+  if (buffer.byteLength < HEADER) throw new Error(`mask message too short (${buffer.byteLength} bytes)`);
+  const view = new DataView(buffer);
+  if (view.getUint32(0) !== MAGIC) throw new Error("not a greencam mask message");
+  const width = view.getUint16(12);
+  const height = view.getUint16(14);
+  const encoding = view.getUint8(17);
+  if (encoding !== 1) throw new Error(`unknown mask encoding ${encoding}`);
+  const payload = new Uint8Array(buffer, HEADER);
+  const stream = new Blob([payload]).stream().pipeThrough(new DecompressionStream("deflate"));
+  const data = new Uint8Array(await new Response(stream).arrayBuffer());
+  if (data.length !== width * height) throw new Error(`mask payload has ${data.length} values, expected ${width * height}`);
+  return {
+    tag: view.getUint32(4),
+    seq: view.getUint32(8),
+    width,
+    height,
+    state: STATES[view.getUint8(16)] ?? "tracking",
+    score: view.getFloat32(20),
+    data,
+  };
+}
+
+/** Newer-than for 32-bit wrapping sequence numbers. */
+export function seqNewer(a, b) {
+  return ((a - b) >>> 0) !== 0 && ((a - b) >>> 0) < 0x80000000;
+}
+
+/** Wait until an RTCPeerConnection has gathered all its ICE candidates (aiortc does not trickle). */
+export function iceGathered(pc, timeoutMs = 5000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    };
+    const check = () => {
+      if (pc.iceGatheringState === "complete") done();
+    };
+    // Bounded: post whatever was gathered after timeoutMs rather than hang.
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+/** An error with the HTTP status of a failed signalling request. */
+export class SignalError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/**
+ * POST an SDP offer (WHIP / WHEP shaped) and return {answer, location}.
+ * @param {string} url  e.g. "/whip"
+ * @param {string} token bearer token
+ * @param {string} sdp  the offer, ICE already gathered
+ */
+export async function postOffer(url, token, sdp, timeoutMs = 15000) {
+  const ctrl = new AbortController();
+  const timer = setTimeout(() => ctrl.abort(), timeoutMs);
+  let resp;
+  try {
+    resp = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${token}` },
+      body: sdp,
+      signal: ctrl.signal,
+    });
+  } catch (err) {
+    throw new SignalError(0, `server not reachable (${err.name === "AbortError" ? "timed out" : err.message})`);
+  } finally {
+    clearTimeout(timer);
+  }
+  const text = await resp.text();
+  if (resp.status !== 201 && resp.status !== 200) throw new SignalError(resp.status, text.trim() || resp.statusText);
+  return { answer: text, location: resp.headers.get("Location") };
+}
+
+/** Rolling rate (events per second over the last windowMs). */
+export class Rate {
+  constructor(windowMs = 2000) {
+    this.windowMs = windowMs;
+    this.times = [];
+  }
+  tick(now = performance.now()) {
+    this.times.push(now);
+    this.trim(now);
+  }
+  trim(now) {
+    while (this.times.length && this.times[0] < now - this.windowMs) this.times.shift();
+  }
+  value(now = performance.now()) {
+    this.trim(now);
+    if (this.times.length < 2) return 0;
+    return ((this.times.length - 1) * 1000) / Math.max(1, now - this.times[0]);
+  }
+}
