@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from greenscreen_cam.errors import CheckpointError, DeviceError, DownloadError
 
@@ -195,6 +195,48 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+Verification = Literal["sha256", "size", "none"]
+"""What a checkpoint file was checked against: Meta's SHA-256, a byte count only, or nothing."""
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """What :func:`download` did.
+
+    Attributes:
+        path: The checkpoint file.
+        verified: ``"sha256"`` (matches the published SHA-256), ``"size"`` (only its
+            byte count was checked: the registry size or the server's
+            Content-Length) or ``"none"`` (nothing was published to check it against).
+        downloaded: False when an existing file was kept.
+        size: The file's size in bytes.
+    """
+
+    path: Path
+    verified: Verification
+    downloaded: bool
+    size: int
+
+    def describe(self) -> str:
+        """One line for the user, e.g. ``"downloaded, SHA-256 verified"``."""
+        what = "downloaded" if self.downloaded else "already present"
+        check = {
+            "sha256": "SHA-256 verified",
+            "size": "size checked (Meta published no SHA-256 for it)",
+            "none": "not verified (Meta published no SHA-256 or size for it)",
+        }[self.verified]
+        return f"{what}, {check}"
+
+
+def _check_existing(spec: ModelSpec, dest: Path) -> Verification | None:
+    """How an existing ``dest`` passes the registry's checks, or None when it fails them."""
+    if spec.sha256 is not None:
+        return "sha256" if sha256_file(dest) == spec.sha256 else None
+    if spec.size is not None:
+        return "size" if dest.stat().st_size == spec.size else None
+    return "none"
+
+
 def download(
     spec: ModelSpec,
     directory: Path,
@@ -203,14 +245,16 @@ def download(
     progress: ProgressFn | None = None,
     timeout: float = 30.0,
     force: bool = False,
-) -> Path:
+) -> DownloadResult:
     """Download ``spec``'s checkpoint into ``directory`` and verify it.
 
-    The bytes go to a temporary file in the same directory, which is renamed to
-    ``spec.filename`` only once the size (where known, or the server's
-    Content-Length) and SHA-256 (where known) match. Anything else deletes the
-    temporary file and raises DownloadError. An existing verified file is kept
-    unless ``force``.
+    The bytes go to a temporary ``*.part`` file in the same directory, which is
+    renamed to ``spec.filename`` only once the size (the registry's, else the
+    server's Content-Length) and SHA-256 (where published) match. Any failure,
+    network errors and a connection cut mid-transfer included, deletes the
+    temporary file and raises one DownloadError line. An existing file that
+    passes the registry's checks is kept unless ``force``; the result says what
+    those checks were, so nothing is called verified that was not.
 
     Args:
         spec: The model to fetch.
@@ -218,55 +262,95 @@ def download(
         url: Override the source URL (a mirror, or a test server).
         progress: Optional callback, see :data:`ProgressFn`.
         timeout: Socket timeout in seconds for connect and each read.
-        force: Download even when a verified file already exists.
+        force: Download even when an existing file passes the checks.
 
     Returns:
-        The path of the verified checkpoint.
+        The file and what it was checked against.
+
+    Raises:
+        DownloadError: unreachable server, HTTP error, cut or short transfer, or a wrong SHA-256.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"cannot create checkpoint folder {directory}: {e.strerror or e}") from None
     dest = directory / spec.filename
-    if dest.is_file() and not force and (spec.sha256 is None or sha256_file(dest) == spec.sha256):
-        return dest
+    if dest.is_file() and not force:
+        kept = _check_existing(spec, dest)
+        if kept is not None:
+            return DownloadResult(dest, kept, False, dest.stat().st_size)
     source = url or spec.url
-    fd, tmp_name = tempfile.mkstemp(prefix=spec.filename + ".", suffix=".part", dir=directory)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=spec.filename + ".", suffix=".part", dir=directory)
+    except OSError as e:
+        raise DownloadError(f"cannot write into checkpoint folder {directory}: {e.strerror or e}") from None
     tmp = Path(tmp_name)
     try:
-        digest = hashlib.sha256()
-        done = 0
-        try:
-            request = urllib.request.Request(source, headers={"User-Agent": "greencam"})
-            with urllib.request.urlopen(request, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
-                header = response.headers.get("Content-Length")
-                total = int(header) if header and header.isdigit() else spec.size
-                if progress:
-                    progress(0, total)
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    digest.update(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, total)
-        except urllib.error.HTTPError as e:
-            raise DownloadError(f"download of {spec.name} failed: HTTP {e.code} {e.reason} from {source}") from None
-        except urllib.error.URLError as e:
-            raise DownloadError(f"download of {spec.name} failed: cannot reach {source} ({e.reason})") from None
-        except (OSError, ValueError) as e:
-            # http.client.IncompleteRead is a ValueError-free OSError subclass path; cover both.
-            raise DownloadError(f"download of {spec.name} failed after {done} bytes: {e}") from None
+        with os.fdopen(fd, "wb") as out:  # owns fd from here on, whatever happens next
+            done, total, digest = _transfer(spec, source, out, progress, timeout)
         expected_size = spec.size if spec.size is not None else total
         if expected_size is not None and done != expected_size:
             raise DownloadError(
-                f"download of {spec.name} is truncated: got {done} of {expected_size} bytes; the partial file was deleted"
+                f"download of {spec.name} is truncated: got {done} of {expected_size} bytes; "
+                "the partial file was deleted, run greencam download again"
             )
-        if spec.sha256 is not None and digest.hexdigest() != spec.sha256:
+        if spec.sha256 is not None and digest != spec.sha256:
             raise DownloadError(
-                f"download of {spec.name} failed verification: SHA-256 {digest.hexdigest()} "
+                f"download of {spec.name} failed verification: SHA-256 {digest} "
                 f"!= expected {spec.sha256}; the file was deleted"
             )
         os.replace(tmp, dest)
-        return dest
     finally:
         tmp.unlink(missing_ok=True)
+    verified: Verification = "sha256" if spec.sha256 is not None else ("size" if expected_size is not None else "none")
+    return DownloadResult(dest, verified, True, done)
+
+
+def _transfer(
+    spec: ModelSpec, source: str, out: Any, progress: ProgressFn | None, timeout: float
+) -> tuple[int, int | None, str]:
+    """Copy ``source`` into the open file ``out``; ``(bytes, Content-Length or None, hex SHA-256)``.
+
+    Every network failure becomes one DownloadError line.
+    """
+    import http.client
+
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        request = urllib.request.Request(source, headers={"User-Agent": "greencam"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            header = response.headers.get("Content-Length")
+            total = int(header) if header and header.isdigit() else spec.size
+            if progress:
+                progress(0, total)
+            while block := response.read(1 << 16):
+                out.write(block)
+                digest.update(block)
+                done += len(block)
+                if progress:
+                    progress(done, total)
+    except urllib.error.HTTPError as e:
+        raise DownloadError(f"download of {spec.name} failed: HTTP {e.code} {e.reason} from {source}") from None
+    except urllib.error.URLError as e:
+        raise DownloadError(f"download of {spec.name} failed: cannot reach {source} ({e.reason})") from None
+    except http.client.IncompleteRead as e:
+        raise DownloadError(
+            f"download of {spec.name} was cut after {done + len(e.partial)} bytes "
+            "(the server closed the connection mid-transfer); "
+            "the partial file was deleted, run greencam download again"
+        ) from None
+    except TimeoutError:
+        raise DownloadError(
+            f"download of {spec.name} timed out after {done} bytes (no data for {timeout:g} s); "
+            "the partial file was deleted, run greencam download again"
+        ) from None
+    except (http.client.HTTPException, OSError, ValueError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DownloadError(
+            f"download of {spec.name} failed after {done} bytes ({reason}); the partial file was deleted"
+        ) from None
+    return done, total, digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- device

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
 import socket
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +32,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(PAYLOAD)))
             self.end_headers()
             self.wfile.write(PAYLOAD)
+        elif self.path in ("/chunked.pt", "/chunked-cut.pt"):
+            # HTTP/1.1 chunked transfer (no Content-Length); the cut one stops inside its second chunk
+            self.protocol_version = "HTTP/1.1"
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            half = len(PAYLOAD) // 2
+            for i, part in enumerate((PAYLOAD[:half], PAYLOAD[half:])):
+                self.wfile.write(f"{len(part):x}\r\n".encode())
+                if self.path == "/chunked-cut.pt" and i == 1:
+                    self.wfile.write(part[:1000])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(part + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/stall.pt":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[:1000])
+            self.wfile.flush()
+            time.sleep(3)
         elif self.path == "/truncated.pt":
             self.send_response(200)
             self.send_header("Content-Length", str(len(PAYLOAD)))
@@ -83,8 +109,10 @@ def test_registry_names_and_configs_exist():
 
 def test_download_good_file_verifies_and_renames(server, tmp_path):
     seen = []
-    path = models.download(_spec(), tmp_path, url=f"{server}/good.pt", progress=lambda d, t: seen.append((d, t)))
-    assert path == tmp_path / "test.pt" and path.read_bytes() == PAYLOAD
+    result = models.download(_spec(), tmp_path, url=f"{server}/good.pt", progress=lambda d, t: seen.append((d, t)))
+    assert result.path == tmp_path / "test.pt" and result.path.read_bytes() == PAYLOAD
+    assert result.verified == "sha256" and result.downloaded and result.size == len(PAYLOAD)
+    assert result.describe() == "downloaded, SHA-256 verified"
     assert seen[0] == (0, len(PAYLOAD)) and seen[-1] == (len(PAYLOAD), len(PAYLOAD))
     assert [p.name for p in tmp_path.iterdir()] == ["test.pt"]
 
@@ -95,20 +123,81 @@ def test_download_good_file_verifies_and_renames(server, tmp_path):
         ("/good.pt", {"sha256": "0" * 64}, "failed verification"),
         ("/good.pt", {"size": len(PAYLOAD) + 1, "sha256": None}, "truncated"),
         ("/truncated.pt", {}, "failed after|truncated"),
+        ("/chunked-cut.pt", {}, "was cut after 52[0-9]{4} bytes"),
+        ("/chunked-cut.pt", {"sha256": None, "size": None}, "was cut after"),
         ("/missing.pt", {}, "HTTP 404"),
     ],
-    ids=["wrong-hash", "wrong-size", "truncated-transfer", "404"],
+    ids=["wrong-hash", "wrong-size", "truncated-transfer", "chunked-cut", "chunked-cut-unverified", "404"],
 )
 def test_download_failures_leave_nothing_behind(server, tmp_path, path, spec_kw, message):
-    with pytest.raises(DownloadError, match=message):
+    with pytest.raises(DownloadError, match=message) as info:
         models.download(_spec(**spec_kw), tmp_path, url=f"{server}{path}", timeout=5)
+    assert list(tmp_path.iterdir()) == [] and "\n" not in str(info.value)
+
+
+def _files_open_under(folder: Path) -> list[str]:
+    """Files this process holds open inside ``folder`` (deleted ones too), from /proc/self/fd."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            found.append(target)
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to list open files")
+def test_download_connection_refused_leaks_no_file_handle(tmp_path):
+    for _ in range(3):
+        with pytest.raises(DownloadError, match="cannot reach"):
+            models.download(_spec(), tmp_path, url=f"http://127.0.0.1:{_free_port()}/x.pt", timeout=5)
+    assert list(tmp_path.iterdir()) == []
+    assert _files_open_under(tmp_path) == [], "the temporary file's handle is closed on a failed connection"
+
+
+def test_download_stalled_server_times_out(server, tmp_path):
+    with pytest.raises(DownloadError, match=r"timed out after \d+ bytes \(no data for 0.5 s\)"):
+        models.download(_spec(), tmp_path, url=f"{server}/stall.pt", timeout=0.5)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_download_connection_refused(tmp_path):
-    with pytest.raises(DownloadError, match="cannot reach"):
-        models.download(_spec(), tmp_path, url=f"http://127.0.0.1:{_free_port()}/x.pt", timeout=5)
-    assert list(tmp_path.iterdir()) == []
+def test_chunked_download_says_what_was_verified(server, tmp_path):
+    hashed = models.download(_spec(size=None), tmp_path / "a", url=f"{server}/chunked.pt")
+    assert hashed.path.read_bytes() == PAYLOAD and hashed.verified == "sha256"
+    # no published SHA-256, no registry size and no Content-Length: nothing could be checked
+    bare = models.download(_spec(sha256=None, size=None), tmp_path / "b", url=f"{server}/chunked.pt")
+    assert bare.path.read_bytes() == PAYLOAD and bare.verified == "none"
+    assert "not verified" in bare.describe()
+    sized = models.download(_spec(sha256=None, size=None), tmp_path / "c", url=f"{server}/good.pt")
+    assert sized.verified == "size" and "size checked" in sized.describe()
+
+
+def test_existing_file_is_only_called_verified_when_it_was(tmp_path):
+    existing = tmp_path / "test.pt"
+    existing.write_bytes(PAYLOAD)
+    # nothing published: kept, but not called verified (no server is contacted)
+    kept = models.download(_spec(sha256=None, size=None), tmp_path, url="http://127.0.0.1:9/never")
+    assert (kept.downloaded, kept.verified) == (False, "none") and "verified" not in kept.describe().replace(
+        "not verified", ""
+    )
+    kept = models.download(_spec(sha256=None), tmp_path, url="http://127.0.0.1:9/never")
+    assert (kept.downloaded, kept.verified) == (False, "size")
+    kept = models.download(_spec(), tmp_path, url="http://127.0.0.1:9/never")
+    assert (kept.downloaded, kept.verified) == (
+        False,
+        "sha256",
+    ) and kept.describe() == "already present, SHA-256 verified"
+
+
+def test_existing_file_that_fails_its_check_is_downloaded_again(server, tmp_path):
+    (tmp_path / "test.pt").write_bytes(b"a different file")
+    result = models.download(_spec(), tmp_path, url=f"{server}/good.pt")
+    assert result.downloaded and result.path.read_bytes() == PAYLOAD
+    (tmp_path / "test.pt").write_bytes(b"wrong size")
+    result = models.download(_spec(sha256=None), tmp_path, url=f"{server}/good.pt")
+    assert result.downloaded and result.verified == "size"
 
 
 def test_cli_download(server, tmp_path):
@@ -117,6 +206,9 @@ def test_cli_download(server, tmp_path):
     ok = runner.invoke(app, ["download", "small", "--dir", str(tmp_path), "--url", f"{server}/good.pt"])
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "sam2.1_hiera_small.pt").read_bytes() == PAYLOAD
+    assert "size checked" in ok.output and "SHA-256 verified" not in ok.output
+    again = runner.invoke(app, ["download", "small", "--dir", str(tmp_path), "--url", f"{server}/good.pt"])
+    assert again.exit_code == 0 and "already present" in again.output
     # 'tiny' has a published SHA-256, which these bytes do not have.
     bad = runner.invoke(app, ["download", "tiny", "--dir", str(tmp_path), "--url", f"{server}/good.pt", "--force"])
     assert bad.exit_code == 3
