@@ -164,8 +164,13 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def default_checkpoint_dir() -> Path:
-    """Where checkpoints live: ``$GREENCAM_CHECKPOINTS``, else ``./checkpoints``."""
-    return Path(os.environ.get("GREENCAM_CHECKPOINTS", "checkpoints"))
+    """Where checkpoints live: ``$GREENCAM_CHECKPOINTS``, a checkout's ``checkpoints/``, else the user's data folder.
+
+    See :func:`greenscreen_cam.paths.checkpoint_dir`.
+    """
+    from greenscreen_cam.paths import checkpoint_dir
+
+    return checkpoint_dir()
 
 
 def resolve_checkpoint(spec: ModelSpec, checkpoint: Path | None, directory: Path | None = None) -> Path:
