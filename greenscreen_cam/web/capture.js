@@ -31,7 +31,7 @@ const MAX_SENT = 600; // frames whose send time is remembered for latency (about
 
 const stats = { frames: 0, masks: 0, maskFps: 0, latencyMs: null, rttMs: null, fps: 0, state: "connecting" };
 const frameRate = new Rate();
-const maskRate = new Rate();
+const maskRate = new Rate(5000); // masks can be slow (a few per second on a CPU server)
 const latencies = []; // recent capture->mask latencies (ms), newest last
 const sentAt = new Map(); // RTP timestamp -> performance.now() when the encoder handed the frame on
 const firstSent = []; // the first RTP timestamps of this connection (candidate origins, see sendTime)

@@ -1,16 +1,20 @@
 // Keys video frames with greencam masks on a 2D canvas.
 //
 // The mask (the tracker's probabilities, a square covering the whole frame, e.g. 64x64 at
-// 256 px) is upsampled bilinearly, goes through a smooth step around p = 0.5 and becomes the
+// 256 px) is upsampled bilinearly, goes through a steep smooth step at p = 0.5 and becomes the
 // alpha channel that cuts the subject out of the frame ("destination-in"). The cut-out is then drawn
 // over the background: the key colour RGB(0,175,57), another colour, nothing (transparent) or
 // a blurred copy of the frame.
 
 import { KEY_COLOR } from "./protocol.js";
 
-// Probabilities at or below LOW are background (alpha 0), at or above HIGH subject (alpha 1).
-export const ALPHA_LOW = 96;
-export const ALPHA_HIGH = 160;
+// Like greencam's compositor, the subject is where the upsampled probability is above 0.5;
+// a very narrow step (LOW..HIGH out of 255) softens it; the anti-aliasing comes from the
+// bilinear upsampling of the thresholded alpha to the frame. At or below LOW the
+// pixel is background (alpha 0: exactly the key colour), at or above HIGH subject (alpha 1:
+// exactly the camera pixel).
+export const ALPHA_LOW = 126;
+export const ALPHA_HIGH = 129;
 
 const ALPHA_LUT = (() => {
   const lut = new Uint8ClampedArray(256);
@@ -69,8 +73,8 @@ export class Keyer {
    *
    * The probabilities are upsampled bilinearly (pixel centres aligned, like OpenCV's
    * INTER_LINEAR) to an alpha image of up to 8x the mask size and at most the frame size,
-   * and only then go through the smooth step: the edge follows the interpolated p = 0.5
-   * contour and stays a few pixels wide. The canvas upsamples the rest of the way.
+   * and only then go through the step: the edge follows the interpolated p = 0.5 contour
+   * and stays one or two pixels wide. The canvas upsamples the rest of the way.
    */
   setMask(mask) {
     this.mask = mask;

@@ -18,7 +18,7 @@ const keyer = new Keyer(canvas, { background: params.get("background") || "trans
 
 const stats = { frames: 0, masks: 0, maskFps: 0, latencyMs: null, fps: 0, state: "connecting" };
 const frameRate = new Rate();
-const maskRate = new Rate();
+const maskRate = new Rate(5000); // masks can be slow (a few per second on a CPU server)
 let conn = null;
 let paused = false;
 let retryTimer = null;

@@ -1,0 +1,428 @@
+"""The browser pages of ``greencam serve`` in a real headless Chromium against a real server.
+
+Chromium's fake camera plays a clip from ``../shared/data/videos`` (a synthetic clip when the
+shared data is absent) converted to Y4M; ``greencam serve`` runs in a subprocess with seeded
+random SAM 2 weights at 256 px on 127.0.0.1. Skipped with a reason when Chromium or
+Playwright is missing. Screenshots are kept in each test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, SHARED_DATA, moving_disc_frames
+
+KEY = (0, 175, 57)
+TOKEN = "web-test-token-0123456789"
+ALPHA_LOW, ALPHA_HIGH = 126, 129  # greenscreen_cam/web/keyer.js
+MASK_WAIT_S = 150.0  # first masks: model load, ICE, a few CPU steps of SAM 2 on a shared machine
+
+
+def _chromium() -> str:
+    path = os.environ.get("GREENCAM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("Chromium is not installed (Debian: apt install chromium); the browser tests need it")
+    return path
+
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed")
+
+pytestmark = pytest.mark.timeout(600)
+
+SERVER_SCRIPT = """
+import sys
+from greenscreen_cam.link.server import ServeOptions, run_server
+
+run_server(
+    ServeOptions(port=int(sys.argv[1]), token=sys.argv[2], random_weights=True, resolution=256, device="cpu",
+                 min_fps=0, max_sessions=4),
+    on_event=lambda line: print("event:", line, file=sys.stderr, flush=True),
+    ready=lambda url: print("READY", url, flush=True),
+)
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def write_y4m(frames_bgr: list[np.ndarray], path: Path, fps: int = 30) -> Path:
+    """Write BGR uint8 frames as a 4:2:0 YUV4MPEG2 file (Chromium's fake camera input)."""
+    h, w = frames_bgr[0].shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames_bgr:
+            f.write(b"FRAME\n")
+            f.write(cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
+    return path
+
+
+def camera_clip(folder: Path, width: int = 640, seconds: float = 2.0, fps: int = 30) -> Path:
+    """A short Y4M clip: the start of a shared video, or a synthetic moving disc when the data is absent."""
+    videos = sorted((SHARED_DATA / "videos").glob("*.mp4")) if (SHARED_DATA / "videos").is_dir() else []
+    frames: list[np.ndarray] = []
+    if videos:
+        src = next((v for v in videos if v.stem == "skateboarder"), videos[0])
+        cap = cv2.VideoCapture(str(src))
+        try:
+            while len(frames) < int(seconds * fps):
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                height = int(round(frame.shape[0] * width / frame.shape[1] / 2)) * 2
+                frames.append(cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA))
+        finally:
+            cap.release()
+    if not frames:
+        frames = [
+            cv2.cvtColor(f, cv2.COLOR_RGB2BGR)
+            for f in moving_disc_frames(int(seconds * fps), width=width, height=width * 9 // 16)
+        ]
+    return write_y4m(frames, folder / "camera.y4m", fps)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """``greencam serve`` (the link server's Python API) in a subprocess on 127.0.0.1, restartable."""
+
+    def __init__(self, port: int, log: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        log = open(self.log, "a")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER_SCRIPT, str(self.port), TOKEN],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        log.close()
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read(stream) -> None:
+            for line in stream:
+                lines.put(line)
+
+        threading.Thread(target=read, args=(self.proc.stdout,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"greencam serve exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+                )
+            try:
+                if lines.get(timeout=0.5).startswith("READY"):
+                    return
+            except queue.Empty:
+                continue
+        raise AssertionError(f"greencam serve did not start within {timeout:g} s: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """Kill the server outright (no goodbye to its clients), as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+
+def http(method: str, url: str, token: str | None, body: bytes = b"", ctype: str = "application/sdp") -> int:
+    """Status code of one HTTP request (bounded by a timeout)."""
+    headers = {"Content-Type": ctype}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body if method == "POST" else None, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def decode_png(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    assert img is not None
+    return img
+
+
+def data_url_image(url: str) -> np.ndarray:
+    """A ``data:image/png;base64,...`` URL as a BGR uint8 image."""
+    return decode_png(base64.b64decode(url.split(",", 1)[1]))
+
+
+def mask_array(mask: dict) -> np.ndarray:
+    """The page's mask (``{width, height, data}``) as an (h, w) uint8 probability array."""
+    return np.asarray(mask["data"], np.uint8).reshape(mask["height"], mask["width"])
+
+
+def expected_regions(prob: np.ndarray, width: int, height: int, margin: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Where the keyed frame must be exactly background / exactly camera: ``(bg, fg)`` bool (height, width).
+
+    Mirrors keyer.js: bilinear upsampling of the probabilities, the smooth step between
+    ALPHA_LOW and ALPHA_HIGH; pixels within ``margin`` of the anti-aliased edge are left out.
+    """
+    up = cv2.resize(prob.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    kernel = np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)
+    bg = cv2.erode((up <= ALPHA_LOW - 2).astype(np.uint8), kernel).astype(bool)
+    fg = cv2.erode((up >= ALPHA_HIGH + 2).astype(np.uint8), kernel).astype(bool)
+    return bg, fg
+
+
+MASK_JS = """() => {
+  const m = window.greencam.drawnMask;
+  return m && {seq: m.seq, width: m.width, height: m.height, state: m.state, data: Array.from(m.data)};
+}"""
+
+
+def wait_for(page, expression: str, timeout_s: float, what: str) -> None:
+    """Wait (bounded) for a JavaScript expression to be truthy, with the page's state in the failure."""
+    try:
+        page.wait_for_function(expression, timeout=timeout_s * 1000, polling=250)
+    except sync_api.TimeoutError:
+        state = page.evaluate(
+            "JSON.stringify({stats: window.greencam && window.greencam.stats, "
+            "message: (document.getElementById('message') || {}).textContent})"
+        )
+        raise AssertionError(f"{what}: not within {timeout_s:g} s; page: {state}") from None
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    server = ServeProcess(free_port(), tmp_path_factory.mktemp("serve") / "serve.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    chromium = _chromium()
+    y4m = camera_clip(tmp_path_factory.mktemp("camera"))
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                f"--use-file-for-fake-video-capture={y4m}",
+                "--force-color-profile=srgb",
+                "--autoplay-policy=no-user-gesture-required",
+                # A name that is neither localhost nor https: an insecure origin for getUserMedia.
+                "--host-resolver-rules=MAP insecure.greencam.test 127.0.0.1",
+            ],
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture()
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)  # for wait_for_function
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    ctx.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def open_tracking(page, serve: ServeProcess, query: str = "point=320,180") -> None:
+    page.goto(f"{serve.url}/?token={TOKEN}&{query}&debug=1")
+    wait_for(
+        page,
+        "window.greencam && greencam.stats.state === 'tracking' && greencam.stats.masks >= 2",
+        MASK_WAIT_S,
+        "capture page tracking",
+    )
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_capture_page_tracks_and_keys_with_the_received_mask(page, serve: ServeProcess, tmp_path: Path) -> None:
+    open_tracking(page, serve)
+    masks = page.evaluate("greencam.stats.masks")
+    wait_for(
+        page,
+        f"greencam.stats.masks > {masks} && greencam.stats.maskFps > 0 && greencam.stats.frames > 10",
+        60,
+        "more masks",
+    )
+    stats = page.evaluate("greencam.stats")
+    assert set(stats) >= {"frames", "masks", "maskFps", "latencyMs", "state"}
+    assert stats["state"] == "tracking" and stats["fps"] > 0
+    # The viewer link for OBS appears once the session message has arrived.
+    assert page.is_visible("#viewer-link")
+    link = page.get_attribute("#viewer-link", "href")
+    session = page.evaluate("greencam.session")
+    assert link == f"{serve.url}/view/{session['id']}?token={session['viewerToken']}"
+
+    seq = page.evaluate("greencam.pause()")
+    assert seq is not None
+    mask = page.evaluate(MASK_JS)
+    assert mask["seq"] == seq
+    raw = data_url_image(page.evaluate("greencam.keyer.rawCanvas.toDataURL('image/png')"))
+    shot_path = tmp_path / "capture-canvas.png"
+    page.locator("#output").screenshot(path=str(shot_path))
+    page.screenshot(path=str(tmp_path / "capture-page.png"))
+    shot = cv2.imread(str(shot_path), cv2.IMREAD_COLOR)
+    h, w = raw.shape[:2]
+    assert shot.shape[:2] == (h, w), "the canvas should be shown at its own size"
+
+    np.save(tmp_path / "mask.npy", mask_array(mask))
+    cv2.imwrite(str(tmp_path / "raw-frame.png"), raw)
+    bg, fg = expected_regions(mask_array(mask), w, h)
+    assert bg.mean() > 0.02 and fg.mean() > 0.02, (
+        f"mask has too little of one side: bg {bg.mean():.2f} fg {fg.mean():.2f}"
+    )
+    rgb = shot[..., ::-1].astype(int)
+    assert (rgb[bg] == KEY).all(), (
+        f"{(rgb[bg] != KEY).any(axis=1).mean():.3%} of background pixels are not the key colour"
+    )
+    diff = np.abs(shot.astype(int) - raw.astype(int)).max(axis=2)
+    assert diff[fg].max() <= 2, f"subject pixels differ from the camera frame by up to {diff[fg].max()}"
+    # Not a uniform picture: the subject region carries the camera's texture.
+    assert raw[fg].std() > 5
+
+
+def test_wrong_token_and_missing_token_say_so(page, serve: ServeProcess) -> None:
+    page.goto(f"{serve.url}/?token=not-the-token&point=10,10")
+    wait_for(page, "greencam.stats.state === 'error'", 60, "wrong-token error")
+    text = page.text_content("#message")
+    assert "refused the token" in text and "401" in text
+    assert page.is_visible("#token-form")
+
+    page.goto(f"{serve.url}/")
+    wait_for(page, "greencam.stats.state === 'error'", 30, "missing-token message")
+    assert "Enter the token" in page.text_content("#message")
+    assert page.is_visible("#token")
+
+
+def test_insecure_origin_is_explained(page, serve: ServeProcess) -> None:
+    page.goto(f"http://insecure.greencam.test:{serve.port}/?token={TOKEN}")
+    wait_for(page, "greencam.stats.state === 'error'", 30, "insecure-origin message")
+    text = page.text_content("#message")
+    assert "https" in text and "localhost" in text and "--cert-file" in text
+
+
+def test_static_files_and_viewer_endpoint_refusals(serve: ServeProcess) -> None:
+    with urllib.request.urlopen(f"{serve.url}/web/keyer.js", timeout=30) as resp:
+        assert resp.status == 200 and "javascript" in resp.headers["Content-Type"]
+        assert b"class Keyer" in resp.read()
+    for bad in ("/web/__init__.py", "/web/..%2Fserver.py", "/web/nothing.js", "/web/.hidden.js"):
+        assert http("GET", serve.url + bad, None) == 404, bad
+    assert http("POST", f"{serve.url}/whep/no-such-session", "wrong", b"v=0\r\nm=video") == 401
+    assert http("POST", f"{serve.url}/whep/no-such-session", TOKEN, b"v=0\r\nm=video") == 404
+
+
+def test_viewer_page_is_transparent_where_the_capture_page_keys(
+    browser, page, serve: ServeProcess, tmp_path: Path
+) -> None:
+    open_tracking(page, serve)
+    session = page.evaluate("greencam.session")
+    sid, viewer_token = session["id"], session["viewerToken"]
+    # The viewer token views but never publishes; a wrong token views nothing.
+    assert http("POST", f"{serve.url}/whip", viewer_token, b"v=0\r\n") == 401
+    assert http("POST", f"{serve.url}/whep/{sid}", "wrong-token", b"v=0\r\nm=video") == 401
+
+    vctx = browser.new_context(viewport={"width": 640, "height": 360}, bypass_csp=True)
+    try:
+        viewer = vctx.new_page()
+        verrors: list[str] = []
+        viewer.on("pageerror", lambda e: verrors.append(str(e)))
+        viewer.goto(f"{serve.url}/view/{sid}?token={viewer_token}&debug=1")
+        wait_for(viewer, "greencam.stats.masks >= 2 && greencam.stats.frames >= 5", 90, "viewer masks and video")
+        size = viewer.evaluate("[greencam.keyer.canvas.width, greencam.keyer.canvas.height]")
+        viewer.set_viewport_size({"width": size[0], "height": size[1]})
+
+        # Freeze the capture page, then show the same mask on the viewer (from its history).
+        seq = page.evaluate("greencam.pause()")
+        wait_for(viewer, f"greencam.history.has({seq})", 30, f"viewer receiving mask {seq}")
+        assert viewer.evaluate(f"greencam.pause({seq})") == seq
+        cmask = page.evaluate(MASK_JS)
+        vmask = viewer.evaluate(MASK_JS)
+        assert cmask["data"] == vmask["data"]
+
+        cap_path, view_path = tmp_path / "capture-canvas.png", tmp_path / "viewer-page.png"
+        page.locator("#output").screenshot(path=str(cap_path))
+        viewer.screenshot(path=str(view_path), omit_background=True)
+        cap = cv2.imread(str(cap_path), cv2.IMREAD_COLOR)[..., ::-1]
+        view = cv2.imread(str(view_path), cv2.IMREAD_UNCHANGED)
+        assert view.shape[2] == 4, "the viewer screenshot should carry transparency"
+        assert not verrors, verrors
+    finally:
+        vctx.close()
+
+    prob = mask_array(cmask)
+    cbg, cfg = expected_regions(prob, cap.shape[1], cap.shape[0])
+    vbg, vfg = expected_regions(prob, view.shape[1], view.shape[0])
+    # The viewer itself: transparent exactly where the mask is background, opaque on the subject.
+    assert (view[..., 3][vbg] == 0).all()
+    assert (view[..., 3][vfg] == 255).all()
+    assert vbg.mean() > 0.02 and vfg.mean() > 0.02
+    # Side by side, sampled at the mask's cell centres: capture key colour <=> viewer transparent.
+    mh, mw = prob.shape
+    ys, xs = np.mgrid[0:mh, 0:mw] + 0.5
+    cy, cx = (ys * cap.shape[0] / mh).astype(int), (xs * cap.shape[1] / mw).astype(int)
+    vy, vx = (ys * view.shape[0] / mh).astype(int), (xs * view.shape[1] / mw).astype(int)
+    sure = (cbg | cfg)[cy, cx] & (vbg | vfg)[vy, vx]
+    keyed = (cap[cy, cx] == KEY).all(axis=-1)
+    transparent = view[vy, vx, 3] == 0
+    assert sure.sum() > 100
+    assert (keyed[sure] == transparent[sure]).all(), (
+        f"{(keyed[sure] != transparent[sure]).mean():.2%} of cells differ between the pages"
+    )
+
+
+def test_capture_page_reconnects_after_a_server_restart(page, serve: ServeProcess) -> None:
+    open_tracking(page, serve)
+    first = page.evaluate("greencam.session.id")
+    serve.kill()
+    wait_for(page, "greencam.stats.state === 'reconnecting'", 30, "reconnecting after the server died")
+    masks = page.evaluate("greencam.stats.masks")
+    serve.start()
+    wait_for(
+        page,
+        f"greencam.stats.state === 'tracking' && greencam.stats.masks >= {masks + 2} && greencam.session.id !== '{first}'",
+        MASK_WAIT_S,
+        "tracking again after the restart",
+    )
