@@ -18,14 +18,14 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
 from greenscreen_cam.errors import ConfigError, SourceError
 from greenscreen_cam.sources import IMAGE_SUFFIXES, Frame
-from greenscreen_cam.sync import Keyed, KeyScheduler, MaskResult
+from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler, MaskResult
 
 BENCH_MODES: tuple[str, ...] = ("off", "off+flow", "on", "auto")
 ORACLE_LOGIT = 10.0
@@ -205,16 +205,59 @@ def simulate(
         **scheduler_options,
     )
     tracker = OracleTracker(masks, clock, tracker_ms / 1000.0, scale=scale)
+    return replay(frames, scheduler, tracker, clock, fps)
+
+
+class SimTracker(AsyncTracker, Protocol):
+    """An :class:`~greenscreen_cam.sync.AsyncTracker` on a simulated clock that says when it next completes."""
+
+    def next_done(self) -> float | None:
+        """Simulated time of the next completion (None: nothing will complete on its own)."""
+        ...
+
+
+def replay(
+    frames: Sequence[np.ndarray],
+    scheduler: KeyScheduler,
+    tracker: SimTracker,
+    clock: SimClock,
+    fps: float,
+    *,
+    until: float | None = None,
+    flush: bool = True,
+) -> list[Keyed]:
+    """Drive ``scheduler`` and ``tracker`` like the live loop, with frame ``i`` captured at ``i / fps`` s.
+
+    The clock jumps from event to event (a capture, a tracker completion, a frame falling due);
+    at each event the loop does what the live loop does: collect results, push the new frame,
+    give the tracker the frame the scheduler picks, and send the frames that are due.
+
+    Args:
+        frames: ``(H, W, 3)`` uint8 RGB frames.
+        scheduler: The scheduler under test (built with ``clock=clock``).
+        tracker: The simulated tracker (built with the same clock).
+        clock: The simulated clock, advanced here.
+        fps: Camera rate.
+        until: Stop at this simulated time (as if the user quit), whatever is still in flight.
+        flush: On stopping, hand out the frames still held (as a stopping loop does); False leaves
+            them in the scheduler.
+
+    Returns:
+        The output frames in output order.
+    """
     n = len(frames)
     out: list[Keyed] = []
     i = 0
-    for _ in range(20 * n + 1000):  # every step consumes an event; bounded for safety
+    for _ in range(20 * n + 1000):  # every step consumes at least one event; bounded for safety
+        if i >= n and scheduler.held == 0:
+            break
         events = [
             t for t in (i / fps if i < n else None, tracker.next_done(), scheduler.next_deadline()) if t is not None
         ]
-        if i >= n and scheduler.held == 0:
-            break
         if not events:
+            break
+        if until is not None and min(events) > until:
+            clock.now = max(clock.now, until)
             break
         clock.now = max(clock.now, min(events))
         for result in tracker.poll():
@@ -226,7 +269,8 @@ def simulate(
         if submission is not None:
             tracker.submit(submission)
         out.extend(scheduler.pop_ready(clock.now))
-    out.extend(scheduler.flush(clock.now))
+    if flush:
+        out.extend(scheduler.flush(clock.now))
     return out
 
 

@@ -219,8 +219,8 @@ class FlowWarper:
 
     The flow is computed between the two frames scaled so that their long side is at most
     ``max_side`` pixels, then resampled to the logits' grid, whose aspect ratio may differ from the
-    frame's (SAM 2's logits are square). The defaults (ultrafast preset refined down to half of
-    ``max_side``, about 2-5 ms per flow on a laptop CPU core) were chosen with the oracle benchmark on
+    frame's (SAM 2's logits are square). The defaults (ultrafast preset refined down to a 240 px
+    grid, about 2-5 ms per flow on a laptop CPU core) were chosen with the oracle benchmark on
     DAVIS: the flow's resolution matters far more than the preset's effort.
 
     The steps are exposed separately so that a caller can cache them: :meth:`prepare` (a frame's
@@ -230,21 +230,27 @@ class FlowWarper:
     Args:
         max_side: Long side of the images the flow is computed on.
         preset: A ``cv2.DISOPTICAL_FLOW_PRESET_*`` value.
-        finest_scale: Pyramid level the flow is refined down to (0 = ``max_side``, 1 = half);
-            None keeps the preset's.
+        finest_scale: Pyramid level the flow is refined down to (0 = the prepared size, 1 = half).
+            None: the coarsest level whose long side is still at least ``min_detail`` px.
+        min_detail: See ``finest_scale``.
 
     One instance is not thread-safe; :func:`warp_logits` keeps one per thread.
     """
 
     def __init__(
-        self, max_side: int = 480, preset: int = cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, finest_scale: int | None = 1
+        self,
+        max_side: int = 480,
+        preset: int = cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+        finest_scale: int | None = None,
+        min_detail: int = 240,
     ) -> None:
         if max_side < 8:
             raise ConfigError(f"the optical flow needs images of 8 px or more, got {max_side}")
         self.max_side = max_side
+        self.finest_scale = finest_scale
+        self.min_detail = min_detail
         self._dis = cv2.DISOpticalFlow_create(preset)
-        if finest_scale is not None:
-            self._dis.setFinestScale(finest_scale)
+        self._scale_set: int | None = None
         self._grid: np.ndarray | None = None
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -267,6 +273,15 @@ class FlowWarper:
         Returns:
             ``(h, w, 2)`` float32 displacements ``(dx, dy)`` in pixels of the prepared grid.
         """
+        level = self.finest_scale
+        if level is None:
+            level, side = 0, max(dst.shape[:2])
+            while side // 2 >= self.min_detail:
+                side //= 2
+                level += 1
+        if level != self._scale_set:
+            self._dis.setFinestScale(level)
+            self._scale_set = level
         return self._dis.calc(dst, src, None)
 
     def apply(self, logits: np.ndarray, flow: np.ndarray) -> np.ndarray:
