@@ -69,6 +69,9 @@ class MaskResult:
             None when the frame has no mask (no subject selected yet, or none found).
         visible: The tracker's verdict that the subject is in the frame.
         object_score: The tracker's visibility logit (``> 0`` = visible).
+        selected: False when the frame was not tracked at all because no subject is selected yet
+            (:class:`ThreadedTracker` reports a step that returned None this way): it says nothing
+            about the subject's visibility.
     """
 
     frame_index: int
@@ -76,6 +79,7 @@ class MaskResult:
     logits: np.ndarray | None
     visible: bool = True
     object_score: float = 0.0
+    selected: bool = True
 
 
 class AsyncTracker(Protocol):
@@ -129,7 +133,7 @@ class ThreadedTracker:
     The step function owns prompting (the pipeline's prompt / automatic selection / re-selection
     logic stays in the pipeline): it gets a frame and returns its :class:`MaskResult`, or None when
     the frame has no mask yet; None is reported as a result with ``logits=None`` so that the
-    scheduler does not wait for it.
+    scheduler does not wait for it (``selected=False``: not a verdict on the subject's visibility).
 
     Args:
         step: ``step(frame) -> MaskResult | None``, called on the worker thread only.
@@ -205,7 +209,7 @@ class ThreadedTracker:
                 self._on_result()
                 return
             if result is None:
-                result = MaskResult(frame.index, frame.timestamp, None, visible=False, object_score=-math.inf)  # type: ignore[union-attr]
+                result = MaskResult(frame.index, frame.timestamp, None, False, -math.inf, selected=False)  # type: ignore[union-attr]
             with self._cond:
                 self._done.append(result)
                 self._working = False

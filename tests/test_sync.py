@@ -314,7 +314,8 @@ def test_threaded_tracker_newest_frame_slot() -> None:
         assert wakes.acquire(timeout=5.0) and wakes.acquire(timeout=5.0)
         results = tracker.poll()
         assert [r.frame_index for r in results] == [0, 3] and calls == [0, 3]
-        assert results[1].logits is None and not results[1].visible  # no mask, but answered
+        assert results[1].logits is None and not results[1].selected  # no mask, but answered
+        assert results[0].selected
         wait_until(lambda: not tracker.busy)
         assert tracker.poll() == []
     finally:
