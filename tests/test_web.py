@@ -106,14 +106,15 @@ def free_port() -> int:
 class ServeProcess:
     """``greencam serve`` (the link server's Python API) in a subprocess on 127.0.0.1, restartable."""
 
-    def __init__(self, port: int, log: Path) -> None:
+    def __init__(self, port: int, log: Path, threads: int = 1) -> None:
         self.port = port
+        self.threads = threads
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 120.0) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(self.threads)}
         log = open(self.log, "a")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVER_SCRIPT, str(self.port), TOKEN],

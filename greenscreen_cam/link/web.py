@@ -25,7 +25,7 @@ import contextlib
 import hmac
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -74,7 +74,6 @@ class Viewer:
     closed: bool = False
     sent: int = 0
     dropped: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def read_static(name: str) -> bytes | None:
@@ -166,7 +165,11 @@ class ViewerHub:
                 text=f"this session already has {MAX_VIEWERS_PER_SESSION} viewers (each costs a video encode)\n"
             )
         try:
-            viewer, answer = await self._answer(session, session_id, sdp)
+            track = session.relay_track()
+        except Exception as e:  # LinkError: the camera has sent no video yet
+            raise web.HTTPServiceUnavailable(text=f"no video to view yet ({e}); retry in a moment\n") from None
+        try:
+            viewer, answer = await self._answer(session, session_id, sdp, track)
         except ValueError as e:
             raise web.HTTPBadRequest(text=f"bad SDP offer: {e}\n") from None
         return web.Response(
@@ -176,11 +179,12 @@ class ViewerHub:
             headers={"Location": f"/whep/{session_id}/{viewer.id}"},
         )
 
-    async def _answer(self, session: Any, session_id: str, sdp: str) -> tuple[Viewer, str]:
+    async def _answer(self, session: Any, session_id: str, sdp: str, track: Any) -> tuple[Viewer, str]:
+        """Answer a viewer's offer with ``track`` (the session's relayed video) and its masks."""
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
         pc = RTCPeerConnection()
-        viewer = Viewer(id=secrets.token_urlsafe(12), session_id=session_id, pc=pc, session=session)
+        viewer = Viewer(id=secrets.token_urlsafe(12), session_id=session_id, pc=pc, session=session, track=track)
         self.viewers[viewer.id] = viewer
         loop = asyncio.get_running_loop()
 
@@ -207,8 +211,7 @@ class ViewerHub:
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-            viewer.track = session.relay_track()
-            pc.addTrack(viewer.track)
+            pc.addTrack(track)
             for transceiver in pc.getTransceivers():
                 if transceiver.kind == "video":
                     transceiver.direction = "sendonly"

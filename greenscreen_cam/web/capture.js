@@ -117,7 +117,10 @@ setInterval(updateStats, 500);
 // ---- drawing: one keyed frame per camera frame --------------------------------------------
 function drawFrame() {
   if (!paused && ui.video.videoWidth) {
+    const t0 = performance.now();
     keyer.draw(ui.video, ui.video.videoWidth, ui.video.videoHeight);
+    // Main-thread time per keyed frame (ms, moving average); the GPU/raster work comes later.
+    stats.drawMs = +(0.9 * (stats.drawMs ?? 0) + 0.1 * (performance.now() - t0)).toFixed(2);
     stats.frames++;
     frameRate.tick();
   }
@@ -389,7 +392,9 @@ async function onMessage(mine, data) {
     else sendPrompt();
     return;
   }
+  const tm = performance.now();
   keyer.setMask(mask);
+  stats.maskMs = +(performance.now() - tm).toFixed(2); // upsampling the newest mask (ms)
   if (stats.state !== mask.state) {
     setState(mask.state);
     if (message && ui.message.dataset.kind !== "error") setMessage("");

@@ -62,7 +62,10 @@ setInterval(() => {
 
 function drawFrame() {
   if (!paused && video.videoWidth) {
+    const t0 = performance.now();
     keyer.draw(video, video.videoWidth, video.videoHeight);
+    // Main-thread time per keyed frame (ms, moving average); the GPU/raster work comes later.
+    stats.drawMs = +(0.9 * (stats.drawMs ?? 0) + 0.1 * (performance.now() - t0)).toFixed(2);
     stats.frames++;
     frameRate.tick();
   }
