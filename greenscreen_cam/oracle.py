@@ -48,14 +48,29 @@ class OracleTracker:
         masks: Per frame index, the ``(H, W)`` bool ground truth (True = subject).
         clock: The simulated clock.
         tracker_s: Simulated seconds one frame takes.
+        jitter: Each frame takes ``tracker_s * (1 + u)``, ``u`` uniform in ``[-jitter, jitter]``
+            from a seeded generator (deterministic).
         scale: Size of the returned logits relative to the frame (1.0 = full resolution).
 
     Logits are ``+ORACLE_LOGIT`` on the subject and ``-ORACLE_LOGIT`` elsewhere (float32).
     """
 
-    def __init__(self, masks: Sequence[np.ndarray], clock: SimClock, tracker_s: float, *, scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        masks: Sequence[np.ndarray],
+        clock: SimClock,
+        tracker_s: float,
+        *,
+        scale: float = 1.0,
+        jitter: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         if tracker_s < 0:
             raise ConfigError(f"--tracker-ms must be 0 or more, got {tracker_s * 1000:g}")
+        if not 0.0 <= jitter < 1.0:
+            raise ConfigError(f"the tracker jitter must be in [0, 1), got {jitter:g}")
+        self.jitter = jitter
+        self._rng = np.random.default_rng(seed)
         self.masks = masks
         self.clock = clock
         self.tracker_s = tracker_s
@@ -83,8 +98,13 @@ class OracleTracker:
             self.tracked += 1
             self._current = None
             if self._pending is not None:
-                self._current = (self._pending, finish + self.tracker_s)
+                self._current = (self._pending, finish + self._duration())
                 self._pending = None
+
+    def _duration(self) -> float:
+        if self.jitter == 0.0:
+            return self.tracker_s
+        return self.tracker_s * (1.0 + float(self._rng.uniform(-self.jitter, self.jitter)))
 
     def next_done(self) -> float | None:
         """Simulated time at which the frame being tracked completes (None: idle)."""
@@ -93,7 +113,7 @@ class OracleTracker:
     def submit(self, frame: Frame) -> None:
         self._advance()
         if self._current is None:
-            self._current = (frame, self.clock() + self.tracker_s)
+            self._current = (frame, self.clock() + self._duration())
             return
         if self._pending is not None:
             self.dropped += 1
@@ -172,6 +192,7 @@ def simulate(
     max_delay_ms: float = 300.0,
     hold_limit_ms: float = 1000.0,
     scale: float = 1.0,
+    jitter: float = 0.0,
     **scheduler_options: Any,
 ) -> list[Keyed]:
     """Replay ``frames`` as a camera at ``fps`` through a :class:`KeyScheduler` and an oracle tracker.
@@ -185,6 +206,7 @@ def simulate(
         max_delay_ms: ``auto``'s cap on the added delay.
         hold_limit_ms: ``on``'s bound on the added delay.
         scale: Oracle logits' size relative to the frame.
+        jitter: Relative spread of the tracker's time per frame (seeded, deterministic).
         **scheduler_options: Passed to :class:`KeyScheduler`.
 
     Returns:
@@ -204,7 +226,7 @@ def simulate(
         flow=flow,
         **scheduler_options,
     )
-    tracker = OracleTracker(masks, clock, tracker_ms / 1000.0, scale=scale)
+    tracker = OracleTracker(masks, clock, tracker_ms / 1000.0, scale=scale, jitter=jitter)
     return replay(frames, scheduler, tracker, clock, fps)
 
 
@@ -304,6 +326,7 @@ def run_oracle_bench(
     max_delay_ms: float = 300.0,
     hold_limit_ms: float = 1000.0,
     scale: float = 1.0,
+    jitter: float = 0.0,
 ) -> dict[str, Any]:
     """The oracle benchmark: every mode on one sequence.
 
@@ -316,6 +339,8 @@ def run_oracle_bench(
         max_delay_ms: ``auto``'s cap on the added delay.
         hold_limit_ms: ``on``'s bound on the added delay.
         scale: Oracle logits' size relative to the frame (1.0: full resolution).
+        jitter: Relative spread of the tracker's time per frame (seeded, deterministic); 0.2 means
+            each frame takes ``tracker_ms`` +/- up to 20 %.
 
     Returns:
         ``{"modes": {mode: {"mean_iou", "min_iou", "delay_ms_p50", "delay_ms_p95", "own_mask_share",
@@ -342,6 +367,7 @@ def run_oracle_bench(
             max_delay_ms=max_delay_ms,
             hold_limit_ms=hold_limit_ms,
             scale=scale,
+            jitter=jitter,
         )
         results[mode] = summarize(keyed, masks)
     return {
@@ -350,4 +376,5 @@ def run_oracle_bench(
         "tracker_ms": tracker_ms,
         "fps": fps,
         "max_delay_ms": max_delay_ms,
+        "jitter": jitter,
     }
