@@ -1,27 +1,121 @@
-"""Automatic subject selection: the largest face, widened to a head-and-shoulders box.
+"""Automatic subject selection: a confirmed face, widened to a head-and-shoulders box.
 
-Uses OpenCV's bundled Haar cascade (no download). Frames are uint8 RGB.
+Uses OpenCV's bundled Haar cascade (no download). Frames are ``(H, W, 3)`` uint8 RGB.
+
+The cascade alone fires on door frames, shirts and knees (on the shared
+``pingpong.mp4`` clip it proposed a 1179x720 "head and shoulders" around a
+false face). A candidate is accepted only when it is plausible for a person in
+front of a camera (see :class:`FaceRules`: size relative to the frame, position,
+skin-coloured centre) and the same face is found in ``confirm`` of the last
+``window`` frames. :class:`FaceFinder` keeps that short history; call
+:meth:`FaceFinder.reset` when a new search starts.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+Box = tuple[int, int, int, int]
+"""``(x, y, w, h)`` in frame pixels."""
+
+
+@dataclass(frozen=True)
+class FaceRules:
+    """What makes a detected face plausible, as fractions of the frame.
+
+    Attributes:
+        min_size: Smallest face width, as a fraction of the frame height.
+        max_size: Largest face width, as a fraction of the frame height (a face filling
+            half the picture height is already a very close webcam shot).
+        max_center_y: Lowest face centre, as a fraction of the frame height from the top
+            (a head sits in the upper part of the picture).
+        min_skin: Smallest fraction of skin-coloured pixels in the face's central half
+            (YCrCb test; skipped on grey or infrared frames). 0 switches the test off.
+        confirm: How many of the last ``window`` frames must show the same face.
+        window: How many recent frames are remembered.
+        min_iou: Overlap (intersection over union) for two detections to be the same face.
+    """
+
+    min_size: float = 0.04
+    max_size: float = 0.5
+    max_center_y: float = 0.6
+    min_skin: float = 0.3
+    confirm: int = 3
+    window: int = 4
+    min_iou: float = 0.3
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two ``(x, y, w, h)`` boxes."""
+    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0, min(ax1, bx1) - max(a[0], b[0]))
+    ih = max(0, min(ay1, by1) - max(a[1], b[1]))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def skin_fraction(frame: np.ndarray, face: Box) -> float | None:
+    """Fraction of skin-coloured pixels in the central half of ``face``; None on a grey frame.
+
+    The test is the common YCrCb range (Cr 133-173, Cb 77-127), which holds
+    across skin tones under ordinary light. A frame without colour (infrared or
+    monochrome cameras) cannot be tested and gives None.
+    """
+    x, y, w, h = face
+    centre = frame[y + h // 4 : y + 3 * h // 4, x + w // 4 : x + 3 * w // 4]
+    if centre.size == 0:
+        return 0.0
+    ycc = cv2.cvtColor(centre, cv2.COLOR_RGB2YCrCb)
+    cr, cb = ycc[..., 1].astype(np.int16), ycc[..., 2].astype(np.int16)
+    if np.abs(cr - 128).max() <= 3 and np.abs(cb - 128).max() <= 3:
+        return None
+    return float(((cr >= 133) & (cr <= 173) & (cb >= 77) & (cb <= 127)).mean())
+
+
+def implausible(face: Box, width: int, height: int, rules: FaceRules = FaceRules()) -> str | None:
+    """Why ``face`` cannot be a person's face in a ``width`` x ``height`` frame, or None if it can.
+
+    Only geometry is checked here (size and position); see :func:`skin_fraction` for colour.
+    """
+    x, y, w, h = face
+    if w < rules.min_size * height:
+        return f"too small ({w} px for a {height} px high frame)"
+    if w > rules.max_size * height:
+        return f"too large ({w} px for a {height} px high frame)"
+    if y + h / 2 > rules.max_center_y * height:
+        return f"too low (centre at {(y + h / 2) / height:.0%} of the height)"
+    return None
+
 
 class FaceFinder:
-    """Finds the largest frontal face and proposes a head-and-shoulders box around it."""
+    """Finds the subject's face and proposes a head-and-shoulders box around it.
 
-    def __init__(self) -> None:
+    Stateful: :meth:`observe` / :meth:`subject_box` remember the plausible faces
+    of the last ``rules.window`` frames they were given and answer only once the
+    same face was seen in ``rules.confirm`` of them.
+
+    Args:
+        rules: The plausibility and agreement rules.
+    """
+
+    def __init__(self, rules: FaceRules | None = None) -> None:
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
             raise RuntimeError(f"OpenCV's face cascade could not be loaded from {path}")
+        self.rules = rules or FaceRules()
+        self._history: deque[Box | None] = deque(maxlen=max(1, self.rules.window))
+        self.rejected: list[str] = []
+        """Why the candidates of the last frame were rejected (for logs and tests)."""
 
-    def largest_face(self, frame: np.ndarray) -> tuple[int, int, int, int] | None:
-        """``(x, y, w, h)`` of the largest face in ``frame``, or None."""
+    def detect(self, frame: np.ndarray) -> list[Box]:
+        """Every face the cascade finds in ``frame`` (unfiltered), in frame pixels."""
         h, w = frame.shape[:2]
         scale = min(1.0, 480.0 / max(h, w))
         gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
@@ -29,20 +123,47 @@ class FaceFinder:
             gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         gray = cv2.equalizeHist(gray)
         faces = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-        if len(faces) == 0:
-            return None
-        x, y, fw, fh = max(faces, key=lambda f: int(f[2]) * int(f[3]))
-        return (round(x / scale), round(y / scale), round(fw / scale), round(fh / scale))
+        return [(round(x / scale), round(y / scale), round(fw / scale), round(fh / scale)) for x, y, fw, fh in faces]
 
-    def subject_box(self, frame: np.ndarray) -> tuple[int, int, int, int] | None:
-        """A head-and-shoulders box around the largest face, clipped to the frame, or None."""
+    def largest_face(self, frame: np.ndarray) -> Box | None:
+        """The largest plausible face in this one frame (no history), or None."""
+        height, width = frame.shape[:2]
+        self.rejected = []
+        best: Box | None = None
+        for face in sorted(self.detect(frame), key=lambda f: f[2] * f[3], reverse=True):
+            reason = implausible(face, width, height, self.rules)
+            if reason is None and self.rules.min_skin > 0:
+                skin = skin_fraction(frame, face)
+                if skin is not None and skin < self.rules.min_skin:
+                    reason = f"not skin-coloured ({skin:.0%})"
+            if reason is not None:
+                self.rejected.append(f"face {face}: {reason}")
+            elif best is None:
+                best = face
+        return best
+
+    def observe(self, frame: np.ndarray) -> Box | None:
+        """Add this frame's face to the history; the face once it is confirmed, else None."""
         face = self.largest_face(frame)
+        self._history.append(face)
+        if face is None:
+            return None
+        agreeing = sum(1 for seen in self._history if seen is not None and iou(seen, face) >= self.rules.min_iou)
+        return face if agreeing >= self.rules.confirm else None
+
+    def subject_box(self, frame: np.ndarray) -> Box | None:
+        """A head-and-shoulders box around the confirmed face (see :meth:`observe`), clipped to the frame."""
+        face = self.observe(frame)
         if face is None:
             return None
         return head_and_shoulders(face, frame.shape[1], frame.shape[0])
 
+    def reset(self) -> None:
+        """Forget earlier frames (a new search starts, e.g. after the ``a`` hotkey)."""
+        self._history.clear()
 
-def head_and_shoulders(face: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:
+
+def head_and_shoulders(face: Box, width: int, height: int) -> Box:
     """Widen a face box: 1.2 face widths each side, half a face above, down to the bottom of the frame."""
     x, y, w, h = face
     x0 = max(0, round(x - 1.2 * w))
