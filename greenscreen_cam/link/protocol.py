@@ -53,7 +53,7 @@ DEFAULT_PORT = 8470
 class LinkError(GreencamError):
     """The link to a ``greencam serve`` server failed in a way retrying will not fix."""
 
-    exit_code = 7
+    exit_code = 8
 
 
 class LinkUnreachableError(LinkError):
@@ -136,7 +136,7 @@ def logits_from_u8(prob: np.ndarray, limit: float = LOGIT_LIMIT) -> np.ndarray:
     p = prob.astype(np.float32) / 255.0
     eps = 1.0 / (1.0 + math.exp(limit))
     p = np.clip(p, eps, 1.0 - eps)
-    return np.log(p / (1.0 - p)).astype(np.float32)
+    return np.clip(np.log(p / (1.0 - p)), -limit, limit).astype(np.float32)
 
 
 def encode_mask(tag: int, seq: int, state: int, object_score: float, probability: np.ndarray) -> bytes:

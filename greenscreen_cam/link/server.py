@@ -571,15 +571,16 @@ class Server:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
+            if pc.connectionState in ("failed", "closed") and session.id in self.sessions:
                 await self.close_session(session, f"connection {pc.connectionState}")
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:  # noqa: BLE001 - aiortc raises many types on malformed SDP
+            session.closed = True
             await pc.close()
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = str(e).splitlines()[0] if str(e) else f"not valid SDP ({type(e).__name__})"
             raise LinkProtocolError(f"bad SDP offer: {reason}") from None
         self.sessions[session.id] = session
         return session, pc.localDescription.sdp

@@ -1,0 +1,508 @@
+"""``greencam serve`` and its RemoteTracker over real aiortc on 127.0.0.1 (SAM 2 tiny, 256 px, seeded weights)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from greenscreen_cam.link.client import RemoteTracker
+from greenscreen_cam.link.protocol import (
+    LinkAuthError,
+    LinkFullError,
+    LinkProtocolError,
+    LinkTLSError,
+    LinkUnreachableError,
+    MaskResult,
+)
+from greenscreen_cam.link.server import ServeOptions, run_server
+from greenscreen_cam.prompt import Prompt
+from greenscreen_cam.sources import Frame, VideoFileSource
+from tests.conftest import REPO, moving_disc_frames, write_video
+
+TOKEN = "test-token-0123456789"
+DISC_BOX = Prompt(box=(25.0, 28.0, 66.0, 64.0))  # the red disc of moving_disc_frames at 160x120
+CORNER_BOX = Prompt(box=(110.0, 2.0, 48.0, 40.0))  # background, top right
+
+
+@pytest.fixture(scope="module", autouse=True)
+def loopback_ice() -> Iterator[None]:
+    """Keep WebRTC media on 127.0.0.1 (aioice leaves loopback out of its host candidates)."""
+    import aioice.ice
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    yield
+    mp.undo()
+
+
+class ServerThread:
+    """run_server on a thread, with its event lines and a stop switch."""
+
+    def __init__(self, model: Any, **kw: Any) -> None:
+        opts = {"port": 0, "token": TOKEN, "model": "tiny", "device": "cpu", "min_fps": 0, "idle_timeout": 2.0}
+        self.opts = ServeOptions(**{**opts, **kw})
+        self.events: list[str] = []
+        self.stop = threading.Event()
+        self._ready = threading.Event()
+        self.url = ""
+        self.error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                run_server(self.opts, on_event=self.events.append, ready=self._on_ready, stop=self.stop, model=model)
+            except BaseException as e:  # noqa: BLE001 - reported by the test
+                self.error = e
+                self._ready.set()
+
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+        assert self._ready.wait(30), "server did not start"
+        if self.error is not None:
+            raise self.error
+
+    def _on_ready(self, url: str) -> None:
+        self.url = url
+        self._ready.set()
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+            return json.loads(r.read())
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(20)
+        assert not self.thread.is_alive(), "server did not stop"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Any) -> Iterator[ServerThread]:
+    s = ServerThread(tiny_model, max_sessions=3)
+    yield s
+    s.close()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def decoded_clip(tmp_path: Path, n: int = 8) -> list[Frame]:
+    """A real mp4 written and decoded with OpenCV: RGB frames with the capture timestamps of the decode."""
+    path = write_video(tmp_path / "clip.mp4", moving_disc_frames(n))
+    src = VideoFileSource(path)
+    frames = []
+    while (f := src.read()) is not None and len(frames) < n:
+        frames.append(f)
+    src.close()
+    assert len(frames) == n
+    return frames
+
+
+def remote_masks(url: str, frames: list[Frame], prompt: Prompt) -> tuple[list[MaskResult], dict[str, Any]]:
+    h, w = frames[0].image.shape[:2]
+    with RemoteTracker(url, TOKEN, width=w, height=h) as tracker:
+        tracker.reselect(prompt)
+        masks = [tracker.track_sync(f, timeout=60) for f in frames]
+        return masks, tracker.stats()
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def upsampled(logits: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=hw, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+# --------------------------------------------------------------------------- tracking
+
+
+def test_offline_clip_every_frame_gets_its_own_mask_like_local(server: ServerThread, tiny_model, tmp_path) -> None:
+    from greenscreen_cam.segmenter import StreamingTracker
+
+    frames = decoded_clip(tmp_path, 8)
+    masks, stats = remote_masks(server.url, frames, DISC_BOX)
+    # Every frame got exactly its own mask, mapped back through the echoed RTP timestamp.
+    assert [m.frame_index for m in masks] == [f.index for f in frames]
+    assert [m.timestamp for m in masks] == [f.timestamp for f in frames]
+    assert all(m.logits.shape == (64, 64) and m.logits.dtype == np.float32 for m in masks)
+    assert all(m.state in ("tracking", "lost") for m in masks)
+    assert stats["unmatched"] == 0 and stats["masks"] == len(frames)
+    # The same frames tracked locally with the same weights: the codec on the way up is the only difference.
+    local = StreamingTracker(tiny_model)
+    hw = frames[0].image.shape[:2]
+    ious = []
+    for i, (f, m) in enumerate(zip(frames, masks, strict=True)):
+        res = local.prompt(f.image, DISC_BOX) if i == 0 else local.track(f.image)
+        mine = upsampled(res.low_res_numpy(), hw) > 0
+        theirs = upsampled(m.logits, hw) > 0
+        assert 0.02 < mine.mean() < 0.98, "a degenerate mask would make the comparison meaningless"
+        ious.append(iou(mine, theirs))
+    print(f"\nremote vs local mask IoU per frame: {[round(v, 3) for v in ious]} mean {np.mean(ious):.3f}")
+    assert np.mean(ious) >= 0.9
+
+
+def test_clients_at_once_each_get_their_own_masks(server: ServerThread, tiny_model, tmp_path) -> None:
+    """Two cameras with different scenes and prompts, and one that never prompts, on one batched model."""
+    from greenscreen_cam.segmenter import StreamingTracker
+
+    clips = {"a": decoded_clip(tmp_path, 5)}
+    (tmp_path / "b").mkdir()
+    mirrored = [np.ascontiguousarray(f[:, ::-1]) for f in moving_disc_frames(5, seed=3)]
+    src = VideoFileSource(write_video(tmp_path / "b" / "clip.mp4", mirrored))
+    clips["b"] = [src.read() for _ in range(5)]  # type: ignore[misc]
+    src.close()
+    clips["c"] = clips["a"][:3]
+    prompts: dict[str, Prompt | None] = {"a": DISC_BOX, "b": Prompt(box=(69.0, 28.0, 66.0, 64.0)), "c": None}
+    out: dict[str, list[MaskResult]] = {}
+    errors: list[BaseException] = []
+
+    def run(name: str) -> None:
+        try:
+            frames = clips[name]
+            with RemoteTracker(server.url, TOKEN, width=160, height=120) as tracker:
+                if prompts[name] is not None:
+                    tracker.reselect(prompts[name])
+                out[name] = [tracker.track_sync(f, timeout=90) for f in frames]
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    assert not errors, errors
+    for name, frames in clips.items():
+        assert [m.frame_index for m in out[name]] == [f.index for f in frames]
+        assert [m.timestamp for m in out[name]] == [f.timestamp for f in frames]
+    # No prompt, no tracking: that camera only gets "waiting" masks.
+    assert all(m.state == "waiting" and not m.visible and (m.logits < 0).all() for m in out["c"])
+    # Each prompted camera's masks are its own: they match a local tracker on its own frames and prompt.
+    own, cross = [], []
+    for name in ("a", "b"):
+        tracker = StreamingTracker(tiny_model)
+        for i, (f, m) in enumerate(zip(clips[name], out[name], strict=True)):
+            assert m.state in ("tracking", "lost")
+            res = tracker.prompt(f.image, prompts[name]) if i == 0 else tracker.track(f.image)  # type: ignore[arg-type]
+            local = res.low_res_numpy() > 0
+            own.append(iou(local, m.logits > 0))
+            other = out["b" if name == "a" else "a"][i]
+            cross.append(iou(local, other.logits > 0))
+    print(f"\nown-session IoU {np.mean(own):.3f}, other-session IoU {np.mean(cross):.3f}")
+    assert np.mean(own) >= 0.9
+    assert np.mean(cross) < np.mean(own) - 0.1
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def _request(
+    url: str, method: str = "POST", body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=body if method == "POST" else None, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_bad_requests_get_their_status_and_one_log_line(server: ServerThread) -> None:
+    sdp = {"Content-Type": "application/sdp"}
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    before = len(server.events)
+    cases = [
+        (_request(server.url + "/whip", body=b"v=0\r\n", headers=sdp), 401, "no bearer token"),
+        (
+            _request(server.url + "/whip", body=b"v=0\r\n", headers={**sdp, "Authorization": "Bearer nope"}),
+            401,
+            "wrong",
+        ),
+        (
+            _request(server.url + "/whip", body=b"v=0\r\n", headers={**auth, "Content-Type": "text/plain"}),
+            400,
+            "Content-Type",
+        ),
+        (_request(server.url + "/whip", body=b"hello", headers={**auth, **sdp}), 400, "no video"),
+        (_request(server.url + "/whip", body=b"v=0\r\nm=video 9 x\r\n", headers={**auth, **sdp}), 400, "bad SDP"),
+        (_request(server.url + "/whip", body=b"v" * 200_000, headers={**auth, **sdp}), 413, "over"),
+        (_request(server.url + "/whip/nope", "DELETE", headers=auth), 404, "no such session"),
+        (_request(server.url + "/whip/nope", "DELETE"), 401, "no bearer token"),
+    ]
+    for (status, text), want_status, fragment in cases:
+        assert status == want_status, (status, text)
+        assert fragment in text
+    lines = server.events[before:]
+    assert len(lines) == len(cases)
+    assert [int(line.split()[0]) for line in lines] == [c[1] for c in cases]
+    assert not any(TOKEN in line or TOKEN[:8] in line for line in server.events)
+    info = server.health()  # still serving
+    assert info == {
+        "status": "ok",
+        "sessions": 0,
+        "max_sessions": 3,
+        "model": "tiny",
+        "device": "cpu",
+        "resolution": 256,
+    }
+
+
+def test_client_errors_are_one_line_link_errors(server: ServerThread, tiny_model) -> None:
+    with pytest.raises(LinkAuthError, match="refused the token"):
+        RemoteTracker(server.url, "wrong-token", width=160, height=120).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free_port = s.getsockname()[1]
+    with pytest.raises(LinkUnreachableError, match="cannot reach"):
+        RemoteTracker(f"http://127.0.0.1:{free_port}", TOKEN, width=160, height=120, connect_timeout=3).start()
+    with pytest.raises(LinkTLSError, match="TLS"):
+        RemoteTracker(server.url.replace("http:", "https:"), TOKEN, width=160, height=120, connect_timeout=3).start()
+    # A server with room for one session turns the second away with 503.
+    small = ServerThread(tiny_model, max_sessions=1)
+    try:
+        with RemoteTracker(small.url, TOKEN, width=160, height=120):
+            assert small.health()["sessions"] == 1
+            with pytest.raises(LinkFullError, match="server full: 1 of 1"):
+                RemoteTracker(small.url, TOKEN, width=160, height=120).start()
+            assert (
+                _request(
+                    small.url + "/whip",
+                    body=b"v=0",
+                    headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/sdp"},
+                )[0]
+                == 503
+            )
+        wait_for(lambda: small.health()["sessions"] == 0, 10, "the DELETE to free the session")
+    finally:
+        small.close()
+
+
+def test_a_malformed_answer_is_a_protocol_error(tmp_path) -> None:
+    from aiohttp import web
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "resolution": 256})
+
+    async def whip(request: web.Request) -> web.Response:
+        return web.Response(status=201, text="this is not SDP", headers={"Location": "/whip/x"})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_post("/whip", whip)
+    url, stop = _serve_app(app)
+    try:
+        with pytest.raises(LinkProtocolError, match="without an SDP answer"):
+            RemoteTracker(url, TOKEN, width=160, height=120, connect_timeout=5).start()
+    finally:
+        stop()
+
+
+def _serve_app(app: Any) -> tuple[str, Callable[[], None]]:
+    import asyncio
+
+    from aiohttp import web
+
+    started = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        box["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        box["loop"], box["runner"] = loop, runner
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert started.wait(10)
+
+    def stop() -> None:
+        box["loop"].call_soon_threadsafe(box["loop"].stop)
+        t.join(10)
+
+    return box["url"], stop
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def test_tls_serves_https_and_untrusted_certificates_are_refused(tiny_model, tmp_path) -> None:
+    cert, key = _self_signed(tmp_path)
+    tls = ServerThread(tiny_model, cert_file=cert, key_file=key)
+    try:
+        assert tls.url.startswith("https://")
+        with pytest.raises(LinkTLSError, match="TLS"):
+            RemoteTracker(tls.url, TOKEN, width=160, height=120, connect_timeout=5).start()
+        with RemoteTracker(tls.url, TOKEN, width=160, height=120, cafile=cert) as tracker:
+            assert tracker.state == "waiting" and tracker.server_info["resolution"] == 256
+        with pytest.raises(LinkProtocolError, match="no valid HTTP answer"):
+            RemoteTracker(tls.url.replace("https:", "http:"), TOKEN, width=160, height=120, connect_timeout=5).start()
+    finally:
+        tls.close()
+
+
+def test_a_generated_token_is_reported_once_and_required(tiny_model) -> None:
+    s = ServerThread(tiny_model, token=None)
+    try:
+        shown = [line for line in s.events if line.startswith("token")]
+        assert len(shown) == 1
+        token = shown[0].rsplit(" ", 1)[-1]
+        assert len(token) >= 24
+        assert _request(s.url + "/whip", body=b"v=0", headers={"Content-Type": "application/sdp"})[0] == 401
+        with RemoteTracker(s.url, token, width=160, height=120) as tracker:
+            assert tracker.session_id
+        assert sum(token in line for line in s.events) == 1
+    finally:
+        s.close()
+
+
+# --------------------------------------------------------------------------- failures
+
+
+CLIENT_SCRIPT = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import aioice.ice
+aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+from tests.conftest import moving_disc_frames
+from greenscreen_cam.link.client import RemoteTracker
+from greenscreen_cam.prompt import Prompt
+from greenscreen_cam.sources import Frame
+frames = moving_disc_frames(10)
+t = RemoteTracker({url!r}, {token!r}, width=160, height=120)
+t.start()
+t.reselect(Prompt(box=(25.0, 28.0, 66.0, 64.0)))
+print("connected", flush=True)
+for i in range(100000):
+    t.submit(Frame(frames[i % 10], i))
+    t.poll()
+    time.sleep(0.1)
+"""
+
+
+def test_a_killed_client_has_its_session_freed(server: ServerThread) -> None:
+    wait_for(lambda: server.health()["sessions"] == 0, 10, "earlier sessions to end")
+    script = CLIENT_SCRIPT.format(repo=str(REPO), url=server.url, token=TOKEN)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "connected"
+        wait_for(lambda: server.health()["sessions"] == 1, 10, "the client's session")
+        time.sleep(1.0)  # let it stream a little
+    finally:
+        proc.kill()
+        proc.wait(10)
+    killed_at = time.monotonic()
+    wait_for(lambda: server.health()["sessions"] == 0, 15, "the vanished client's session to be freed")
+    print(f"\nsession freed {time.monotonic() - killed_at:.1f} s after the client was killed")
+    assert any("ended (no video or message" in e or "connection failed" in e for e in server.events)
+
+
+def test_a_server_restart_mid_stream_reconnects_and_resumes_tracking(tiny_model) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    first = ServerThread(tiny_model, port=port)
+    frames = moving_disc_frames(10)
+    states: list[str] = []
+    events: list[str] = []
+    tracker = RemoteTracker(
+        first.url, TOKEN, width=160, height=120, liveness_timeout=2.0, max_backoff=1.0, on_event=events.append
+    )
+    tracker.start()
+    second = None
+    try:
+        tracker.reselect(DISC_BOX)
+        got: list[MaskResult] = []
+        stop_feeding = threading.Event()
+
+        def feed() -> None:
+            i = 0
+            while not stop_feeding.is_set() and i < 2000:
+                try:
+                    tracker.submit(Frame(frames[i % 10], i))
+                    got.extend(tracker.poll())
+                except Exception:  # noqa: BLE001 - the test checks the states
+                    return
+                states.append(tracker.state)
+                i += 1
+                time.sleep(0.05)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        wait_for(
+            lambda: any(m.state == "tracking" or m.state == "lost" for m in got), 30, "masks from the first server"
+        )
+        first.close()
+        wait_for(lambda: tracker.state == "reconnecting", 15, "the client to notice")
+        n_before = len(got)
+        second = ServerThread(tiny_model, port=port)
+        wait_for(lambda: tracker.stats()["reconnects"] == 1, 30, "the client to reconnect")
+        wait_for(lambda: len(got) > n_before + 2 and got[-1].state in ("tracking", "lost"), 30, "tracking to resume")
+        stop_feeding.set()
+        feeder.join(10)
+        assert "reconnecting" in states and states[-1] in ("tracking", "lost")
+        assert any("reconnecting" in e for e in events) and any(e.startswith("connected") for e in events)
+    finally:
+        tracker.close()
+        if second is not None:
+            second.close()
