@@ -325,6 +325,42 @@ def test_capture_page_tracks_and_keys_with_the_received_mask(page, serve: ServeP
     assert raw[fg].std() > 5
 
 
+def test_without_a_prompt_the_page_asks_and_a_drag_selects(page, serve: ServeProcess) -> None:
+    page.goto(f"{serve.url}/?token={TOKEN}&debug=1")
+    wait_for(
+        page,
+        "window.greencam && greencam.stats.state === 'waiting' && greencam.stats.frames > 5",
+        MASK_WAIT_S,
+        "waiting for a prompt",
+    )
+    assert "No subject selected" in page.text_content("#message")
+    # Nothing selected: the whole frame is the key colour.
+    pixels = page.evaluate(
+        "(() => { const c = greencam.keyer.canvas; const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " const out = []; for (let i = 0; i < d.length; i += 4 * 997) out.push([d[i], d[i + 1], d[i + 2], d[i + 3]]);"
+        " return out; })()"
+    )
+    assert len(pixels) > 100 and all(p == [*KEY, 255] for p in pixels)
+
+    # Drag a box on the canvas: the prompt goes to the server, the address bar keeps it.
+    box = page.locator("#output").bounding_box()
+    page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.2 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.5 * box["height"], steps=5)
+    page.mouse.move(box["x"] + 0.7 * box["width"], box["y"] + 0.9 * box["height"], steps=5)
+    page.mouse.up()
+    wait_for(page, "greencam.stats.state === 'tracking'", MASK_WAIT_S, "tracking after a drag")
+    bbox = [int(v) for v in page.evaluate("new URLSearchParams(location.search).get('bbox')").split(",")]
+    w, h = page.evaluate("[greencam.keyer.canvas.width, greencam.keyer.canvas.height]")
+    expected = [0.3 * w, 0.2 * h, 0.4 * w, 0.7 * h]
+    assert all(abs(a - b) <= 3 for a, b in zip(bbox, expected)), (bbox, expected)
+
+    # Re-select: back to waiting, all key colour again.
+    page.click("#reset")
+    wait_for(page, "greencam.stats.state === 'waiting'", 60, "waiting after re-select")
+    assert page.evaluate("new URLSearchParams(location.search).get('bbox')") is None
+
+
 def test_wrong_token_and_missing_token_say_so(page, serve: ServeProcess) -> None:
     page.goto(f"{serve.url}/?token=not-the-token&point=10,10")
     wait_for(page, "greencam.stats.state === 'error'", 60, "wrong-token error")

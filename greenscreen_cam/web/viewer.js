@@ -19,8 +19,10 @@ const keyer = new Keyer(canvas, { background: params.get("background") || "trans
 const stats = { frames: 0, masks: 0, maskFps: 0, latencyMs: null, fps: 0, state: "connecting" };
 const frameRate = new Rate();
 const maskRate = new Rate(5000); // masks can be slow (a few per second on a CPU server)
+const SILENT_MS = 10000;
 let conn = null;
 let paused = false;
+let lastFrameAt = 0; // performance.now() of the last video frame drawn
 let retryTimer = null;
 
 window.greencam = {
@@ -64,6 +66,7 @@ function drawFrame() {
   if (!paused && video.videoWidth) {
     const t0 = performance.now();
     keyer.draw(video, video.videoWidth, video.videoHeight);
+    lastFrameAt = performance.now();
     // Main-thread time per keyed frame (ms, moving average); the GPU/raster work comes later.
     stats.drawMs = +(0.9 * (stats.drawMs ?? 0) + 0.1 * (performance.now() - t0)).toFixed(2);
     stats.frames++;
@@ -89,8 +92,9 @@ async function connect() {
   dc.onopen = () => {
     mine.lastMsg = performance.now();
     mine.timer = setInterval(() => {
-      // The server forwards masks and state about once a second: silence means it is gone.
-      if (performance.now() - mine.lastMsg > 6000) lost(mine, "no data from the server");
+      // Neither a mask nor a video frame for a while: the server (or its camera) is gone.
+      const last = Math.max(mine.lastMsg, lastFrameAt);
+      if (performance.now() - last > SILENT_MS) lost(mine, "no masks or video from the server");
     }, 1000);
   };
   dc.onclose = () => lost(mine, "data channel closed");
