@@ -297,12 +297,18 @@ def replay(
 
 
 def summarize(keyed: Sequence[Keyed], masks: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Mean/min IoU, added delay p50/p95 (ms), own-mask share and output gaps of one simulated run."""
+    """Mean/min IoU, added delay p50/p95 (ms), own-mask share and output gaps of one simulated run.
+
+    ``mean_iou_after_first_mask`` leaves out the frames sent before any mask existed (the key colour
+    alone, IoU 0), which only ``off`` sends.
+    """
     ious = np.array([iou(k.logits, masks[k.frame.index]) for k in keyed], dtype=np.float64)
     delays = np.array([k.delay for k in keyed], dtype=np.float64) * 1000.0
     release = np.array([k.frame.timestamp + k.delay for k in keyed], dtype=np.float64)
     gaps = np.diff(release) * 1000.0 if len(release) > 1 else np.zeros(1)
     sources = {s: sum(k.source == s for k in keyed) for s in ("own", "flow", "newest", "none")}
+    first = next((n for n, k in enumerate(keyed) if k.result is not None), len(keyed))
+    steady = ious[first:]
     return {
         "mean_iou": round(float(ious.mean()), 4) if ious.size else 0.0,
         "min_iou": round(float(ious.min()), 4) if ious.size else 0.0,
@@ -310,6 +316,8 @@ def summarize(keyed: Sequence[Keyed], masks: Sequence[np.ndarray]) -> dict[str, 
         "delay_ms_p95": round(float(np.percentile(delays, 95)), 1) if delays.size else 0.0,
         "delay_ms_max": round(float(delays.max()), 1) if delays.size else 0.0,
         "own_mask_share": round(sources["own"] / len(keyed), 4) if keyed else 0.0,
+        "mean_iou_after_first_mask": round(float(steady.mean()), 4) if steady.size else 0.0,
+        "frames_before_first_mask": first,
         "output_gap_ms_max": round(float(gaps.max()), 1),
         "frames_out": len(keyed),
         "sources": sources,
