@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SYSFS_V4L = Path("/sys/class/video4linux")
+"""Where Linux describes video devices; read at call time, so tests can point it at a fake tree."""
+DEV_ROOT = Path("/dev")
+"""Where the device nodes live; read at call time like :data:`SYSFS_V4L`."""
 
 LINUX_VCAM_FIX = 'sudo modprobe v4l2loopback devices=1 video_nr=10 card_label="greencam" exclusive_caps=1'
 LINUX_VCAM_PERSIST = (
@@ -81,12 +84,19 @@ def _is_loopback(entry: Path, driver: str, name: str) -> bool:
     return "v4l2loopback" in target or name.lower().startswith("dummy video device")
 
 
-def list_v4l2(sysfs: Path = SYSFS_V4L, dev: Path = Path("/dev"), *, probe_formats: bool = True) -> list[VideoDevice]:
+def list_v4l2(sysfs: Path | None = None, dev: Path | None = None, *, probe_formats: bool = True) -> list[VideoDevice]:
     """Video devices described under ``sysfs`` (a tree laid out like ``/sys/class/video4linux``).
 
     Only the first node of each physical camera (sysfs ``index`` 0) is listed:
     the others are metadata nodes that deliver no frames.
+
+    Args:
+        sysfs: The tree to read; None = :data:`SYSFS_V4L`.
+        dev: Where the device nodes are; None = :data:`DEV_ROOT`.
+        probe_formats: Ask each existing node for its formats (opens the device).
     """
+    sysfs = SYSFS_V4L if sysfs is None else sysfs
+    dev = DEV_ROOT if dev is None else dev
     if not sysfs.is_dir():
         return []
     devices: list[VideoDevice] = []
@@ -206,8 +216,12 @@ def probe_opencv(max_index: int = 5) -> list[VideoDevice]:
     return found
 
 
-def list_devices() -> list[VideoDevice]:
-    """All cameras and (on Linux) v4l2loopback virtual cameras on this machine."""
-    if sys.platform.startswith("linux"):
+def list_devices(*, platform: str | None = None) -> list[VideoDevice]:
+    """All cameras and (on Linux) v4l2loopback virtual cameras on this machine.
+
+    Args:
+        platform: ``sys.platform`` to act as (tests); None = this machine's.
+    """
+    if (platform or sys.platform).startswith("linux"):
         return list_v4l2()
     return probe_opencv()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from greenscreen_cam.cli import app
@@ -44,21 +45,40 @@ def test_missing_sysfs_is_empty(tmp_path):
     assert list_v4l2(tmp_path / "nothing") == []
 
 
-def test_devices_command_on_a_machine_with_nothing():
+@pytest.fixture()
+def linux_host(monkeypatch, tmp_path):
+    """Act as a Linux machine whose sysfs and /dev are temporary folders (empty until a test fills them)."""
+    import types
+
+    import greenscreen_cam.devices as d
+
+    sysfs, dev = tmp_path / "sysfs-empty", tmp_path / "dev"
+    sysfs.mkdir()
+    dev.mkdir()
+    monkeypatch.setattr(d, "SYSFS_V4L", sysfs)
+    monkeypatch.setattr(d, "DEV_ROOT", dev)
+    monkeypatch.setattr(d, "sys", types.SimpleNamespace(platform="linux"))
+    return d
+
+
+def test_module_roots_are_read_at_call_time(linux_host, tmp_path):
+    assert linux_host.list_devices() == []
+    linux_host.SYSFS_V4L = fake_sysfs(tmp_path)
+    assert [d.index for d in linux_host.list_devices()] == [0, 2, 10]
+    assert linux_host.list_devices()[0].path == str(tmp_path / "dev" / "video0")
+
+
+def test_devices_command_on_a_machine_with_nothing(linux_host):
     result = CliRunner().invoke(app, ["devices"])
     assert result.exit_code == 0
     assert "No cameras found" in result.output
     assert "modprobe v4l2loopback devices=1 video_nr=10" in result.output.replace("\n", " ").replace("  ", " ")
 
 
-def test_devices_json(monkeypatch, tmp_path):
+def test_devices_json(linux_host, monkeypatch, tmp_path):
     import json
 
-    import greenscreen_cam.devices as d
-
-    sysfs = fake_sysfs(tmp_path)
-    monkeypatch.setattr(d, "SYSFS_V4L", sysfs)
-    monkeypatch.setattr(d, "list_devices", lambda: list_v4l2(sysfs, tmp_path / "dev"))
+    monkeypatch.setattr(linux_host, "SYSFS_V4L", fake_sysfs(tmp_path))
     result = CliRunner().invoke(app, ["devices", "--json"])
     assert result.exit_code == 0
     data = json.loads(result.output)

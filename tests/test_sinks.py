@@ -40,14 +40,38 @@ def test_virtual_camera_receives_rgb_frames_and_is_closed(vcam_backend):
     assert np.array_equal(backend.frames[2].reshape(120, 160, 3), frames[2])
 
 
-def test_virtual_camera_paces_to_fps(vcam_backend):
+class _FakeClock:
+    """Stands in for the ``time`` module inside sinks.py: sleeping advances the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_virtual_camera_paces_to_fps(vcam_backend, monkeypatch):
+    import greenscreen_cam.sinks as sinks_module
+
+    clock = _FakeClock()
+    monkeypatch.setattr(sinks_module, "time", clock)
     frame = moving_disc_frames(1)[0]
+    sent_at = []
     with VirtualCameraSink(160, 120, 50.0, backend="greencam-test") as sink:
-        for _ in range(11):
+        for i in range(8):
+            if i == 4:
+                clock.now += 0.1  # the producer stalls for five frame slots
             sink.send(frame)
-    gaps = np.diff(vcam_backend.instances[0].times)
-    assert np.median(gaps) == pytest.approx(0.02, abs=0.004)
-    assert gaps.min() > 0.015
+            sent_at.append(clock.now)
+    gaps = np.diff(sent_at)
+    assert gaps[:3] == pytest.approx([0.02] * 3), "a fast producer is held to 50 fps"
+    assert gaps[3] == pytest.approx(0.1) and gaps[4:] == pytest.approx([0.02] * 3), "no burst to catch up after a stall"
+    assert len(vcam_backend.instances[0].frames) == 8
 
 
 def test_virtual_camera_closed_on_exception(vcam_backend):
@@ -64,13 +88,46 @@ def test_virtual_camera_rejects_wrong_frames(vcam_backend):
             sink.send(np.zeros((120, 160, 3), np.float32))
 
 
-def test_no_virtual_camera_prints_the_exact_fix():
-    # This machine has no v4l2loopback device: the real Linux backend fails.
+class _NoLoopbackBackend:
+    """Fails as pyvirtualcam's Linux backend does on a machine without v4l2loopback."""
+
+    def __init__(self, **kw: object) -> None:
+        raise RuntimeError("No v4l2 loopback device found at /dev/video[0-99]. Did you run 'modprobe v4l2loopback'?")
+
+
+def test_no_virtual_camera_prints_the_exact_fix(monkeypatch):
+    import types
+
+    import pyvirtualcam
+
+    import greenscreen_cam.devices as d
+    import greenscreen_cam.sinks as s
+
+    monkeypatch.setattr(d, "sys", types.SimpleNamespace(platform="linux"))
+    monkeypatch.setattr(s, "sys", types.SimpleNamespace(platform="linux"))
+    monkeypatch.setattr(pyvirtualcam.camera, "BACKENDS", {"v4l2loopback": _NoLoopbackBackend})
+    with pytest.raises(VirtualCameraError) as info:
+        VirtualCameraSink(160, 120, 30.0)
+    assert LINUX_VCAM_FIX in str(info.value) and "No v4l2 loopback device found" in str(info.value)
+    assert "\n" not in str(info.value)
+    with pytest.raises(VirtualCameraError, match="does not exist.*modprobe v4l2loopback"):
+        VirtualCameraSink(160, 120, 30.0, device="/dev/greencam-test-no-such-video")
+    monkeypatch.setattr(pyvirtualcam.camera, "BACKENDS", {})
+    with pytest.raises(VirtualCameraError, match="no virtual camera backend on this OS.*modprobe"):
+        VirtualCameraSink(160, 120, 30.0)
+
+
+def test_the_real_backend_without_v4l2loopback():
+    """pyvirtualcam's own backend on a Linux machine that has no loopback device (skipped elsewhere)."""
+    import sys
+
+    from greenscreen_cam.devices import list_v4l2
+
+    if not sys.platform.startswith("linux") or any(d.virtual for d in list_v4l2(probe_formats=False)):
+        pytest.skip("needs Linux without a v4l2loopback device")
     with pytest.raises(VirtualCameraError) as info:
         VirtualCameraSink(160, 120, 30.0)
     assert LINUX_VCAM_FIX in str(info.value)
-    with pytest.raises(VirtualCameraError, match="does not exist.*modprobe v4l2loopback"):
-        VirtualCameraSink(160, 120, 30.0, device="/dev/video99")
 
 
 def test_backend_failure_is_one_line(vcam_backend):
@@ -134,6 +191,11 @@ def test_matte_writer_numbers_from_zero(tmp_path):
 
 
 def test_preview_without_display(monkeypatch):
+    import types
+
+    import greenscreen_cam.sinks as s
+
+    monkeypatch.setattr(s, "sys", types.SimpleNamespace(platform="linux"))  # macOS and Windows always have one
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     with pytest.raises(SinkError, match="needs a display"):

@@ -80,11 +80,51 @@ def test_folder_with_mixed_sizes_is_an_error(tmp_path):
         src.read()
 
 
-def test_missing_camera_lists_what_exists():
-    with pytest.raises(SourceError, match="camera"):
-        open_source("/dev/video77")
-    with pytest.raises(SourceError, match="cannot open camera 7|no cameras were found|delivers no frames"):
-        open_source("7")
+@pytest.fixture()
+def cameras_here(monkeypatch, tmp_path):
+    """This machine as a Linux host with one camera (video0) and one v4l2loopback device (video10)."""
+    import os
+    import types
+
+    import greenscreen_cam.devices as d
+
+    sysfs = tmp_path / "sysfs"
+    for name, label, driver in [("video0", "USB Camera", "uvcvideo"), ("video10", "greencam", "v4l2loopback")]:
+        (sysfs / name / "device").mkdir(parents=True)
+        (sysfs / name / "name").write_text(label)
+        (sysfs / name / "index").write_text("0")
+        (tmp_path / "drivers" / driver).mkdir(parents=True)
+        os.symlink(tmp_path / "drivers" / driver, sysfs / name / "device" / "driver")
+    monkeypatch.setattr(d, "SYSFS_V4L", sysfs)
+    monkeypatch.setattr(d, "DEV_ROOT", tmp_path / "dev")
+    monkeypatch.setattr(d, "sys", types.SimpleNamespace(platform="linux"))
+    return tmp_path
+
+
+def test_missing_camera_lists_what_exists(cameras_here):
+    with pytest.raises(SourceError, match=r"does not exist; cameras found: 0 \(.*video0, USB Camera\)$"):
+        CameraSource(str(cameras_here / "dev" / "video77"))
+    unplugged = _FlakyCamera(cameras_here / "none.mp4", frames=0, absent=None)
+    with pytest.raises(SourceError, match="cannot open camera 7; cameras found: 0 ") as info:
+        CameraSource(7, capture_factory=unplugged)
+    assert "greencam" not in str(info.value), "virtual cameras are not offered as sources"
+
+
+def test_no_camera_at_all_says_so(monkeypatch, tmp_path):
+    import types
+
+    import greenscreen_cam.devices as d
+
+    monkeypatch.setattr(d, "SYSFS_V4L", tmp_path / "nothing")
+    monkeypatch.setattr(d, "sys", types.SimpleNamespace(platform="linux"))
+    with pytest.raises(SourceError, match="no cameras were found on this machine"):
+        CameraSource(0, capture_factory=_FlakyCamera(tmp_path / "none.mp4", frames=0, absent=None))
+
+
+def test_camera_that_opens_but_delivers_nothing(camera_clip):
+    path, _ = camera_clip
+    with pytest.raises(SourceError, match="opened but delivers no frames"):
+        CameraSource(0, capture_factory=_FlakyCamera(path, frames=0, absent=None))
 
 
 def test_bad_fourcc():
@@ -92,29 +132,59 @@ def test_bad_fourcc():
         CameraSource(0, fourcc="MJPEG")
 
 
-def test_realtime_file_is_paced_and_drops_when_consumer_is_slow(tmp_path):
+class _FakeClock:
+    """Stands in for the ``time`` module inside sources.py: sleeping advances the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 0.0  # with steps of 1/16 s every time below is exact in binary
+        self.slept = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        self.now += seconds
+
+
+def test_realtime_file_is_paced_and_drops_when_consumer_is_slow(tmp_path, monkeypatch):
+    import greenscreen_cam.sources as sources_module
+
     frames = moving_disc_frames(30)
     path = write_video(tmp_path / "c.mp4", frames, fps=50.0)
     src = VideoFileSource(path, realtime=True)
     assert src.live
-    start = time.perf_counter()
+    clock = _FakeClock()
+    monkeypatch.setattr(sources_module, "time", clock)
+    start = clock.now
     got = []
     while (f := src.read()) is not None:
-        got.append(f.index)
-        time.sleep(0.05)  # a consumer at ~20 fps reading a 50 fps file
-    elapsed = time.perf_counter() - start
-    assert 0.45 < elapsed < 1.2, elapsed  # paced at the file's clock (30 frames / 50 fps = 0.6 s)
-    assert got == sorted(got) and len(got) < 20 and src.dropped == 30 - len(got)
+        got.append(f)
+        clock.now += 0.0625  # a consumer at 16 fps reading a 50 fps file
+    indices = [f.index for f in got]
+    # each read delivers the frame due at that moment: int(t * 50) at t = 0, 1/16, 2/16, ...
+    assert indices == [0, 3, 6, 9, 12, 15, 18, 21, 25, 28]
+    assert src.dropped == 20 and clock.slept == 0.0 and clock.now - start == 0.625
+    # the frames delivered are the decoded frames of those indices
+    assert np.abs(got[2].image.astype(int) - frames[6].astype(int)).mean() < 12
+    assert (
+        np.abs(got[2].image.astype(int) - frames[3].astype(int)).mean()
+        > np.abs(got[2].image.astype(int) - frames[6].astype(int)).mean()
+    )
 
 
-def test_realtime_folder_is_paced(tmp_path):
+def test_realtime_folder_is_paced(tmp_path, monkeypatch):
+    import greenscreen_cam.sources as sources_module
+
     folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(10))
     src = ImageFolderSource(folder, fps=25.0, realtime=True)
-    start = time.perf_counter()
+    clock = _FakeClock()
+    monkeypatch.setattr(sources_module, "time", clock)
     n = 0
     while src.read() is not None:
         n += 1
-    assert n == 10 and 0.3 < time.perf_counter() - start < 0.8
+    assert n == 10 and src.dropped == 0
+    assert clock.slept == pytest.approx(9 / 25), "a fast consumer waits for each frame's slot"
 
 
 class _FastSource:
