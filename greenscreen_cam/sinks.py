@@ -47,14 +47,23 @@ def abort_sink(sink: object) -> None:
 
 
 class _Closing:
+    """Context-manager base: a clean exit calls ``close()``, an exception calls ``abort()``."""
+
     def __enter__(self) -> Any:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
     def close(self) -> None:  # pragma: no cover - overridden
         pass
+
+    def abort(self) -> None:
+        """Release without finishing the output; sinks that write files override it to keep old files."""
+        self.close()
 
 
 class VirtualCameraSink(_Closing):
@@ -303,12 +312,6 @@ class VideoFileSink(_Closing):
             writer.release()
         if self.tmp_path is not None:
             self.tmp_path.unlink(missing_ok=True)
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def has_display() -> bool:
@@ -659,12 +662,6 @@ class MatteWriter(_Closing):
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 class NullSink(_Closing):
     """Discards frames (benchmarks)."""
@@ -709,9 +706,3 @@ class MultiSink(_Closing):
                 errors.append(e)
         if errors:
             raise errors[0]
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -368,14 +368,14 @@ class CameraSource:
         """
         if self._closed.is_set():
             return None
-        if self._pending is not None:
-            image, self._pending = self._pending, None
-        else:
+        image: np.ndarray | None = self._pending
+        self._pending = None
+        if image is None:
             image = self._grab()
-            if image is None:
-                image = self._reconnect()
-                if image is None:
-                    return None
+        if image is None:
+            image = self._reconnect()
+        if image is None:
+            return None
         if image.shape[:2] != (self.height, self.width):  # came back in another format
             image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
         frame = Frame(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), self._index)
