@@ -417,7 +417,7 @@ class KeyScheduler:
         self._held: deque[_Held] = deque()
         self._results: dict[int, _Stored] = {}
         self._order: list[int] = []  # indices of stored results, sorted
-        self._inflight: dict[int, Frame] = {}
+        self._inflight: dict[int, float] = {}  # submitted frame index -> submission time
         self._newest: Frame | None = None
         self._last_submitted = -1
         self._ready_delays: deque[float] = deque(maxlen=window)
@@ -448,15 +448,20 @@ class KeyScheduler:
         if busy or frame is None or frame.index <= self._last_submitted:
             return None
         self._last_submitted = frame.index
-        self._inflight[frame.index] = frame
+        self._inflight[frame.index] = self.clock()
         while len(self._inflight) > 4:  # results that never came (a tracker restart): forget the oldest
             self._inflight.pop(min(self._inflight))
         self.counters.submitted += 1
         return frame
 
     def add_result(self, result: MaskResult) -> None:
-        """A tracker result (any order; stamped with the clock on arrival)."""
-        self._inflight.pop(result.frame_index, None)
+        """A tracker result (stamped with the clock on arrival).
+
+        A tracker answers in submission order, so frames submitted before this one and still
+        unanswered never will be (a remote tracker may drop them): nothing waits for them any more.
+        """
+        for index in [i for i in self._inflight if i <= result.frame_index]:
+            del self._inflight[index]
         if result.frame_index not in self._results:
             bisect.insort(self._order, result.frame_index)
         self._results[result.frame_index] = _Stored(result, self.clock())

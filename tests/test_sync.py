@@ -268,6 +268,31 @@ def test_result_without_mask_keys_nothing_and_is_not_waited_for() -> None:
     assert keyed.source == "none" and keyed.logits is None and keyed.delay == pytest.approx(0.02)
 
 
+def test_a_frame_the_tracker_never_answers_is_not_waited_for() -> None:
+    """A remote tracker may drop a frame; once a later frame is answered, nothing waits for it."""
+    clock = SimClock()
+    scheduler = KeyScheduler("on", clock=clock, hold_limit=1.0)
+    images = frames(6)
+    for i in range(6):
+        clock.now = i / FPS
+        scheduler.push(Frame(images[i], i, clock.now))
+        if i in (0, 5):
+            assert scheduler.take_submission(busy=False) is not None
+    clock.now = 0.3
+    scheduler.add_result(MaskResult(5, 5 / FPS, np.full((12, 16), 5.0, np.float32)))
+    out = scheduler.pop_ready(0.3)
+    assert indices(out) == [0]  # ready at once, long before the 1 s hold limit
+    for _ in range(10):  # the others follow, each when due: at the same (steady) delay
+        deadline = scheduler.next_deadline()
+        if deadline is None:
+            break
+        out += scheduler.pop_ready(deadline)
+    assert indices(out) == [0, 1, 2, 3, 4, 5]
+    assert [k.delay for k in out] == pytest.approx([0.3] * 6, abs=0.01)
+    assert [k.source for k in out] == ["flow"] * 5 + ["own"]
+    assert all(k.mask_index == 5 for k in out)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
