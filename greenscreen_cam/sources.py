@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -202,6 +203,21 @@ def _camera_backend() -> int:
     return cv2.CAP_ANY
 
 
+@contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own warnings (e.g. "can't open camera by index") for the duration."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:
+        yield
+        return
+    previous = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(previous)
+
+
 class Capture(Protocol):
     """The part of ``cv2.VideoCapture`` a camera source uses (frames are BGR uint8)."""
 
@@ -317,7 +333,8 @@ class CameraSource:
         width, height, fps, fourcc = self.requested
         target = int(self.device) if isinstance(self.device, int) else self.device
         try:
-            cap = self._factory(target, _camera_backend())
+            with _quiet_opencv():  # a failed open is reported by us in one line, not by OpenCV's warnings
+                cap = self._factory(target, _camera_backend())
         except (cv2.error, OSError):
             return None
         if not cap.isOpened():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -451,3 +452,14 @@ def test_latest_frame_reader_close_returns_while_camera_is_away(camera_clip):
     closer.join(timeout=10)
     assert not closer.is_alive() and all(cap.released for cap in factory.opens)
     assert not reader._thread.is_alive(), "the capture thread ended instead of waiting out the timeout"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OpenCV's V4L2 backend is Linux only")
+def test_failed_camera_opens_print_nothing_of_their_own(capfd, cameras_here):
+    def absent(target, backend):  # a real V4L2 open of a device index no machine has
+        return cv2.VideoCapture(9999, cv2.CAP_V4L2)
+
+    with pytest.raises(SourceError, match="cannot open camera 0"):
+        CameraSource(0, capture_factory=absent)
+    err = capfd.readouterr().err
+    assert "WARN" not in err and "can't open" not in err, err
