@@ -364,7 +364,8 @@ class CameraSource:
             if cap is None:
                 return None
             try:
-                ok, image = cap.read()
+                with _quiet_opencv():  # an unplugged camera makes V4L2 warn on every read
+                    ok, image = cap.read()
             except cv2.error:
                 ok, image = False, None
             if self._closed.is_set():  # close() ran meanwhile and left the release to us
