@@ -50,8 +50,6 @@ export class Keyer {
   constructor(canvas, options = {}) {
     this.canvas = canvas;
     this.ctx = canvas.getContext("2d", { alpha: true });
-    this.layer = document.createElement("canvas");
-    this.layerCtx = this.layer.getContext("2d");
     this.alpha = document.createElement("canvas");
     this.alphaCtx = this.alpha.getContext("2d");
     this.mask = null; // the mask message whose alpha is in this.alpha
@@ -123,14 +121,31 @@ export class Keyer {
    */
   draw(source, width, height) {
     if (!width || !height) return;
-    for (const c of [this.canvas, this.layer, this.rawCanvas]) {
+    for (const c of [this.canvas, this.rawCanvas]) {
       if (c && (c.width !== width || c.height !== height)) {
         c.width = width;
         c.height = height;
       }
     }
+    if (this.rawCanvas) {
+      const r = this.rawCanvas.getContext("2d");
+      r.globalCompositeOperation = "copy";
+      r.drawImage(source, 0, 0, width, height);
+    }
     const ctx = this.ctx;
-    ctx.globalCompositeOperation = "copy";
+    this.drawnMask = this.mask;
+    // One canvas, three operations: the frame, cut by the alpha, then the background behind it.
+    if (this.mask) {
+      ctx.globalCompositeOperation = "copy";
+      ctx.drawImage(source, 0, 0, width, height);
+      ctx.globalCompositeOperation = "destination-in";
+      ctx.imageSmoothingEnabled = true;
+      ctx.imageSmoothingQuality = "low"; // bilinear: "high" is a costly filter on software canvases
+      ctx.drawImage(this.alpha, 0, 0, width, height);
+      ctx.globalCompositeOperation = "destination-over";
+    } else {
+      ctx.globalCompositeOperation = "copy"; // no subject yet: background only
+    }
     if (this.mode === "color") {
       ctx.fillStyle = `rgb(${this.color[0]},${this.color[1]},${this.color[2]})`;
       ctx.fillRect(0, 0, width, height);
@@ -140,25 +155,10 @@ export class Keyer {
       const m = this.blurPx * 2;
       ctx.drawImage(source, -m, -m, width + 2 * m, height + 2 * m);
       ctx.filter = "none";
-    } else {
+    } else if (!this.mask) {
       ctx.clearRect(0, 0, width, height);
     }
     ctx.globalCompositeOperation = "source-over";
-    if (this.rawCanvas) {
-      const r = this.rawCanvas.getContext("2d");
-      r.globalCompositeOperation = "copy";
-      r.drawImage(source, 0, 0, width, height);
-    }
-    this.drawnMask = this.mask;
-    if (!this.mask) return; // no subject yet: background only
-    const l = this.layerCtx;
-    l.globalCompositeOperation = "copy";
-    l.drawImage(source, 0, 0, width, height);
-    l.globalCompositeOperation = "destination-in";
-    l.imageSmoothingEnabled = true;
-    l.imageSmoothingQuality = "high";
-    l.drawImage(this.alpha, 0, 0, width, height);
-    ctx.drawImage(this.layer, 0, 0);
   }
 }
 
