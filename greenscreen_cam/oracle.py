@@ -379,6 +379,7 @@ def run_oracle_bench(
         )
         results[mode] = summarize(keyed, masks)
     return {
+        "kind": "oracle",
         "modes": results,
         "frames": len(frames),
         "tracker_ms": tracker_ms,
@@ -386,3 +387,27 @@ def run_oracle_bench(
         "max_delay_ms": max_delay_ms,
         "jitter": jitter,
     }
+
+
+def print_oracle(result: dict[str, Any], console: Any) -> None:
+    """Print a :func:`run_oracle_bench` result as a table on a Rich console."""
+    from rich.table import Table
+
+    table = Table(
+        title=(
+            f"oracle tracker {result['tracker_ms']:g} ms/frame, camera {result['fps']:g} fps, "
+            f"{result['frames']} frames, auto caps the delay at {result['max_delay_ms']:g} ms"
+        )
+    )
+    for column in ("mode", "mean IoU", "min IoU", "delay p50 ms", "delay p95 ms", "own mask"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for mode, stats in result["modes"].items():
+        table.add_row(
+            mode,
+            f"{stats['mean_iou']:.3f}",
+            f"{stats['min_iou']:.3f}",
+            f"{stats['delay_ms_p50']:.0f}",
+            f"{stats['delay_ms_p95']:.0f}",
+            f"{100 * stats['own_mask_share']:.1f}%",
+        )
+    console.print(table)

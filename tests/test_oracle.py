@@ -66,6 +66,18 @@ def test_fast_tracker_every_frame_its_own_mask(disc_sequence: tuple[Path, Path])
     assert report["modes"]["off+flow"]["mean_iou"] > off["mean_iou"]
 
 
+def test_print_oracle_table(disc_sequence: tuple[Path, Path]) -> None:
+    from rich.console import Console
+
+    from greenscreen_cam.oracle import print_oracle
+
+    console = Console(record=True, width=120)
+    print_oracle(run_oracle_bench(*disc_sequence, tracker_ms=10, fps=30, modes=("off", "auto")), console)
+    text = console.export_text()
+    assert "oracle tracker 10 ms/frame, camera 30 fps, 24 frames" in text
+    assert "auto" in text and "100.0%" in text and "off+flow" not in text
+
+
 def test_slow_tracker_frame_accurate_beats_newest_mask(disc_sequence: tuple[Path, Path]) -> None:
     report = run_oracle_bench(*disc_sequence, tracker_ms=120, fps=30, max_delay_ms=150)
     modes = report["modes"]
