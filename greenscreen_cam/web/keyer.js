@@ -2,9 +2,9 @@
 //
 // The mask (the tracker's probabilities, a square covering the whole frame, e.g. 64x64 at
 // 256 px) is upsampled bilinearly, goes through a steep smooth step at p = 0.5 and becomes the
-// alpha channel that cuts the subject out of the frame ("destination-in"). The cut-out is then drawn
-// over the background: the key colour RGB(0,175,57), another colour, nothing (transparent) or
-// a blurred copy of the frame.
+// alpha channel that cuts the subject out of the frame ("destination-in"); the background goes
+// behind it ("destination-over"): the key colour RGB(0,175,57), another colour, nothing
+// (transparent) or a blurred copy of the frame.
 
 import { KEY_COLOR } from "./protocol.js";
 
