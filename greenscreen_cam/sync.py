@@ -514,6 +514,19 @@ class KeyScheduler:
         self._prune()
         return out
 
+    def forget_masks(self, before: int | None = None) -> None:
+        """Forget the masks of frames before index ``before`` (all masks with None).
+
+        Call it when the subject changes (a re-selection, a tracker reset) with the index of the
+        first frame tracked for the new subject, so that no held frame is keyed with the old
+        subject's mask. Frames still held are then keyed with the new masks, or none.
+        """
+        drop = [i for i in self._order if before is None or i < before]
+        for index in drop:
+            del self._results[index]
+        self._order = [i for i in self._order if i not in drop]
+        self._chains = {k: v for k, v in self._chains.items() if k[0] in self._results}
+
     @property
     def held(self) -> int:
         """Frames held now."""

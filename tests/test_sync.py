@@ -293,6 +293,23 @@ def test_a_frame_the_tracker_never_answers_is_not_waited_for() -> None:
     assert all(k.mask_index == 5 for k in out)
 
 
+def test_forget_masks_after_a_reselection() -> None:
+    clock = SimClock()
+    scheduler = KeyScheduler("on", clock=clock, hold_limit=1.0)
+    images = frames(8)
+    for i in range(8):
+        scheduler.push(Frame(images[i], i, i / FPS))
+    for i in (0, 6):
+        scheduler.add_result(MaskResult(i, i / FPS, np.full((12, 16), float(i), np.float32)))
+    scheduler.forget_masks(before=6)  # frame 6 is the first one tracked for the new subject
+    assert scheduler.stored_results == 1
+    out = scheduler.flush(1.0)
+    assert indices(out) == list(range(8))
+    assert {k.mask_index for k in out} == {6}  # the old subject's mask (frame 0) keys nothing
+    scheduler.forget_masks()
+    assert scheduler.stored_results == 0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
