@@ -583,6 +583,7 @@ class PreviewSink(_Closing):
                 self.cancel_select()
                 return None
             shown = True
+            time.sleep(0.02)  # nothing else runs yet: do not redraw the same picture a thousand times a second
 
     def close(self) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from greenscreen_cam.sinks import (
     VirtualCameraSink,
 )
 
-from .conftest import moving_disc_frames
+from .conftest import REPO, moving_disc_frames
 
 
 def test_virtual_camera_receives_rgb_frames_and_is_closed(vcam_backend):
@@ -441,9 +442,13 @@ def test_render_preview_wraps_long_lines():
     assert not one[45:70].any() and wrapped[45:70].any(), "a long line continues on the next rows"
 
 
-@pytest.fixture()
-def xdisplay(monkeypatch):
-    """A real X display from Xvfb (skipped where Xvfb is not installed)."""
+@pytest.fixture(scope="module")
+def xdisplay():
+    """A real X display from Xvfb (skipped where Xvfb is not installed).
+
+    Windows are opened in child processes (see :func:`_in_window_process`): Qt ends a
+    process whose X server goes away, so the test process itself never connects.
+    """
     import shutil
     import subprocess
 
@@ -452,10 +457,18 @@ def xdisplay(monkeypatch):
     for number in range(91, 120):
         if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(f"/tmp/.X{number}-lock").exists():
             break
+
+    def die_with_pytest() -> None:  # Linux: the X server ends even if this test process is killed
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
     proc = subprocess.Popen(
         ["Xvfb", f":{number}", "-screen", "0", "1920x1200x24", "-nolisten", "tcp"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_pytest,
     )
     end = time.monotonic() + 10
     while not Path(f"/tmp/.X11-unix/X{number}").exists() and time.monotonic() < end and proc.poll() is None:
@@ -463,31 +476,89 @@ def xdisplay(monkeypatch):
     if proc.poll() is not None or not Path(f"/tmp/.X11-unix/X{number}").exists():
         proc.kill()
         pytest.skip("Xvfb did not start")
-    monkeypatch.setenv("DISPLAY", f":{number}")
-    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
     yield f":{number}"
     proc.terminate()
     proc.wait(timeout=10)
 
 
+def _in_window_process(display: str, code: str) -> dict:
+    """Run ``code`` (which defines ``result``) in a child Python with a real preview window; its ``result``."""
+    import json
+    import subprocess
+    import textwrap
+
+    script = (
+        "import json, threading, time\nimport cv2, numpy as np\nfrom greenscreen_cam.sinks import PreviewSink\n"
+        + textwrap.dedent(code)
+        + "\nprint('RESULT=' + json.dumps(result))\n"
+    )
+    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT=")]
+    assert done.returncode == 0 and lines, done.stderr[-2000:]
+    return json.loads(lines[-1][len("RESULT=") :])
+
+
 def test_preview_window_size_and_non_blocking_selection(xdisplay):
-    frame = np.zeros((1080, 1920, 3), np.uint8)
-    frame[:] = (40, 160, 60)
-    with PreviewSink("greencam test preview") as preview:
-        preview.overlay = ["auto  tracking  4.0 fps"]
-        preview.send(frame)
-        assert preview.scale == pytest.approx(2 / 3) and preview.last_key == -1
-        _, _, w, h = cv2.getWindowImageRect(preview.title)
-        assert (w, h) == (1280, 720), "the window opens at the frame's size capped to 1280 wide"
-        assert preview.take_selection() is None
-        preview.begin_select()
-        assert preview.selecting
-        preview.send(frame)  # returns at once: the output keeps flowing while the user drags
-        # what OpenCV's mouse callback receives, in the picture's pixels
-        preview._on_mouse(cv2.EVENT_LBUTTONDOWN, 100, 100, cv2.EVENT_FLAG_LBUTTON)
-        preview._on_mouse(cv2.EVENT_MOUSEMOVE, 399, 299, cv2.EVENT_FLAG_LBUTTON)
-        preview.send(frame)
-        assert preview.take_selection() is None and preview.selecting
-        preview._on_mouse(cv2.EVENT_LBUTTONUP, 399, 299, 0)
-        assert preview.take_selection() == (150, 150, 450, 300)
-        assert preview.take_selection() is None and not preview.selecting
+    result = _in_window_process(
+        xdisplay,
+        """
+        frame = np.zeros((1080, 1920, 3), np.uint8)
+        frame[:] = (40, 160, 60)
+        result = {}
+        with PreviewSink("greencam test preview") as preview:
+            preview.overlay = ["auto  tracking  4.0 fps"]
+            preview.send(frame)
+            result["scale"], result["key"] = preview.scale, preview.last_key
+            result["rect"] = list(cv2.getWindowImageRect(preview.title))
+            result["before"] = preview.take_selection()
+            preview.begin_select()
+            result["selecting"] = preview.selecting
+            preview.send(frame)  # returns at once: the output keeps flowing while the user drags
+            # what OpenCV's mouse callback receives, in the picture's pixels
+            preview._on_mouse(cv2.EVENT_LBUTTONDOWN, 100, 100, cv2.EVENT_FLAG_LBUTTON)
+            preview._on_mouse(cv2.EVENT_MOUSEMOVE, 399, 299, cv2.EVENT_FLAG_LBUTTON)
+            preview.send(frame)
+            result["dragging"] = [preview.take_selection(), preview.selecting]
+            preview._on_mouse(cv2.EVENT_LBUTTONUP, 399, 299, 0)
+            result["box"] = preview.take_selection()
+            result["after"] = [preview.take_selection(), preview.selecting]
+        """,
+    )
+    assert result["scale"] == pytest.approx(2 / 3) and result["key"] == -1
+    assert result["rect"][2:] == [1280, 720], "the window opens at the frame's size capped to 1280 wide"
+    assert result["before"] is None and result["selecting"] and result["dragging"] == [None, True]
+    assert result["box"] == [150, 150, 450, 300] and result["after"] == [None, False]
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_blocking_first_selection(xdisplay, cancel):
+    result = _in_window_process(
+        xdisplay,
+        f"""
+        cancel = {cancel}
+        frame = np.zeros((720, 1280, 3), np.uint8)
+        with PreviewSink("greencam test first selection") as preview:
+
+            def user():  # what the mouse callback receives while select_box waits
+                end = time.monotonic() + 20
+                while not preview.selecting and time.monotonic() < end:
+                    time.sleep(0.01)
+                time.sleep(0.1)
+                if cancel:
+                    preview._on_mouse(cv2.EVENT_RBUTTONDOWN, 5, 5, 0)
+                    return
+                preview._on_mouse(cv2.EVENT_LBUTTONDOWN, 10, 20, cv2.EVENT_FLAG_LBUTTON)
+                preview._on_mouse(cv2.EVENT_MOUSEMOVE, 109, 219, cv2.EVENT_FLAG_LBUTTON)
+                preview._on_mouse(cv2.EVENT_LBUTTONUP, 109, 219, 0)
+
+            thread = threading.Thread(target=user, daemon=True)
+            thread.start()
+            box = preview.select_box(frame)
+            thread.join(timeout=5)
+        result = {{"box": box}}
+        """,
+    )
+    assert result["box"] == (None if cancel else [10, 20, 100, 200])
