@@ -207,6 +207,8 @@ def check_outputs(paths: list[Path], matte_dir: Path | None, *, overwrite: bool,
             raise SinkError(f"output file {path}: unsupported extension; use one of {', '.join(VideoFileSink.CODECS)}")
         if not path.parent.is_dir():
             raise SinkError(f"output folder {path.parent} does not exist; create it first or choose another --output")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise SinkError(f"cannot write into output folder {path.parent} (no permission)")
         for src in source_paths:
             if _same_file(path, src) or (src.is_dir() and _inside(path, src)):
                 raise OutputExistsError(f"--output {path} would overwrite the source {src}; choose another output name")

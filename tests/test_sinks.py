@@ -296,6 +296,16 @@ def test_check_outputs_bad_paths(tmp_path, name, message):
         check_outputs([tmp_path / name], None, overwrite=True, sources=[])
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_check_outputs_unwritable_folder(tmp_path):
+    from greenscreen_cam.sinks import check_outputs
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(SinkError, match="no permission"):
+        check_outputs([locked / "o.mp4"], None, overwrite=False, sources=[])
+
+
 def _read_all(path: Path) -> list[np.ndarray]:
     cap = cv2.VideoCapture(str(path))
     frames = []
