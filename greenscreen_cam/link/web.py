@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -38,7 +40,10 @@ MAX_VIEWERS_PER_SESSION = 4
 MAX_BUFFERED_BYTES = 512 * 1024
 """Mask messages are dropped for a viewer whose data channel has this much still unsent."""
 WATCH_INTERVAL_S = 1.0
-"""How often a viewer checks that its publisher's session still exists."""
+"""How often a viewer checks that its session still exists and that it is still there itself."""
+VIEWER_IDLE_S = 10.0
+"""A viewer that sent nothing (its page pings every 2 s) for this long is closed: a closed
+browser tab does not always say goodbye, and aiortc would otherwise keep encoding for it."""
 
 STATIC_TYPES = {
     ".html": "text/html",
@@ -72,6 +77,7 @@ class Viewer:
     session: Any = None
     watch: asyncio.Task | None = None
     closed: bool = False
+    last_seen: float = 0.0
     sent: int = 0
     dropped: int = 0
 
@@ -184,7 +190,14 @@ class ViewerHub:
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
         pc = RTCPeerConnection()
-        viewer = Viewer(id=secrets.token_urlsafe(12), session_id=session_id, pc=pc, session=session, track=track)
+        viewer = Viewer(
+            id=secrets.token_urlsafe(12),
+            session_id=session_id,
+            pc=pc,
+            session=session,
+            track=track,
+            last_seen=time.monotonic(),
+        )
         self.viewers[viewer.id] = viewer
         loop = asyncio.get_running_loop()
 
@@ -201,13 +214,27 @@ class ViewerHub:
 
         @pc.on("datachannel")
         def on_datachannel(channel: Any) -> None:
-            if viewer.channel is None:
-                viewer.channel = channel
+            if viewer.channel is not None:
+                return
+            viewer.channel = channel
+
+            @channel.on("message")
+            def on_message(message: Any) -> None:
+                viewer.last_seen = time.monotonic()
+                if isinstance(message, str) and len(message) < 1024:
+                    with contextlib.suppress(ValueError, TypeError, AttributeError):
+                        msg = json.loads(message)
+                        if msg.get("type") == "ping":
+                            channel.send(json.dumps({"type": "pong", "t": msg.get("t")}))
+
+            @channel.on("close")
+            def on_close() -> None:
+                asyncio.ensure_future(self.close_viewer(viewer.id, "data channel closed"))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
-                await self.close_viewer(viewer.id)
+                await self.close_viewer(viewer.id, f"connection {pc.connectionState}")
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -239,14 +266,17 @@ class ViewerHub:
             viewer.dropped += 1
 
     async def _watch(self, viewer: Viewer) -> None:
-        """Close the viewer when its publisher's session ends."""
+        """Close the viewer when its publisher's session ends or when it has been silent too long."""
         while not viewer.closed:
             await asyncio.sleep(WATCH_INTERVAL_S)
             if self.server.sessions.get(viewer.session_id) is not viewer.session:
-                await self.close_viewer(viewer.id)
+                await self.close_viewer(viewer.id, "its session ended")
+                return
+            if time.monotonic() - viewer.last_seen > VIEWER_IDLE_S:
+                await self.close_viewer(viewer.id, f"silent for {VIEWER_IDLE_S:g} s")
                 return
 
-    async def close_viewer(self, viewer_id: str) -> bool:
+    async def close_viewer(self, viewer_id: str, reason: str = "closed") -> bool:
         """Close one viewer's peer connection and stop its relay; False when it was not open."""
         viewer = self.viewers.pop(viewer_id, None)
         if viewer is None or viewer.closed:
@@ -260,7 +290,14 @@ class ViewerHub:
         if viewer.watch is not None and viewer.watch is not asyncio.current_task():
             viewer.watch.cancel()
         await viewer.pc.close()
-        logger.info("viewer %s… left session %s… (%d masks sent)", viewer.id[:4], viewer.session_id[:8], viewer.sent)
+        logger.info(
+            "viewer %s… left session %s… (%s; %d masks sent, %d dropped)",
+            viewer.id[:4],
+            viewer.session_id[:8],
+            reason,
+            viewer.sent,
+            viewer.dropped,
+        )
         return True
 
     async def whep_delete(self, request: Any) -> Any:
@@ -271,7 +308,7 @@ class ViewerHub:
             raise web.HTTPNotFound(text="no such viewer\n")
         if not self._authorized(_bearer(request), viewer.session):
             raise web.HTTPUnauthorized(text="wrong token\n")
-        await self.close_viewer(viewer.id)
+        await self.close_viewer(viewer.id, "ended by the viewer")
         return web.Response(status=200, text="closed\n")
 
     async def close_all(self, app: Any = None) -> None:

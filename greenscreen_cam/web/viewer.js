@@ -92,10 +92,12 @@ async function connect() {
   dc.onopen = () => {
     mine.lastMsg = performance.now();
     mine.timer = setInterval(() => {
+      // The server closes viewers that stay silent: say we are still here.
+      if (dc.readyState === "open") dc.send(JSON.stringify({ type: "ping", t: performance.now() }));
       // Neither a mask nor a video frame for a while: the server (or its camera) is gone.
       const last = Math.max(mine.lastMsg, lastFrameAt);
       if (performance.now() - last > SILENT_MS) lost(mine, "no masks or video from the server");
-    }, 1000);
+    }, 2000);
   };
   dc.onclose = () => lost(mine, "data channel closed");
   dc.onmessage = async (ev) => {
