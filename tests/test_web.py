@@ -627,4 +627,18 @@ def test_whep_viewer_gets_video_and_masks_and_is_cleaned_up() -> None:
             await hub.close_all()
             await client.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 120))
+    # Its own thread and event loop: Playwright's sync API keeps a loop running on this thread.
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(asyncio.wait_for(scenario(), 120))
+        except BaseException as e:  # noqa: BLE001 - re-raised below, on the test's thread
+            errors.append(e)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(150)
+    assert not worker.is_alive(), "the WHEP scenario did not finish"
+    if errors:
+        raise errors[0]
