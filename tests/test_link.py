@@ -261,6 +261,7 @@ def test_bad_requests_get_their_status_and_one_log_line(server: ServerThread) ->
     assert [int(line.split()[0]) for line in lines] == [c[1] for c in cases]
     assert not any(TOKEN in line or TOKEN[:8] in line for line in server.events)
     info = server.health()  # still serving
+    assert isinstance(info.pop("step_ms"), dict)
     assert info == {
         "status": "ok",
         "sessions": 0,

@@ -48,9 +48,11 @@ from greenscreen_cam.link.protocol import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     from aiohttp import web
 
-    from greenscreen_cam.segmenter import StreamingTracker
+    from greenscreen_cam.prompt import Prompt
+    from greenscreen_cam.segmenter import StreamingTracker, TrackResult
 
 EventFn = Callable[[str], None]
 
@@ -186,6 +188,43 @@ def use_marker_jitter_buffer(receiver: Any) -> bool:
         return False
     setattr(receiver, attr, MarkerJitterBuffer(capacity=old.capacity, is_video=True))
     return True
+
+
+# --------------------------------------------------------------------------- the batched step
+
+
+def track_batch(
+    trackers: list[StreamingTracker],
+    images: list[np.ndarray],
+    prompts: list[Prompt | None],
+    *,
+    batch: bool = True,
+) -> list[TrackResult | PromptError]:
+    """One frame for each of several trackers that share one model.
+
+    Args:
+        trackers: One :class:`StreamingTracker` per session, all over the same model.
+        images: Each session's newest frame, RGB uint8 ``(H, W, 3)`` (sizes may differ).
+        prompts: A prompt (in that frame's pixels) to make it a conditioning frame, or None to track.
+        batch: Run the image encoder on all frames as one batch; False runs it frame by frame.
+
+    Returns:
+        Per session its :class:`TrackResult`, or the PromptError its step raised.
+    """
+    import torch
+
+    pre = [t.preprocess(img) for t, img in zip(trackers, images, strict=True)]
+    if batch and len(pre) > 1:
+        encoded = trackers[0].encode(torch.cat(pre, dim=0))
+    else:
+        encoded = [t.encode(p)[0] for t, p in zip(trackers, pre, strict=True)]
+    out: list[TrackResult | PromptError] = []
+    for t, enc, img, prompt in zip(trackers, encoded, images, prompts, strict=True):
+        try:
+            out.append(t.step_encoded(enc, img.shape[:2], prompt))
+        except PromptError as e:
+            out.append(e)
+    return out
 
 
 # --------------------------------------------------------------------------- sessions
@@ -506,8 +545,6 @@ class Server:
 
     def _step(self, jobs: list[tuple[Session, Any, int, dict[str, Any] | None, bool]]) -> None:
         """One worker step: the newest frame of every session with one, through the model."""
-        import torch
-
         active: list[tuple[Session, int, tuple[int, int], Any, Any]] = []
         for s, frame, tag, prompt_msg, reset in jobs:
             if reset:
@@ -527,16 +564,15 @@ class Server:
         if not active:
             return
         start = time.perf_counter()
-        pre = [s.tracker.preprocess(image) for s, _, _, image, _ in active]
-        if self.opts.batch and len(pre) > 1:
-            encoded = active[0][0].tracker.encode(torch.cat(pre, dim=0))
-        else:
-            encoded = [s.tracker.encode(p)[0] for (s, *_), p in zip(active, pre, strict=True)]
-        for (s, tag, hw, _, prompt), enc in zip(active, encoded, strict=True):
-            try:
-                result = s.tracker.step_encoded(enc, hw, prompt)
-            except PromptError as e:
-                self._post_error(s, str(e))
+        results = track_batch(
+            [s.tracker for s, *_ in active],
+            [image for _, _, _, image, _ in active],
+            [prompt for *_, prompt in active],
+            batch=self.opts.batch,
+        )
+        for (s, tag, _, _, _), result in zip(active, results, strict=True):
+            if isinstance(result, PromptError):
+                self._post_error(s, str(result))
                 continue
             state = STATE_TRACKING if result.visible else STATE_LOST
             s._seq += 1
@@ -690,6 +726,7 @@ class Server:
                 "model": self.model_name,
                 "device": self.device,
                 "resolution": self.resolution,
+                "step_ms": {str(n): round(t * 1000.0, 1) for n, t in sorted(self.step_times.items())},
             }
         )
 

@@ -1,0 +1,397 @@
+"""Measure ``greencam serve`` end to end: N camera clients at camera pace against one server process.
+
+The server runs in its own process (so its CPU time and memory can be read
+from ``/proc``); the clients are :class:`~greenscreen_cam.link.client.RemoteTracker`
+instances in this process, each fed by its own real-time video file source.
+
+Run ``python -m greenscreen_cam.link.bench VIDEO [SESSIONS ...]`` for a JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from greenscreen_cam.link.server import ServeOptions
+
+TOKEN = "bench-token-not-secret"
+
+
+def _serve_child(opts: ServeOptions, urls: Any, stop: Any) -> None:
+    """The server process: run_server until the parent sets ``stop``."""
+    stop_local = threading.Event()
+
+    def watch() -> None:
+        stop.wait()
+        stop_local.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    from greenscreen_cam.link.server import run_server
+
+    run_server(opts, ready=urls.put, stop=stop_local)
+
+
+def _proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (Linux ``/proc``; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        import os
+
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _proc_rss_mib(pid: int) -> tuple[float | None, float | None]:
+    """(current RSS, peak RSS) of process ``pid`` in MiB (Linux ``/proc``; None elsewhere)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None, None
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024.0
+    return values.get("VmRSS"), values.get("VmHWM")
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def bench_link(
+    sessions: int,
+    source: Path,
+    seconds: float = 20.0,
+    *,
+    model: str = "tiny",
+    resolution: int = 256,
+    device: str = "cpu",
+    checkpoint: Path | None = None,
+    random_weights: bool = True,
+    batch: bool = True,
+    on_event: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``sessions`` camera clients from ``source`` (at its frame rate) for ``seconds`` against a fresh server.
+
+    Args:
+        sessions: Simultaneous clients (each with its own session on the server).
+        source: A video file; each client plays it in real time from its own reader, looping.
+        seconds: Measured time, after every client got its first mask.
+        model: SAM 2 model name. resolution: model input size. device: server device.
+        checkpoint: Weights file (None with ``random_weights`` = seeded random weights).
+        random_weights: Use seeded random weights (no download needed; same speed).
+        batch: Server batches the image encoder over sessions (False: one by one).
+        on_event: Progress lines.
+
+    Returns:
+        A dict: settings, then ``per_session`` (masks/s, latency p50/p95 ms, drops, kbit/s up and
+        down) and their means, and the server's CPU use (% of one core), RSS and peak RSS (MiB).
+    """
+    from greenscreen_cam.link.client import RemoteTracker
+    from greenscreen_cam.prompt import Prompt
+    from greenscreen_cam.sources import VideoFileSource
+
+    say = on_event or (lambda line: None)
+    opts = ServeOptions(
+        port=0,
+        token=TOKEN,
+        model=model,
+        resolution=resolution,
+        device=device,
+        checkpoint=checkpoint,
+        random_weights=random_weights,
+        max_sessions=max(sessions, 1),
+        min_fps=0.0,
+        batch=batch,
+    )
+    ctx = mp.get_context("spawn")
+    urls, stop = ctx.Queue(), ctx.Event()
+    proc = ctx.Process(target=_serve_child, args=(opts, urls, stop), daemon=True)
+    proc.start()
+    clients: list[Any] = []
+    try:
+        url = urls.get(timeout=180)
+        assert proc.pid is not None
+        probe = VideoFileSource(source)
+        width, height, fps = probe.width, probe.height, probe.fps
+        probe.close()
+        box = Prompt(box=(width * 0.25, height * 0.2, width * 0.5, height * 0.7))
+        for _ in range(sessions):
+            c = RemoteTracker(url, TOKEN, width=width, height=height)
+            c.start()
+            c.reselect(box)
+            clients.append(c)
+        say(f"{sessions} session(s) connected to {url}; warming up")
+        measuring = threading.Event()
+        finished = threading.Event()
+        got_first = [threading.Event() for _ in clients]
+        per: list[dict[str, Any]] = [{} for _ in clients]
+
+        def feed(i: int) -> None:
+            c = clients[i]
+            src = VideoFileSource(source, realtime=True)
+            lat: list[float] = []
+            masks = 0
+            base: dict[str, Any] = {}
+            deadline = time.monotonic() + seconds + 120.0
+            while not finished.is_set() and time.monotonic() < deadline:
+                frame = src.read()
+                if frame is None:
+                    src.close()
+                    src = VideoFileSource(source, realtime=True)
+                    continue
+                c.submit(frame)
+                for m in c.poll():
+                    got_first[i].set()
+                    if measuring.is_set() and m.state != "waiting":
+                        masks += 1
+                        lat.append(m.received - m.timestamp)
+                if measuring.is_set() and not base:
+                    base = {**c.stats(), "t": time.perf_counter()}
+            src.close()
+            end = {**c.stats(), "t": time.perf_counter()}
+            span = end["t"] - base.get("t", end["t"]) or 1e-9
+            per[i] = {
+                "masks_per_s": round(masks / span, 2),
+                "latency_p50_ms": round(1000 * (_percentile(lat, 0.5) or 0), 1),
+                "latency_p95_ms": round(1000 * (_percentile(lat, 0.95) or 0), 1),
+                "frames_per_s_in": round((end["submitted"] - base.get("submitted", 0)) / span, 2),
+                "dropped_client": end["dropped"] - base.get("dropped", 0),
+                "dropped_server": end["server_dropped"] - base.get("server_dropped", 0),
+                "uplink_kbps": end["uplink_kbps"],
+                "downlink_kbps": end["downlink_kbps"],
+            }
+
+        threads = [threading.Thread(target=feed, args=(i,), daemon=True) for i in range(len(clients))]
+        for t in threads:
+            t.start()
+        for ev in got_first:
+            ev.wait(120)
+        time.sleep(2.0)  # let the pipelines settle
+        cpu0, t0 = _proc_cpu_seconds(proc.pid), time.perf_counter()
+        measuring.set()
+        say(f"measuring for {seconds:g} s")
+        rss_samples: list[float] = []
+        while time.perf_counter() - t0 < seconds:
+            time.sleep(0.5)
+            rss, _ = _proc_rss_mib(proc.pid)
+            if rss is not None:
+                rss_samples.append(rss)
+        cpu1, t1 = _proc_cpu_seconds(proc.pid), time.perf_counter()
+        finished.set()
+        for t in threads:
+            t.join(30)
+        _, peak = _proc_rss_mib(proc.pid)
+        import urllib.request
+
+        with urllib.request.urlopen(url + "/health", timeout=10) as r:
+            step_ms = json.loads(r.read()).get("step_ms")
+        keys = ("masks_per_s", "latency_p50_ms", "latency_p95_ms", "dropped_client", "dropped_server")
+        keys += ("uplink_kbps", "downlink_kbps", "frames_per_s_in")
+        mean = {k: round(sum(p[k] for p in per) / len(per), 2) for k in keys}
+        return {
+            "sessions": sessions,
+            "batch": batch,
+            "model": model,
+            "resolution": resolution,
+            "device": device,
+            "source": source.name,
+            "source_fps": fps,
+            "source_size": [width, height],
+            "seconds": round(t1 - t0, 1),
+            "per_session": per,
+            "mean": mean,
+            "server_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1) if cpu0 is not None and cpu1 else None,
+            "server_rss_mib": round(max(rss_samples), 1) if rss_samples else None,
+            "server_peak_rss_mib": round(peak, 1) if peak is not None else None,
+            "server_step_ms_by_batch": step_ms,
+            "options": {k: str(v) for k, v in asdict(opts).items() if k not in ("token",)},
+        }
+    finally:
+        for c in clients:
+            c.close()
+        stop.set()
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+
+
+def bench_step(
+    model: Any,
+    sessions: int,
+    *,
+    steps: int = 20,
+    warmup: int = 3,
+    batch: bool = True,
+    frame_hw: tuple[int, int] = (720, 1280),
+) -> dict[str, Any]:
+    """Time the server's worker step alone (no network): ``sessions`` trackers on one model.
+
+    Each step is what ``greencam serve`` runs per round: every session's newest frame
+    through preprocessing, one batched image encoder call (or one call per frame with
+    ``batch=False``), then each session's memory attention, decoder and memory encoder,
+    and the mask copied to the host.
+
+    Args:
+        model: A loaded SAM 2 model (as :func:`greenscreen_cam.link.server.load_serving_model` gives).
+        sessions: Trackers stepped together.
+        steps: Timed steps (after ``warmup`` untimed ones; the first step prompts).
+        batch: Batch the image encoder over sessions.
+        frame_hw: Size of the frames the server receives (the client sends its shorter side at most
+            the model size).
+
+    Returns:
+        ``sessions``, ``batch``, ``step_ms_p50``, ``step_ms_mean``, ``masks_per_s_per_session`` and
+        ``fits_fps`` (the frame rate every session can get: 1000 / p50).
+    """
+    import numpy as np
+    import torch
+
+    from greenscreen_cam import models
+    from greenscreen_cam.link.server import track_batch
+    from greenscreen_cam.prompt import Prompt
+    from greenscreen_cam.segmenter import StreamingTracker
+
+    device = str(model.device)
+    trackers = [StreamingTracker(model, autocast=models.autocast_dtype(device)) for _ in range(sessions)]
+    h, w = frame_hw
+    rng = np.random.default_rng(0)
+    bases = [rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1) for _ in trackers]
+    prompt = Prompt(box=(w * 0.25, h * 0.2, w * 0.5, h * 0.7))
+
+    def frames(i: int) -> list[np.ndarray]:
+        out = []
+        for b in bases:
+            f = b.copy()
+            x = int(w * 0.3 + (i % 30) * w * 0.01)
+            f[h // 4 : 3 * h // 4, x : x + w // 4] = (230, 50, 40)
+            out.append(f)
+        return out
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    times = []
+    for i in range(warmup + steps):
+        imgs = frames(i)
+        sync()
+        t0 = time.perf_counter()
+        results = track_batch(trackers, imgs, [prompt if i == 0 else None] * sessions, batch=batch)
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+            r.low_res_numpy()
+        sync()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1000.0)
+    p50 = _percentile(times, 0.5) or 0.0
+    return {
+        "sessions": sessions,
+        "batch": batch,
+        "device": device,
+        "resolution": int(model.image_size),
+        "frame_hw": list(frame_hw),
+        "step_ms_p50": round(p50, 2),
+        "step_ms_mean": round(sum(times) / len(times), 2),
+        "masks_per_s_per_session": round(1000.0 / p50, 1) if p50 else None,
+    }
+
+
+def sessions_at_fps(model: Any, fps: float = 30.0, *, limit: int = 64, batch: bool = True, steps: int = 10) -> dict:
+    """The most sessions whose worker step still fits ``1/fps`` (doubling, then bisection), with the timings."""
+    budget = 1000.0 / fps
+    runs: dict[int, dict[str, Any]] = {}
+
+    def fits(n: int) -> bool:
+        runs[n] = bench_step(model, n, steps=steps, batch=batch)
+        return runs[n]["step_ms_p50"] <= budget
+
+    if not fits(1):
+        return {"fps": fps, "sessions": 0, "runs": list(runs.values())}
+    lo, hi = 1, 2
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return {"fps": fps, "sessions": lo, "batch": batch, "runs": [runs[k] for k in sorted(runs)]}
+
+
+def main(argv: list[str]) -> int:
+    """``python -m greenscreen_cam.link.bench VIDEO [SESSIONS ...] [--seconds S] [--one-by-one]``."""
+    args = list(argv)
+    if args[:1] == ["capacity"]:
+        return _capacity_main(args[1:])
+    seconds = 20.0
+    if "--seconds" in args:
+        i = args.index("--seconds")
+        seconds = float(args[i + 1])
+        del args[i : i + 2]
+    batch = "--one-by-one" not in args
+    args = [a for a in args if a != "--one-by-one"]
+    if not args:
+        sys.stderr.write(main.__doc__ + "\n")
+        return 2
+    source = Path(args[0])
+    for n in [int(a) for a in args[1:]] or [1]:
+        result = bench_link(n, source, seconds, batch=batch, on_event=lambda s: sys.stderr.write(s + "\n"))
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _capacity_main(args: list[str]) -> int:
+    """``capacity [--model tiny] [--resolution 1024] [--device auto] [--fps 30] [--checkpoint F] [--one-by-one]``."""
+    from greenscreen_cam.link.server import load_serving_model
+
+    opts: dict[str, str] = {"--model": "tiny", "--resolution": "1024", "--device": "auto", "--fps": "30"}
+    i = 0
+    batch = True
+    checkpoint = None
+    while i < len(args):
+        if args[i] == "--one-by-one":
+            batch = False
+            i += 1
+        elif args[i] == "--checkpoint":
+            checkpoint = Path(args[i + 1])
+            i += 2
+        else:
+            opts[args[i]] = args[i + 1]
+            i += 2
+    serve = ServeOptions(
+        model=opts["--model"],
+        resolution=int(opts["--resolution"]),
+        device=opts["--device"],
+        checkpoint=checkpoint,
+        random_weights=checkpoint is None,
+    )
+    model, name, device, res = load_serving_model(serve)
+    result = sessions_at_fps(model, float(opts["--fps"]), batch=batch)
+    result.update(model=name, device=device, resolution=res)
+    if device.startswith("cuda"):
+        import torch
+
+        result["gpu"] = torch.cuda.get_device_name()
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
