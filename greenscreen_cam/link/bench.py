@@ -310,13 +310,29 @@ def bench_step(
     }
 
 
-def sessions_at_fps(model: Any, fps: float = 30.0, *, limit: int = 64, batch: bool = True, steps: int = 10) -> dict:
-    """The most sessions whose worker step still fits ``1/fps`` (doubling, then bisection), with the timings."""
+def sessions_at_fps(
+    model: Any,
+    fps: float = 30.0,
+    *,
+    limit: int = 64,
+    batch: bool = True,
+    steps: int = 10,
+    frame_hw: tuple[int, int] | None = None,
+) -> dict:
+    """The most sessions whose worker step still fits ``1/fps`` (doubling, then bisection), with the timings.
+
+    ``frame_hw`` defaults to a 1280x720 camera as the client sends it (shorter side at most the model size).
+    """
+    if frame_hw is None:
+        from greenscreen_cam.link.client import _send_size
+
+        w, h = _send_size(1280, 720, int(model.image_size))
+        frame_hw = (h, w)
     budget = 1000.0 / fps
     runs: dict[int, dict[str, Any]] = {}
 
     def fits(n: int) -> bool:
-        runs[n] = bench_step(model, n, steps=steps, batch=batch)
+        runs[n] = bench_step(model, n, steps=steps, batch=batch, frame_hw=frame_hw)
         return runs[n]["step_ms_p50"] <= budget
 
     if not fits(1):
