@@ -372,6 +372,11 @@ def test_wrong_token_and_missing_token_say_so(page, serve: ServeProcess) -> None
     text = page.text_content("#message")
     assert "refused the token" in text and "401" in text
     assert page.is_visible("#token-form")
+    # The right token typed into the field connects without reloading the page.
+    page.fill("#token", TOKEN)
+    page.click("#token-form button")
+    wait_for(page, "greencam.stats.state === 'tracking'", MASK_WAIT_S, "tracking after entering the token")
+    assert not page.is_visible("#token-form")
 
     page.goto(f"{serve.url}/")
     wait_for(page, "greencam.stats.state === 'error'", 30, "missing-token message")
