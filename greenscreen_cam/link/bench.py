@@ -233,7 +233,7 @@ def bench_step(
     sessions: int,
     *,
     steps: int = 20,
-    warmup: int = 3,
+    warmup: int | None = None,
     batch: bool = True,
     frame_hw: tuple[int, int] = (720, 1280),
 ) -> dict[str, Any]:
@@ -248,6 +248,8 @@ def bench_step(
         model: A loaded SAM 2 model (as :func:`greenscreen_cam.link.server.load_serving_model` gives).
         sessions: Trackers stepped together.
         steps: Timed steps (after ``warmup`` untimed ones; the first step prompts).
+        warmup: Untimed steps; None = 20 on a GPU (until SAM 2's memory bank is full, so every
+            kernel shape has been seen) and 2 on the CPU.
         batch: Batch the image encoder over sessions.
         frame_hw: Size of the frames the server receives (the client sends its shorter side at most
             the model size).
@@ -265,6 +267,8 @@ def bench_step(
     from greenscreen_cam.segmenter import StreamingTracker
 
     device = str(model.device)
+    if warmup is None:
+        warmup = 20 if device.startswith("cuda") else 2
     trackers = [StreamingTracker(model, autocast=models.autocast_dtype(device)) for _ in range(sessions)]
     h, w = frame_hw
     rng = np.random.default_rng(0)
