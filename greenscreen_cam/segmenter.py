@@ -6,7 +6,9 @@ per frame, in the order the official predictor runs them:
 
 1. preprocess: resize to ``image_size`` and normalise (as sam2's frame loader);
 2. image encoder: ``forward_image`` + ``_prepare_backbone_features``;
-3. memory attention: ``_prepare_memory_conditioned_features`` over the stored memory;
+3. memory attention: ``_prepare_memory_conditioned_features`` over the stored memory
+   (re-implemented in :meth:`StreamingTracker._memory_conditioned` with a per-entry
+   cache of what does not change between frames, see there);
 4. mask decoder: ``_forward_sam_heads`` with the prompt on conditioning frames;
 5. memory encoder: ``_encode_new_memory`` on the predicted mask;
 6. postprocess: float32 logits and the visibility score, ready on the host side
@@ -22,6 +24,7 @@ frames the tracker reproduces the official predictor's mask logits (see
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -136,6 +139,10 @@ class StreamingTracker:
         self._keep_mem = int(model.num_maskmem) - 1
         self._keep_ptr = max(self._keep_mem, int(model.max_obj_ptrs_in_encoder) - 1)
         self._pos_enc: list[torch.Tensor] | None = None
+        self._to_unit = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+        """uint8 -> [0, 1] float32 lookup, equal to sam2's ``x.astype(float64) / 255`` then ``.float()``."""
+        self._fast_memory = _supports_cached_memory_attention(model)
+        _install_cached_pos_embed(model)
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -145,6 +152,9 @@ class StreamingTracker:
             "cond_frame_outputs": {},
             "non_cond_frame_outputs": {},
         }
+        # Per stored frame: what memory attention computes from that frame alone and that
+        # stays the same while the frame is held (see _memory_conditioned).
+        self._kv_cache: dict[int, dict[str, list[torch.Tensor]]] = {}
         self._frame_index = -1
 
     @property
@@ -168,6 +178,9 @@ class StreamingTracker:
                 for value in entry.values():
                     if isinstance(value, torch.Tensor):
                         total += value.numel() * value.element_size()
+        for cached in self._kv_cache.values():
+            for tensors in cached.values():
+                total += sum(x.numel() * x.element_size() for x in tensors)
         return total
 
     # ------------------------------------------------------------------ public API
@@ -190,7 +203,7 @@ class StreamingTracker:
 
         s = self.image_size
         resized = np.asarray(Image.fromarray(frame).resize((s, s), Image.Resampling.BICUBIC))
-        img = torch.from_numpy(resized.astype(np.float64) / 255.0).permute(2, 0, 1)[None].float()
+        img = torch.from_numpy(self._to_unit[resized]).permute(2, 0, 1)[None]
         return img.to(self.device)
 
     def _resize_on_device(self, frame: np.ndarray) -> torch.Tensor:
@@ -289,15 +302,18 @@ class StreamingTracker:
         amp = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()
         with amp:
             with self._stage("memory_attention"):
-                pix_feat = model._prepare_memory_conditioned_features(
-                    frame_idx=t,
-                    is_init_cond_frame=is_cond,
-                    current_vision_feats=feats[-1:],
-                    current_vision_pos_embeds=pos[-1:],
-                    feat_sizes=sizes[-1:],
-                    output_dict=self._memory,
-                    num_frames=_STREAM_LENGTH,
-                )
+                if self._fast_memory and not is_cond:
+                    pix_feat = self._memory_conditioned(t, feats[-1], pos[-1], sizes[-1])
+                else:
+                    pix_feat = model._prepare_memory_conditioned_features(
+                        frame_idx=t,
+                        is_init_cond_frame=is_cond,
+                        current_vision_feats=feats[-1:],
+                        current_vision_pos_embeds=pos[-1:],
+                        feat_sizes=sizes[-1:],
+                        output_dict=self._memory,
+                        num_frames=_STREAM_LENGTH,
+                    )
             with self._stage("mask_decoder"):
                 high_res_features = [
                     x.permute(1, 2, 0).view(x.size(1), x.size(2), *s)
@@ -333,6 +349,150 @@ class StreamingTracker:
             score = float(obj_score.float().reshape(-1)[0])  # also waits for the device
         return TrackResult(t, low, (height, width), score, is_cond)
 
+    def _memory_conditioned(
+        self, t: int, feat: torch.Tensor, feat_pos: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """sam2's ``_prepare_memory_conditioned_features`` + ``memory_attention`` for tracked frame ``t``.
+
+        The same operations on the same tensors in the same order as sam2 (so the
+        same numbers), except that what depends on one stored frame alone is
+        computed once per frame instead of on every frame that reads it: per layer,
+        the cross-attention values ``v_proj(memory)`` of every stored frame, and the
+        rotated keys of the conditioning frame (whose temporal position never
+        changes). Keys of the other frames depend on their temporal position, which
+        moves by one every frame, and the object pointers are a few tokens: both are
+        computed as sam2 does.
+
+        Args:
+            t: Index of the frame being tracked.
+            feat: Its top-level image features, ``(H*W, B, C)``.
+            feat_pos: Their positional encoding, same shape.
+            size: ``(H, W)`` of the top level.
+
+        Returns:
+            The memory-conditioned features, ``(B, C, H, W)``.
+        """
+        from sam2.modeling.position_encoding import apply_rotary_enc
+        from sam2.modeling.sam2_utils import get_1d_sine_pe
+
+        model = self.model
+        batch, channels = feat.size(1), model.hidden_dim
+        height, width = size
+        device = feat.device
+        num_maskmem = int(model.num_maskmem)
+        cond = self._memory["cond_frame_outputs"]
+        non_cond = self._memory["non_cond_frame_outputs"]
+
+        # Stored frames read, in sam2's order: conditioning frames (t_pos 0), then t-6 .. t-1.
+        spatial: list[tuple[int, int, dict[str, Any]]] = [(0, idx, entry) for idx, entry in cond.items()]
+        for t_pos in range(1, num_maskmem):
+            entry = non_cond.get(t - (num_maskmem - t_pos))
+            if entry is not None:
+                spatial.append((t_pos, t - (num_maskmem - t_pos), entry))
+
+        # Object pointers, exactly as sam2 builds them (a few tokens: not cached).
+        max_ptrs = min(_STREAM_LENGTH, int(model.max_obj_ptrs_in_encoder))
+        signed = model.use_signed_tpos_enc_to_obj_ptrs
+        pos_and_ptrs = [((t - c) if signed else abs(t - c), out["obj_ptr"]) for c, out in cond.items() if c <= t]
+        for t_diff in range(1, max_ptrs):
+            if t - t_diff < 0:
+                break
+            out = non_cond.get(t - t_diff)
+            if out is not None:
+                pos_and_ptrs.append((t_diff, out["obj_ptr"]))
+        ptr_mem: torch.Tensor | None = None
+        ptr_pos: torch.Tensor | None = None
+        if pos_and_ptrs:
+            pos_list, ptrs_list = zip(*pos_and_ptrs, strict=True)
+            ptr_mem = torch.stack(ptrs_list, dim=0)
+            if model.add_tpos_enc_to_obj_ptrs:
+                tpos_dim = channels if model.proj_tpos_enc_in_obj_ptrs else model.mem_dim
+                obj_pos = torch.tensor(pos_list).to(device=device, non_blocking=True)
+                obj_pos = get_1d_sine_pe(obj_pos / (max_ptrs - 1), dim=tpos_dim)
+                ptr_pos = model.obj_ptr_tpos_proj(obj_pos).unsqueeze(1).expand(-1, batch, model.mem_dim)
+            else:
+                ptr_pos = ptr_mem.new_zeros(len(pos_list), batch, model.mem_dim)
+            if model.mem_dim < channels:
+                split = channels // model.mem_dim
+                ptr_mem = ptr_mem.reshape(-1, batch, split, model.mem_dim).permute(0, 2, 1, 3).flatten(0, 1)
+                ptr_pos = ptr_pos.repeat_interleave(split, dim=0)
+
+        # sam2 concatenates everything first, which promotes dtypes: do the same per part.
+        mem_parts = [entry["maskmem_features"].dtype for _, _, entry in spatial]
+        pos_parts = [
+            torch.promote_types(entry["maskmem_pos_enc"][-1].dtype, model.maskmem_tpos_enc.dtype)
+            for _, _, entry in spatial
+        ]
+        if ptr_mem is not None and ptr_pos is not None:
+            mem_parts.append(ptr_mem.dtype)
+            pos_parts.append(ptr_pos.dtype)
+        mem_dtype, pos_dtype = mem_parts[0], pos_parts[0]
+        for dt in mem_parts[1:]:
+            mem_dtype = torch.promote_types(mem_dtype, dt)
+        for dt in pos_parts[1:]:
+            pos_dtype = torch.promote_types(pos_dtype, dt)
+
+        # Batch-first, as sam2's MemoryAttention runs its layers.
+        attention = model.memory_attention
+        output = feat
+        if attention.pos_enc_at_input:
+            output = output + 0.1 * feat_pos
+        output = output.transpose(0, 1)
+        query_pos = feat_pos.transpose(0, 1)
+        mem_bf: list[torch.Tensor] = []  # per stored frame, (B, HW, mem_dim), sam2's memory dtype
+        pos_bf: list[torch.Tensor] = []
+        for t_pos, _, entry in spatial:
+            mem_bf.append(
+                entry["maskmem_features"].to(device).flatten(2).permute(2, 0, 1).to(mem_dtype).transpose(0, 1)
+            )
+            enc = entry["maskmem_pos_enc"][-1].to(device).flatten(2).permute(2, 0, 1)
+            enc = enc + model.maskmem_tpos_enc[num_maskmem - t_pos - 1]
+            pos_bf.append(enc.to(pos_dtype).transpose(0, 1))
+        if ptr_mem is not None and ptr_pos is not None:
+            ptr_mem_bf = ptr_mem.to(mem_dtype).transpose(0, 1)
+            ptr_pos_bf = ptr_pos.to(pos_dtype).transpose(0, 1)
+
+        for li, layer in enumerate(attention.layers):
+            output = layer._forward_sa(output, query_pos)
+            # Cross-attention (sam2's MemoryAttentionLayer._forward_ca + RoPEAttention.forward).
+            tgt2 = layer.norm2(output)
+            attn = layer.cross_attn_image
+            q = attn.q_proj(tgt2 + query_pos if layer.pos_enc_at_cross_attn_queries else tgt2)
+            q = attn._separate_heads(q, attn.num_heads)
+            side = math.sqrt(q.shape[-2])
+            attn.freqs_cis = attn.freqs_cis.to(q.device)
+            if attn.freqs_cis.shape[0] != q.shape[-2]:
+                attn.freqs_cis = attn.compute_cis(end_x=side, end_y=side).to(q.device)
+            keys: list[torch.Tensor] = []
+            values: list[torch.Tensor] = []
+            for (t_pos, idx, _), mem, pos in zip(spatial, mem_bf, pos_bf, strict=True):
+                cached = self._kv_cache.setdefault(idx, {"v": [], "k": []})
+                if len(cached["v"]) <= li:
+                    cached["v"].append(attn._separate_heads(attn.v_proj(mem), attn.num_heads))
+                values.append(cached["v"][li])
+                if t_pos == 0 and len(cached["k"]) > li:
+                    keys.append(cached["k"][li])
+                    continue
+                k = attn.k_proj(mem + pos if layer.pos_enc_at_cross_attn_keys else mem)
+                k = attn._separate_heads(k, attn.num_heads)
+                k = _rotate_keys(k, attn.freqs_cis)
+                if t_pos == 0:
+                    cached["k"].append(k)
+                keys.append(k)
+            q, _ = apply_rotary_enc(q, q[:, :, :0], freqs_cis=attn.freqs_cis)
+            if ptr_mem is not None:
+                k_ptr = attn.k_proj(ptr_mem_bf + ptr_pos_bf if layer.pos_enc_at_cross_attn_keys else ptr_mem_bf)
+                keys.append(attn._separate_heads(k_ptr, attn.num_heads))
+                values.append(attn._separate_heads(attn.v_proj(ptr_mem_bf), attn.num_heads))
+            out = F.scaled_dot_product_attention(q, torch.cat(keys, dim=-2), torch.cat(values, dim=-2))
+            output = output + layer.dropout2(attn.out_proj(attn._recombine_heads(out)))
+            # MLP
+            tgt2 = layer.norm3(output)
+            tgt2 = layer.linear2(layer.dropout(layer.activation(layer.linear1(tgt2))))
+            output = output + layer.dropout3(tgt2)
+        normed = attention.norm(output).transpose(0, 1)
+        return normed.permute(1, 2, 0).view(batch, channels, height, width)
+
     def _shared_pos_enc(self, pos: list[torch.Tensor]) -> list[torch.Tensor]:
         """The memory positional encoding is the same on every frame: keep one copy."""
         if self._pos_enc is None:
@@ -347,6 +507,9 @@ class StreamingTracker:
         for idx, entry in non_cond.items():
             if idx <= t - self._keep_mem and "maskmem_features" in entry:
                 non_cond[idx] = {"obj_ptr": entry["obj_ptr"]}
+        for idx in [i for i in self._kv_cache if "maskmem_features" not in non_cond.get(i, {})]:
+            if idx not in self._memory["cond_frame_outputs"]:
+                del self._kv_cache[idx]
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -361,3 +524,81 @@ class StreamingTracker:
         if sync:
             torch.cuda.synchronize(self.device)
         self.timings[name].append((time.perf_counter() - start) * 1000.0)
+
+
+def _supports_cached_memory_attention(model: Any) -> bool:
+    """True when ``model``'s memory attention has the layout :meth:`StreamingTracker._memory_conditioned` reproduces.
+
+    That is sam2's ``MemoryAttention`` (batch-first) of ``MemoryAttentionLayer`` s
+    whose cross-attention is a ``RoPEAttention`` repeating its rotation over the
+    memory frames, with object pointers in the encoder and at most one
+    conditioning frame read per step. Anything else runs sam2's own function.
+    """
+    try:
+        from sam2.modeling.memory_attention import MemoryAttention, MemoryAttentionLayer
+        from sam2.modeling.sam.transformer import RoPEAttention
+    except ImportError:
+        return False
+    attention = getattr(model, "memory_attention", None)
+    if type(attention) is not MemoryAttention or not attention.batch_first:
+        return False
+    for layer in attention.layers:
+        if type(layer) is not MemoryAttentionLayer or type(layer.cross_attn_image) is not RoPEAttention:
+            return False
+        if not layer.cross_attn_image.rope_k_repeat or layer.training:
+            return False
+    return (
+        bool(model.use_obj_ptrs_in_encoder)
+        and int(model.num_maskmem) > 0
+        and not model.training
+        and getattr(model, "memory_temporal_stride_for_eval", 1) == 1
+    )
+
+
+def _install_cached_pos_embed(model: Any) -> None:
+    """Cache the Hiera trunk's positional embedding per feature size (sam2 resizes it bicubically every call).
+
+    The embedding depends only on the trunk's weights and the feature size, so
+    the cached tensor is the one sam2 would compute; a change of the weights
+    (their version counter) or of the autocast state computes it afresh.
+    """
+    trunk = getattr(getattr(model, "image_encoder", None), "trunk", None)
+    compute = getattr(trunk, "_get_pos_embed", None)
+    if trunk is None or compute is None or getattr(trunk, "_greencam_pos_cache", None) is not None:
+        return
+    cache: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def cached(hw: tuple[int, int]) -> torch.Tensor:
+        params = (trunk.pos_embed, trunk.pos_embed_window)
+        device = params[0].device.type
+        key = (
+            tuple(hw),
+            *((p.data_ptr(), p._version) for p in params),
+            torch.is_autocast_enabled(device),
+            torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None,
+        )
+        if key not in cache:
+            cache.clear()
+            with torch.inference_mode(False), torch.no_grad():
+                cache[key] = compute(hw)
+        return cache[key]
+
+    trunk._greencam_pos_cache = cache
+    trunk._get_pos_embed = cached
+
+
+def _rotate_keys(k: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """sam2's ``apply_rotary_enc`` key path for the keys of one memory frame (as many tokens as the query).
+
+    Args:
+        k: ``(B, heads, N, D)`` keys.
+        freqs_cis: ``(N, D/2)`` complex rotation.
+
+    Returns:
+        The rotated keys, same shape and dtype.
+    """
+    xk = torch.view_as_complex(k.float().reshape(*k.shape[:-1], -1, 2))
+    if tuple(freqs_cis.shape) != tuple(xk.shape[-2:]):
+        raise ValueError(f"rotation {tuple(freqs_cis.shape)} does not fit keys {tuple(xk.shape)}")
+    freqs = freqs_cis.view(*([1] * (xk.ndim - 2)), *freqs_cis.shape)
+    return torch.view_as_real(xk * freqs).flatten(3).type_as(k).to(k.device)

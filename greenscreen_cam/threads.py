@@ -1,0 +1,81 @@
+"""Thread policy per run mode: how torch's OpenMP pool and OpenCV share the CPU.
+
+SAM 2 on a CPU runs on torch's OpenMP pool (libgomp in the Linux wheels), while
+decoding, compositing and encoding run on OpenCV and plain Python threads. What
+is best differs by mode (measured on a 2-core CPU, see docs/profile.md):
+
+- ``offline`` (a file rendered as fast as possible): the tracker and the
+  compositor take turns on the main thread, so OpenMP workers may spin between
+  ops (``OMP_WAIT_POLICY=ACTIVE``); only the prefetching decoder runs beside
+  them, and its one thread is enough for OpenCV.
+- ``live`` (a camera, or a file paced like one): capture and compositing run at
+  the camera's rate beside the tracker thread. Spinning OpenMP workers would
+  starve them, so workers sleep as soon as an op ends (``PASSIVE``), and OpenCV
+  keeps to one thread so that compositing does not preempt both torch workers.
+
+libgomp reads its environment once, when torch is first imported: call
+:func:`configure_threads` before anything imports torch (for ``greencam start``:
+once the source is known, before the model is loaded). Values the user set in
+the environment are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+Mode = Literal["offline", "live"]
+
+_OMP_WAIT = {"offline": "ACTIVE", "live": "PASSIVE"}
+_CV2_THREADS = {"offline": 1, "live": 1}
+
+
+def configure_threads(
+    mode: Mode,
+    *,
+    torch_threads: int | None = None,
+    environ: MutableMapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Apply the thread policy for ``mode`` and return what was applied.
+
+    Args:
+        mode: ``"offline"`` (render a file as fast as possible) or ``"live"``
+            (a camera or a paced file: capture and output run beside the tracker).
+        torch_threads: torch intra-op threads; None keeps torch's default (one per core).
+        environ: The environment to change (``os.environ`` by default; tests pass a dict).
+
+    Returns:
+        ``{"mode", "omp_wait_policy", "omp_policy_effective", "opencv_threads", "torch_threads"}``;
+        ``omp_policy_effective`` is False when torch was imported before this call, so the
+        OpenMP pool had already read its settings (the policy then applies from the next run).
+
+    Raises:
+        ValueError: ``mode`` is neither ``"offline"`` nor ``"live"``.
+    """
+    if mode not in _OMP_WAIT:
+        raise ValueError(f"thread mode must be 'offline' or 'live', got {mode!r}")
+    env = os.environ if environ is None else environ
+    torch_loaded = "torch" in sys.modules
+    policy = env.setdefault("OMP_WAIT_POLICY", _OMP_WAIT[mode])
+
+    import cv2
+
+    cv2_threads = _CV2_THREADS[mode]
+    cv2.setNumThreads(cv2_threads)
+    applied_torch: int | None = None
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, int(torch_threads)))
+        applied_torch = torch.get_num_threads()
+    elif torch_loaded:
+        applied_torch = sys.modules["torch"].get_num_threads()
+    return {
+        "mode": mode,
+        "omp_wait_policy": policy,
+        "omp_policy_effective": not torch_loaded,
+        "opencv_threads": cv2_threads,
+        "torch_threads": applied_torch,
+    }
