@@ -293,8 +293,11 @@ def test_capture_page_tracks_and_keys_with_the_received_mask(page, serve: ServeP
         60,
         "more masks",
     )
+    # Latency: each mask's frame tag found among the RTP timestamps this page sent.
+    wait_for(page, "greencam.stats.latencyMs !== null", 60, "a capture-to-mask latency")
     stats = page.evaluate("greencam.stats")
     assert set(stats) >= {"frames", "masks", "maskFps", "latencyMs", "state"}
+    assert 0 < stats["latencyMs"] < 60_000
     assert stats["state"] == "tracking" and stats["fps"] > 0
     # The viewer link for OBS appears once the session message has arrived.
     assert page.is_visible("#viewer-link")

@@ -226,34 +226,55 @@ ui.color.addEventListener("input", applyBackground);
 applyBackground();
 
 // ---- the connection -----------------------------------------------------------------------
-function supportsEncodedStreams() {
-  return typeof RTCRtpSender !== "undefined" && "createEncodedStreams" in RTCRtpSender.prototype;
+function noteSent(ts, at) {
+  sentAt.set(ts >>> 0, at);
+  if (firstSent.length < 30) firstSent.push(ts >>> 0);
+  if (sentAt.size > MAX_SENT) sentAt.delete(sentAt.keys().next().value);
+}
+
+let latencyWorker = null;
+
+/**
+ * How this browser can see its encoded frames' RTP timestamps (the masks' frame tags):
+ * "script" (RTCRtpScriptTransform: Chrome, Firefox, Safari), "streams" (Chrome's older
+ * createEncodedStreams), or null (no latency figure, RTT only). ?latency=0 turns it off.
+ */
+function frameTap() {
+  if (params.get("latency") === "0") return null;
+  if (typeof RTCRtpScriptTransform !== "undefined" && typeof Worker !== "undefined") return "script";
+  if (typeof RTCRtpSender !== "undefined" && "createEncodedStreams" in RTCRtpSender.prototype) return "streams";
+  return null;
 }
 
 /** Remember when each encoded frame left, keyed by its RTP timestamp (the mask's frame tag). */
-function watchSender(sender) {
+function watchSender(sender, tap) {
+  if (tap === "script") {
+    if (!latencyWorker) {
+      latencyWorker = new Worker("/web/latency-worker.js");
+      latencyWorker.onmessage = (ev) => noteSent(ev.data.ts, ev.data.at - performance.timeOrigin);
+    }
+    sender.transform = new RTCRtpScriptTransform(latencyWorker, { side: "send" });
+    return;
+  }
   const { readable, writable } = sender.createEncodedStreams();
-  const tap = new TransformStream({
+  const tapStream = new TransformStream({
     transform(frame, controller) {
       const meta = frame.getMetadata ? frame.getMetadata() : {};
-      const ts = meta.rtpTimestamp ?? frame.timestamp;
-      sentAt.set(ts >>> 0, performance.now());
-      if (firstSent.length < 30) firstSent.push(ts >>> 0);
-      if (sentAt.size > MAX_SENT) sentAt.delete(sentAt.keys().next().value);
+      noteSent(meta.rtpTimestamp ?? frame.timestamp, performance.now());
       controller.enqueue(frame);
     },
   });
-  readable.pipeThrough(tap).pipeTo(writable).catch(() => {});
+  readable.pipeThrough(tapStream).pipeTo(writable).catch(() => {});
 }
 
 async function connect() {
   clearTimeout(retryTimer);
   const mine = { pc: null, dc: null, location: null, lastPong: performance.now(), closed: false, timer: null, lastSeq: null };
   conn = mine;
-  const encoded = supportsEncodedStreams();
+  const tap = frameTap();
   sentAt.clear();
   firstSent.length = 0;
-  const pc = new RTCPeerConnection(encoded ? { encodedInsertableStreams: true } : {});
+  const pc = new RTCPeerConnection(tap === "streams" ? { encodedInsertableStreams: true } : {});
   mine.pc = pc;
   const track = stream.getVideoTracks()[0];
   const s = track.getSettings();
@@ -265,7 +286,7 @@ async function connect() {
     streams: [stream],
     sendEncodings: [{ scaleResolutionDownBy: scale, maxBitrate: 1_500_000 }],
   });
-  if (encoded) watchSender(tx.sender);
+  if (tap) watchSender(tx.sender, tap);
   const dc = pc.createDataChannel("greencam", { ordered: false, maxRetransmits: 0 });
   dc.binaryType = "arraybuffer";
   mine.dc = dc;
