@@ -299,11 +299,19 @@ def test_capture_page_tracks_and_keys_with_the_received_mask(page, serve: ServeP
     assert set(stats) >= {"frames", "masks", "maskFps", "latencyMs", "state"}
     assert 0 < stats["latencyMs"] < 60_000
     assert stats["state"] == "tracking" and stats["fps"] > 0
-    # The viewer link for OBS appears once the session message has arrived.
+    # The viewer link for OBS appears once the session message has arrived: a stable link
+    # that this browser binds to each of its sessions.
+    wait_for(page, "greencam.viewerLink", 30, "the stable viewer link")
     assert page.is_visible("#viewer-link")
     link = page.get_attribute("#viewer-link", "href")
+    assert link == page.evaluate("greencam.viewerLink")
+    name, secret = link.removeprefix(f"{serve.url}/view/").split("?token=")
     session = page.evaluate("greencam.session")
-    assert link == f"{serve.url}/view/{session['id']}?token={session['viewerToken']}"
+    assert name != session["id"] and len(secret) >= 12
+    # Neither the link's secret nor the session's viewer token can publish or bind links.
+    for viewer_secret in (secret, session["viewerToken"]):
+        assert http("POST", f"{serve.url}/whip", viewer_secret, b"v=0\r\n") == 401
+        assert http("POST", f"{serve.url}/web/viewer-link", viewer_secret, b"{}", "application/json") == 401
 
     seq = page.evaluate("greencam.pause()")
     assert seq is not None
@@ -400,8 +408,13 @@ def test_static_files_and_viewer_endpoint_refusals(serve: ServeProcess) -> None:
         assert b"class Keyer" in resp.read()
     for bad in ("/web/__init__.py", "/web/..%2Fserver.py", "/web/nothing.js", "/web/.hidden.js"):
         assert http("GET", serve.url + bad, None) == 404, bad
-    assert http("POST", f"{serve.url}/whep/no-such-session", "wrong", b"v=0\r\nm=video") == 401
+    # Unknown sessions (or stable links not bound yet) are 404 for anyone: the viewer page retries.
+    assert http("POST", f"{serve.url}/whep/no-such-session", "wrong", b"v=0\r\nm=video") == 404
     assert http("POST", f"{serve.url}/whep/no-such-session", TOKEN, b"v=0\r\nm=video") == 404
+    assert http("POST", f"{serve.url}/web/viewer-link", "wrong", b"{}", "application/json") == 401
+    body = b'{"session": "no-such-session", "name": "abcdefghijkl", "secret": "abcdefghijklmnop"}'
+    assert http("POST", f"{serve.url}/web/viewer-link", TOKEN, body, "application/json") == 404
+    assert http("POST", f"{serve.url}/web/viewer-link", TOKEN, b'{"session": 1}', "application/json") == 400
 
 
 def test_viewer_page_is_transparent_where_the_capture_page_keys(
@@ -463,19 +476,33 @@ def test_viewer_page_is_transparent_where_the_capture_page_keys(
     )
 
 
-def test_capture_page_reconnects_after_a_server_restart(page, serve: ServeProcess) -> None:
+def test_capture_page_and_viewer_link_survive_a_server_restart(browser, page, serve: ServeProcess) -> None:
     open_tracking(page, serve)
     first = page.evaluate("greencam.session.id")
-    serve.kill()
-    wait_for(page, "greencam.stats.state === 'reconnecting'", 30, "reconnecting after the server died")
-    masks = page.evaluate("greencam.stats.masks")
-    serve.start()
-    wait_for(
-        page,
-        f"greencam.stats.state === 'tracking' && greencam.stats.masks >= {masks + 2} && greencam.session.id !== '{first}'",
-        MASK_WAIT_S,
-        "tracking again after the restart",
-    )
+    wait_for(page, "greencam.viewerLink", 30, "the stable viewer link")
+    vctx = browser.new_context(viewport={"width": 640, "height": 360}, bypass_csp=True)
+    try:
+        viewer = vctx.new_page()
+        viewer.goto(page.evaluate("greencam.viewerLink"))
+        wait_for(viewer, "greencam.stats.masks >= 1", 90, "viewer on the stable link")
+
+        serve.kill()
+        wait_for(page, "greencam.stats.state === 'reconnecting'", 30, "reconnecting after the server died")
+        wait_for(viewer, "greencam.stats.state === 'reconnecting'", 30, "viewer reconnecting")
+        masks = page.evaluate("greencam.stats.masks")
+        vmasks = viewer.evaluate("greencam.stats.masks")
+        serve.start()
+        wait_for(
+            page,
+            f"greencam.stats.state === 'tracking' && greencam.stats.masks >= {masks + 2} "
+            f"&& greencam.session.id !== '{first}'",
+            MASK_WAIT_S,
+            "tracking again after the restart",
+        )
+        # The same viewer URL (as pasted into OBS) shows the new session by itself.
+        wait_for(viewer, f"greencam.stats.masks > {vmasks} && greencam.stats.frames > 0", 90, "viewer back")
+    finally:
+        vctx.close()
 
 
 # --------------------------------------------------------------------------- the WHEP endpoint in process

@@ -13,9 +13,14 @@ Routes added to the server's aiohttp application:
   frame only) and the session's mask messages on the viewer's ``greencam`` data channel.
   ``201`` with ``Location: /whep/<session>/<viewer>``; ``DELETE`` there ends it.
 
-Tokens: a viewer connection accepts the session's own viewer token, or the server's publisher
-token (which can do everything anyway). The viewer token never publishes: ``POST /whip``
-checks only the publisher token.
+- ``POST /web/viewer-link`` (publisher token): binds a stable viewer link
+  ``/view/<name>?token=<secret>`` (name and secret drawn by the capture page and kept in its
+  browser) to the page's current session. The capture page re-binds it after every
+  reconnect, also after a server restart, so the link pasted into OBS keeps working.
+
+Tokens: a viewer connection accepts the session's own viewer token, a stable link's secret,
+or the server's publisher token (which can do everything anyway). Viewer tokens and link
+secrets never publish: ``POST /whip`` checks only the publisher token.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -44,6 +50,11 @@ WATCH_INTERVAL_S = 1.0
 VIEWER_IDLE_S = 10.0
 """A viewer that sent nothing (its page pings every 2 s) for this long is closed: a closed
 browser tab does not always say goodbye, and aiortc would otherwise keep encoding for it."""
+
+MAX_LINKS = 64
+"""Stable viewer links remembered at once (the oldest is forgotten first)."""
+LINK_PART = re.compile(r"^[A-Za-z0-9_-]{12,64}$")
+"""What a stable link's name and secret look like (the capture page draws them at random)."""
 
 STATIC_TYPES = {
     ".html": "text/html",
@@ -71,6 +82,7 @@ class Viewer:
     id: str
     session_id: str
     pc: Any
+    route: str = ""
     track: Any = None
     channel: Any = None
     listener: Any = None
@@ -110,6 +122,10 @@ class ViewerHub:
     def __init__(self, server: Any) -> None:
         self.server = server
         self.viewers: dict[str, Viewer] = {}
+        # Stable viewer links: name -> (session id, secret). The capture page binds its link
+        # to each new session (after a reconnect or a server restart), so the URL in OBS
+        # keeps working; the viewer page retries while the link points at no live session.
+        self.links: dict[str, tuple[str, str]] = {}
 
     # ---------------------------------------------------------------- pages
 
@@ -133,26 +149,33 @@ class ViewerHub:
 
     # ---------------------------------------------------------------- WHEP
 
-    def _authorized(self, token: str, session: Any) -> bool:
+    def _authorized(self, token: str, session: Any, secret: str = "") -> bool:
+        """The session's viewer token, the stable link's secret, or the publisher token."""
         if not token:
             return False
-        viewer_token = getattr(session, "viewer_token", None) or ""
-        ok_viewer = bool(viewer_token) and hmac.compare_digest(token.encode(), viewer_token.encode())
-        return ok_viewer or bool(self.server.check_token(token))
+        for valid in (getattr(session, "viewer_token", None) or "", secret):
+            if valid and hmac.compare_digest(token.encode(), valid.encode()):
+                return True
+        return bool(self.server.check_token(token))
+
+    def _resolve(self, route: str) -> tuple[str, str]:
+        """``(session id, link secret)`` for a ``/whep/<route>``: a stable link's name or a session id."""
+        link = self.links.get(route)
+        return link if link is not None else (route, "")
 
     async def whep_post(self, request: Any) -> Any:
         from aiohttp import web
 
-        session_id = request.match_info["session"]
+        route = request.match_info["session"]
+        session_id, secret = self._resolve(route)
         token = _bearer(request)
         session = self.server.sessions.get(session_id)
         if session is None:
-            # Without a valid publisher token, say 401 so that session ids cannot be probed.
-            if token and self.server.check_token(token):
-                raise web.HTTPNotFound(text="no such session (it ends when its capture page disconnects)\n")
-            logger.info("viewer refused: unknown session or bad token")
-            raise web.HTTPUnauthorized(text="unknown session or wrong viewer token\n")
-        if not self._authorized(token, session):
+            # Also for a stable link not bound yet (e.g. just after a server restart): the viewer
+            # page keeps retrying on 404. Session ids and link names are random (72+ bits), so
+            # a 404 tells a prober nothing useful, and nothing is shown without the right token.
+            raise web.HTTPNotFound(text="no live session here yet (it starts when the capture page connects)\n")
+        if not self._authorized(token, session, secret):
             logger.info("viewer refused for session %s: bad token", session_id[:8])
             raise web.HTTPUnauthorized(text="wrong viewer token\n")
         if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
@@ -176,13 +199,14 @@ class ViewerHub:
             raise web.HTTPServiceUnavailable(text=f"no video to view yet ({e}); retry in a moment\n") from None
         try:
             viewer, answer = await self._answer(session, session_id, sdp, track)
+            viewer.route = route
         except ValueError as e:
             raise web.HTTPBadRequest(text=f"bad SDP offer: {e}\n") from None
         return web.Response(
             status=201,
             text=answer,
             content_type="application/sdp",
-            headers={"Location": f"/whep/{session_id}/{viewer.id}"},
+            headers={"Location": f"/whep/{route}/{viewer.id}"},
         )
 
     async def _answer(self, session: Any, session_id: str, sdp: str, track: Any) -> tuple[Viewer, str]:
@@ -300,13 +324,46 @@ class ViewerHub:
         )
         return True
 
+    async def bind_link(self, request: Any) -> Any:
+        """``POST /web/viewer-link`` (publisher token): point a stable viewer link at a session.
+
+        Body: JSON ``{"session": id, "name": str, "secret": str}``; name and secret are 12-64
+        characters of ``A-Za-z0-9_-``. The viewer then opens ``/view/<name>?token=<secret>``.
+        """
+        from aiohttp import web
+
+        if not self.server.check_token(_bearer(request)):
+            raise web.HTTPUnauthorized(text="binding a viewer link needs the publisher token\n")
+        body = await request.content.read(1025)
+        try:
+            if len(body) > 1024:
+                raise ValueError("too long")
+            msg = json.loads(body)
+            sid, name, secret = msg["session"], msg["name"], msg["secret"]
+            if not all(isinstance(v, str) for v in (sid, name, secret)):
+                raise ValueError("not strings")
+        except (ValueError, KeyError, TypeError):
+            raise web.HTTPBadRequest(text='send JSON {"session": id, "name": str, "secret": str}\n') from None
+        if not LINK_PART.match(name) or not LINK_PART.match(secret):
+            raise web.HTTPBadRequest(text="name and secret must be 12-64 characters of A-Za-z0-9_-\n")
+        if name in self.server.sessions:
+            raise web.HTTPBadRequest(text="that name is taken\n")
+        if sid not in self.server.sessions:
+            raise web.HTTPNotFound(text="no such session\n")
+        self.links.pop(name, None)
+        self.links[name] = (sid, secret)
+        while len(self.links) > MAX_LINKS:
+            self.links.pop(next(iter(self.links)))
+        logger.info("viewer link %s… now shows session %s…", name[:4], sid[:8])
+        return web.json_response({"path": f"/view/{name}"})
+
     async def whep_delete(self, request: Any) -> Any:
         from aiohttp import web
 
         viewer = self.viewers.get(request.match_info["viewer"])
-        if viewer is None or viewer.session_id != request.match_info["session"]:
+        if viewer is None or viewer.route != request.match_info["session"]:
             raise web.HTTPNotFound(text="no such viewer\n")
-        if not self._authorized(_bearer(request), viewer.session):
+        if not self._authorized(_bearer(request), viewer.session, self._resolve(viewer.route)[1]):
             raise web.HTTPUnauthorized(text="wrong token\n")
         await self.close_viewer(viewer.id, "ended by the viewer")
         return web.Response(status=200, text="closed\n")
@@ -332,6 +389,7 @@ def add_routes(app: Any, server: Any) -> ViewerHub:
     hub = ViewerHub(server)
     app.router.add_get("/", hub.capture_page)
     app.router.add_get("/web/{name}", hub.static)
+    app.router.add_post("/web/viewer-link", hub.bind_link)
     app.router.add_get("/view/{session}", hub.view_page)
     app.router.add_post("/whep/{session}", hub.whep_post)
     app.router.add_delete("/whep/{session}/{viewer}", hub.whep_delete)

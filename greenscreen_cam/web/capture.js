@@ -354,6 +354,51 @@ function heartbeat(mine) {
   if (mine.dc.readyState === "open") mine.dc.send(JSON.stringify({ type: "ping", t: performance.now() }));
 }
 
+function showViewerLink(path) {
+  const url = `${location.origin}${path}`;
+  ui.viewerLink.href = url;
+  ui.viewerLink.textContent = url;
+  ui.viewer.hidden = false;
+}
+
+function randomPart(bytes) {
+  const b = crypto.getRandomValues(new Uint8Array(bytes));
+  return btoa(String.fromCharCode(...b)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/** This browser's stable viewer link {name, secret}, kept in localStorage when it can be. */
+function viewerKey() {
+  const KEY = "greencam.viewer-link";
+  try {
+    const saved = JSON.parse(localStorage.getItem(KEY) || "null");
+    if (saved && /^[\w-]{12,64}$/.test(saved.name) && /^[\w-]{12,64}$/.test(saved.secret)) return saved;
+  } catch {}
+  const fresh = { name: randomPart(12), secret: randomPart(18) };
+  try {
+    localStorage.setItem(KEY, JSON.stringify(fresh));
+  } catch {}
+  return fresh;
+}
+const stableLink = viewerKey();
+
+/**
+ * Point the stable viewer link at this session, so the URL pasted into OBS survives reconnects
+ * and server restarts. On failure the page keeps showing the session's own viewer link.
+ */
+async function bindViewerLink(mine, sessionId) {
+  try {
+    const resp = await fetch("/web/viewer-link", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+      body: JSON.stringify({ session: sessionId, name: stableLink.name, secret: stableLink.secret }),
+    });
+    if (!resp.ok || conn !== mine) return;
+    const { path } = await resp.json();
+    window.greencam.viewerLink = `${location.origin}${path}?token=${stableLink.secret}`;
+    showViewerLink(`${path}?token=${stableLink.secret}`);
+  } catch {}
+}
+
 async function onMessage(mine, data) {
   if (conn !== mine) return;
   if (typeof data === "string") {
@@ -368,10 +413,8 @@ async function onMessage(mine, data) {
       stats.rttMs = Math.round(performance.now() - msg.t);
     } else if (msg.type === "session") {
       window.greencam.session = { id: msg.id, viewerToken: msg.viewer_token };
-      const url = `${location.origin}/view/${encodeURIComponent(msg.id)}?token=${encodeURIComponent(msg.viewer_token)}`;
-      ui.viewerLink.href = url;
-      ui.viewerLink.textContent = url;
-      ui.viewer.hidden = false;
+      showViewerLink(`/view/${encodeURIComponent(msg.id)}?token=${encodeURIComponent(msg.viewer_token)}`);
+      bindViewerLink(mine, msg.id);
     } else if (msg.type === "state") {
       if (msg.state === "waiting" && !prompt) {
         setState("waiting");

@@ -150,7 +150,7 @@ async function connect() {
     }
     if (err instanceof SignalError && err.status === 404) {
       stats.state = "reconnecting";
-      say("greencam: this session has ended. Copy the new viewer link from the capture page.");
+      say("greencam: waiting for the capture page (no live session on this link yet)…");
       retryTimer = setTimeout(connect, 5000);
       return;
     }
