@@ -236,3 +236,19 @@ def test_aiortc_keeps_the_private_details_the_link_relies_on() -> None:
     assert "self.__timestamp_mapper" in inspect.getsource(rtcrtpreceiver.RTCRtpReceiver)
     assert "self._origin" in inspect.getsource(rtcrtpreceiver.TimestampMapper)
     assert json.loads(json.dumps({"ok": True}))
+
+
+def test_no_third_party_stun_server_unless_asked() -> None:
+    from greenscreen_cam.link.client import RemoteTracker
+    from greenscreen_cam.link.server import Server
+
+    server = Server(None, ServeOptions(), "t" * 16, model_name="tiny", device="cpu", resolution=256)
+    assert server._rtc_configuration().iceServers == []
+    client = RemoteTracker("http://127.0.0.1:9", "t", width=4, height=4)
+    assert client._configuration().iceServers == []
+    turn = ServeOptions(ice_servers=("turn:turn.example.org:3478",), turn_username="u", turn_password="p")
+    server = Server(None, turn, "t" * 16, model_name="tiny", device="cpu", resolution=256)
+    (ice,) = server._rtc_configuration().iceServers
+    assert (ice.urls, ice.username, ice.credential) == ("turn:turn.example.org:3478", "u", "p")
+    client = RemoteTracker("http://h:1", "t", width=4, height=4, ice_servers=["stun:stun.example.org"])
+    assert [s.urls for s in client._configuration().iceServers] == ["stun:stun.example.org"]

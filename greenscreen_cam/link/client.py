@@ -548,8 +548,7 @@ class RemoteTracker:
     def _configuration(self) -> Any:
         from aiortc import RTCConfiguration, RTCIceServer
 
-        if not self._ice_servers:
-            return RTCConfiguration()
+        # An empty list, not None: aiortc would otherwise ask Google's public STUN server.
         return RTCConfiguration(
             iceServers=[
                 RTCIceServer(urls=u, username=self._turn_username, credential=self._turn_password)

@@ -78,6 +78,10 @@ class ServeOptions:
         idle_timeout: Seconds without a video frame or message after which a session is freed.
         batch: Run the image encoder on all sessions' frames as one batch (False: one by one).
         max_body: Largest accepted request body in bytes (``413`` beyond).
+        ice_servers: STUN/TURN URLs the server's side of each connection may use, e.g.
+            ``["turn:turn.example.org:3478"]`` (only needed when the server itself sits behind NAT).
+        turn_username: Username for those TURN servers.
+        turn_password: Password for those TURN servers.
     """
 
     host: str = "127.0.0.1"
@@ -95,6 +99,9 @@ class ServeOptions:
     idle_timeout: float = 5.0
     batch: bool = True
     max_body: int = 64 * 1024
+    ice_servers: tuple[str, ...] = ()
+    turn_username: str | None = None
+    turn_password: str | None = None
 
     def validate(self) -> None:
         """Raise ConfigError on values that cannot work."""
@@ -593,7 +600,7 @@ class Server:
 
         if "m=video" not in offer_sdp:
             raise LinkProtocolError("the offer has no video (m=video) section")
-        pc = RTCPeerConnection()
+        pc = RTCPeerConnection(self._rtc_configuration())
         session = Session(self, pc, StreamingTracker(self.model, autocast=self.autocast))
 
         @pc.on("track")
@@ -620,6 +627,17 @@ class Server:
             raise LinkProtocolError(f"bad SDP offer: {reason}") from None
         self.sessions[session.id] = session
         return session, pc.localDescription.sdp
+
+    def _rtc_configuration(self) -> Any:
+        from aiortc import RTCConfiguration, RTCIceServer
+
+        servers = [
+            RTCIceServer(urls=u, username=self.opts.turn_username, credential=self.opts.turn_password)
+            for u in self.opts.ice_servers
+        ]
+        # An empty list, not None: aiortc would otherwise ask Google's public STUN server (and wait up
+        # to 5 s for it where UDP is filtered).
+        return RTCConfiguration(iceServers=servers)
 
     async def close_session(self, session: Session, reason: str) -> None:
         if session.closed:
