@@ -507,3 +507,25 @@ def test_a_server_restart_mid_stream_reconnects_and_resumes_tracking(tiny_model)
         tracker.close()
         if second is not None:
             second.close()
+
+
+def test_bad_channel_messages_get_an_error_and_the_session_goes_on(server: ServerThread, tmp_path) -> None:
+    frames = decoded_clip(tmp_path, 2)
+    events: list[str] = []
+    with RemoteTracker(server.url, TOKEN, width=160, height=120, on_event=events.append) as tracker:
+        bad = [
+            "not json",
+            '{"type": "dance"}',
+            '{"type": "prompt", "box": [1, 2, 3, 4], "width": "abc", "height": 120}',
+            '{"type": "prompt", "box": [1, 2, 3, 4]}',
+            '{"type": "prompt", "box": null, "points": [], "labels": [], "width": 160, "height": 120}',
+            b"\x00binary",
+        ]
+        for msg in bad:
+            tracker._call(lambda m=msg: tracker._channel.send(m))
+        wait_for(lambda: sum(e.startswith("server:") for e in events) >= len(bad), 10, "an error per bad message")
+        tracker.reselect(DISC_BOX)
+        masks = [tracker.track_sync(f, timeout=60) for f in frames]
+        assert [m.frame_index for m in masks] == [f.index for f in frames]
+        assert all(m.state in ("tracking", "lost") for m in masks)
+    assert sum("bad message" in e for e in server.events) >= len(bad) - 1

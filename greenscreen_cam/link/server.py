@@ -352,7 +352,7 @@ class Session:
             if kind == "ping":
                 self.send_json({"type": "pong", "t": msg.get("t")})
             elif kind == "prompt":
-                parse_prompt(msg, int(msg.get("width") or 1), int(msg.get("height") or 1))  # check it now
+                parse_prompt(msg, 1000, 1000)  # check it now (scaling keeps its proportions)
                 self.server._set_prompt(self, msg, reset=False)
                 if "id" in msg:
                     self.send_json({"type": "ack", "id": msg["id"]})
@@ -365,6 +365,8 @@ class Session:
         except (LinkProtocolError, PromptError) as e:
             self.server.emit(f"session {self.id}: bad message: {e}")
             self.send_json({"type": "error", "message": str(e)})
+        except Exception as e:  # noqa: BLE001 - a peer must not be able to break the loop
+            self.server.emit(f"session {self.id}: message failed: {type(e).__name__}: {e}")
 
     def deliver(self, message: bytes, state: str) -> None:
         """Send one mask message to the camera's data channel and every mask listener (loop thread)."""
