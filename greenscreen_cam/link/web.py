@@ -6,13 +6,12 @@ Routes added to the server's aiohttp application:
   over ``POST /whip`` like the CLI client and keys the frames in the browser.
 - ``GET /web/<file>``: the page's static files (HTML, CSS, JavaScript modules), read with
   :mod:`importlib.resources` so they work from a wheel; nothing comes from a CDN.
-- ``GET /view/<session>?token=VIEWER_TOKEN``: the receive-only viewer page for OBS's Browser
-  Source (OBS cannot set headers, so its token is in the URL).
+- ``GET /view/<session or link name>?token=VIEWER_TOKEN``: the receive-only viewer page for
+  OBS's Browser Source (OBS cannot set headers, so its token is in the URL).
 - ``POST /whep/<session>`` (``Content-Type: application/sdp``, ``Authorization: Bearer TOKEN``):
   WHEP-shaped receive-only WebRTC. The answer carries the publisher's video (relayed, newest
   frame only) and the session's mask messages on the viewer's ``greencam`` data channel.
   ``201`` with ``Location: /whep/<session>/<viewer>``; ``DELETE`` there ends it.
-
 - ``POST /web/viewer-link`` (publisher token): binds a stable viewer link
   ``/view/<name>?token=<secret>`` (name and secret drawn by the capture page and kept in its
   browser) to the page's current session. The capture page re-binds it after every
@@ -121,11 +120,19 @@ class ViewerHub:
 
     def __init__(self, server: Any) -> None:
         self.server = server
+        self._emit = getattr(server, "emit", None)
         self.viewers: dict[str, Viewer] = {}
         # Stable viewer links: name -> (session id, secret). The capture page binds its link
         # to each new session (after a reconnect or a server restart), so the URL in OBS
         # keeps working; the viewer page retries while the link points at no live session.
         self.links: dict[str, tuple[str, str]] = {}
+
+    def _event(self, line: str) -> None:
+        """One line for the operator: through the server's event output when it has one."""
+        if callable(self._emit):
+            self._emit(line)
+        else:
+            logger.info("%s", line)
 
     # ---------------------------------------------------------------- pages
 
@@ -176,7 +183,7 @@ class ViewerHub:
             # a 404 tells a prober nothing useful, and nothing is shown without the right token.
             raise web.HTTPNotFound(text="no live session here yet (it starts when the capture page connects)\n")
         if not self._authorized(token, session, secret):
-            logger.info("viewer refused for session %s: bad token", session_id[:8])
+            self._event(f"viewer refused for session {session_id[:8]}: wrong token")
             raise web.HTTPUnauthorized(text="wrong viewer token\n")
         if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_OFFER_BYTES, actual_size=request.content_length)
@@ -273,7 +280,7 @@ class ViewerHub:
         viewer.listener = forward
         session.add_mask_listener(forward)
         viewer.watch = asyncio.create_task(self._watch(viewer))
-        logger.info("viewer %s… joined session %s…", viewer.id[:4], session_id[:8])
+        self._event(f"viewer {viewer.id[:4]}… joined session {session_id[:8]}")
         return viewer, pc.localDescription.sdp
 
     def _send(self, viewer: Viewer, message: bytes) -> None:
@@ -314,13 +321,9 @@ class ViewerHub:
         if viewer.watch is not None and viewer.watch is not asyncio.current_task():
             viewer.watch.cancel()
         await viewer.pc.close()
-        logger.info(
-            "viewer %s… left session %s… (%s; %d masks sent, %d dropped)",
-            viewer.id[:4],
-            viewer.session_id[:8],
-            reason,
-            viewer.sent,
-            viewer.dropped,
+        self._event(
+            f"viewer {viewer.id[:4]}… left session {viewer.session_id[:8]} "
+            f"({reason}; {viewer.sent} masks sent, {viewer.dropped} dropped)"
         )
         return True
 
@@ -354,7 +357,7 @@ class ViewerHub:
         self.links[name] = (sid, secret)
         while len(self.links) > MAX_LINKS:
             self.links.pop(next(iter(self.links)))
-        logger.info("viewer link %s… now shows session %s…", name[:4], sid[:8])
+        self._event(f"viewer link {name[:4]}… now shows session {sid[:8]}")
         return web.json_response({"path": f"/view/{name}"})
 
     async def whep_delete(self, request: Any) -> Any:

@@ -24,6 +24,7 @@ let conn = null;
 let paused = false;
 let lastFrameAt = 0; // performance.now() of the last video frame drawn
 let retryTimer = null;
+let waitMs = 2500; // retry delay while the link has no live session (grows to 15 s)
 
 window.greencam = {
   stats,
@@ -139,6 +140,7 @@ async function connect() {
     if (conn !== mine) return;
     const res = await postOffer(`/whep/${encodeURIComponent(session)}`, token, pc.localDescription.sdp);
     mine.location = res.location;
+    waitMs = 2500;
     await pc.setRemoteDescription({ type: "answer", sdp: res.answer });
   } catch (err) {
     if (conn !== mine) return;
@@ -151,7 +153,8 @@ async function connect() {
     if (err instanceof SignalError && err.status === 404) {
       stats.state = "reconnecting";
       say("greencam: waiting for the capture page (no live session on this link yet)…");
-      retryTimer = setTimeout(connect, 5000);
+      retryTimer = setTimeout(connect, waitMs);
+      waitMs = Math.min(15000, waitMs + 2500); // do not fill the server's log while nobody publishes
       return;
     }
     stats.state = "reconnecting";
