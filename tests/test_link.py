@@ -31,6 +31,7 @@ from greenscreen_cam.link.protocol import (
 from greenscreen_cam.link.server import ServeOptions, run_server
 from greenscreen_cam.prompt import Prompt
 from greenscreen_cam.sources import Frame, VideoFileSource
+from greenscreen_cam.sync import MaskResult as TrackerResult
 from tests.conftest import REPO, moving_disc_frames, write_video
 
 TOKEN = "test-token-0123456789"
@@ -149,6 +150,7 @@ def test_offline_clip_every_frame_gets_its_own_mask_like_local(server: ServerThr
     assert [m.frame_index for m in masks] == [f.index for f in frames]
     assert [m.timestamp for m in masks] == [f.timestamp for f in frames]
     assert all(m.logits.shape == (64, 64) and m.logits.dtype == np.float32 for m in masks)
+    assert all(isinstance(m, TrackerResult) and m.selected for m in masks)  # what the pipeline's scheduler takes
     assert all(m.state in ("tracking", "lost") for m in masks)
     assert stats["unmatched"] == 0 and stats["masks"] == len(frames)
     # The same frames tracked locally with the same weights: the codec on the way up is the only difference.
@@ -200,7 +202,7 @@ def test_clients_at_once_each_get_their_own_masks(server: ServerThread, tiny_mod
         assert [m.frame_index for m in out[name]] == [f.index for f in frames]
         assert [m.timestamp for m in out[name]] == [f.timestamp for f in frames]
     # No prompt, no tracking: that camera only gets "waiting" masks.
-    assert all(m.state == "waiting" and not m.visible and (m.logits < 0).all() for m in out["c"])
+    assert all(m.state == "waiting" and not m.visible and not m.selected and m.logits is None for m in out["c"])
     # Each prompted camera's masks are its own: they match a local tracker on its own frames and prompt.
     own, cross = [], []
     for name in ("a", "b"):
@@ -529,3 +531,24 @@ def test_bad_channel_messages_get_an_error_and_the_session_goes_on(server: Serve
         assert [m.frame_index for m in masks] == [f.index for f in frames]
         assert all(m.state in ("tracking", "lost") for m in masks)
     assert sum("bad message" in e for e in server.events) >= len(bad) - 1
+
+
+def test_live_submit_and_poll_map_masks_to_frames_and_busy_follows_them(server: ServerThread, tmp_path) -> None:
+    frames = decoded_clip(tmp_path, 4)
+    with RemoteTracker(server.url, TOKEN, width=160, height=120) as tracker:
+        tracker.reselect(DISC_BOX)
+        assert not tracker.busy and tracker.poll() == []
+        got: list[MaskResult] = []
+        for f in frames:
+            tracker.submit(f)
+            assert tracker.busy  # pending, or on its way (pipeline_depth 1)
+            wait_for(
+                lambda f=f: bool(got.extend(tracker.poll()) or (got and got[-1].frame_index == f.index)), 60, "its mask"
+            )
+            wait_for(lambda: not tracker.busy, 5, "the tracker to be free")
+        assert [m.frame_index for m in got] == [f.index for f in frames]
+        assert [m.timestamp for m in got] == [f.timestamp for f in frames]
+        assert all(m.received >= m.timestamp for m in got)
+        stats = tracker.stats()
+        assert stats["masks"] == 4 and stats["submitted"] == 4 and stats["dropped"] == 0
+        assert stats["latency_p50_ms"] is not None and stats["downlink_kbps"] > 0

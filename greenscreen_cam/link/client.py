@@ -121,6 +121,9 @@ class RemoteTracker:
         connect_timeout: Seconds one connection attempt may take.
         liveness_timeout: Seconds without any message from the server after which it counts as gone.
         max_backoff: Longest wait between two reconnection attempts, in seconds.
+        pipeline_depth: Frames that may be on their way (sent, mask not back yet) before
+            :attr:`busy` turns True. 1 behaves like a local tracker; 2 or more lets the
+            network round trip overlap the server's model step.
 
     Use: :meth:`start` (connects, raises on errors that retrying cannot fix), then
     :meth:`submit` live frames and :meth:`poll` the masks that came back, or
@@ -143,6 +146,7 @@ class RemoteTracker:
         connect_timeout: float = 15.0,
         liveness_timeout: float = 4.0,
         max_backoff: float = 5.0,
+        pipeline_depth: int = 1,
     ) -> None:
         if width <= 0 or height <= 0:
             raise ConfigError(f"frame size {width}x{height} must be positive")
@@ -169,6 +173,8 @@ class RemoteTracker:
         self._slot: tuple[Frame, _Waiter | None] | None = None
         self._results: deque[MaskResult] = deque(maxlen=64)
         self._sent: OrderedDict[int, _Sent] = OrderedDict()
+        self._inflight: dict[int, float] = {}
+        self.pipeline_depth = max(1, int(pipeline_depth))
         self._error: LinkError | None = None
         self._closing = False
         # Per-connection state (loop thread).
@@ -197,6 +203,7 @@ class RemoteTracker:
         self.server_dropped = 0
         self.rtt_ms: float | None = None
         self._latencies: deque[float] = deque(maxlen=600)
+        self._median_latency = 1.0
         self._started_at = time.perf_counter()
 
     # ================================================================== public API
@@ -284,6 +291,25 @@ class RemoteTracker:
                     continue  # the server restarted between ack and frame; the prompt is being re-sent
                 return result
 
+    @property
+    def busy(self) -> bool:
+        """True while a submitted frame waits to be sent, or ``pipeline_depth`` frames await their masks.
+
+        A frame whose mask has not come back within a few round trips (lost on the way, or
+        dropped by the server for a newer one) stops counting. While the link is down it is
+        False: frames submitted then are dropped (and counted).
+        """
+        with self._lock:
+            if self._slot is not None and self._connected:
+                return True
+            if not self._connected:
+                return False
+            expiry = max(1.0, 3.0 * self._step_estimate())
+            now = time.perf_counter()
+            for key in [k for k, t in self._inflight.items() if now - t > expiry]:
+                del self._inflight[key]
+            return len(self._inflight) >= self.pipeline_depth
+
     def reselect(self, prompt: Prompt | None) -> None:
         """Prompt the server's tracker (``prompt`` in this client's ``width x height`` frame pixels).
 
@@ -298,7 +324,8 @@ class RemoteTracker:
     def stats(self) -> dict[str, Any]:
         """Counters of the link: frames, masks, drops, latency (ms), bandwidth (kbit/s), reconnects."""
         elapsed = max(1e-6, time.perf_counter() - self._started_at)
-        lat = sorted(self._latencies)
+        with self._lock:
+            lat = sorted(self._latencies)
 
         def pct(q: float) -> float | None:
             return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000.0, 1) if lat else None
@@ -369,7 +396,8 @@ class RemoteTracker:
         return self._connected and acked
 
     def _step_estimate(self) -> float:
-        return (sorted(self._latencies)[len(self._latencies) // 2]) if self._latencies else 1.0
+        """Median capture-to-mask latency in seconds (1 s before any mask came back)."""
+        return self._median_latency
 
     def _emit(self, line: str) -> None:
         if self._on_event is not None:
@@ -385,6 +413,7 @@ class RemoteTracker:
     def _remember(self, pts: int, frame: Frame, waiter: _Waiter | None) -> None:
         with self._lock:
             self._sent[pts] = _Sent(frame.index, frame.timestamp, waiter)
+            self._inflight[pts] = time.perf_counter()
             while len(self._sent) > _SENT_HISTORY:
                 self._sent.popitem(last=False)
 
@@ -449,6 +478,9 @@ class RemoteTracker:
             return
         pts = (m.tag - origin) & 0xFFFFFFFF
         with self._lock:
+            # The server tracks only the newest frame: frames sent before this one are answered or never will be.
+            for key in [k for k in self._inflight if k <= pts + 2]:
+                del self._inflight[key]
             sent = None
             for key in (pts, pts - 1, pts + 1, pts - 2, pts + 2):  # absorb any rounding of the encoder's clock
                 sent = self._sent.pop(key & 0xFFFFFFFF, None)
@@ -458,18 +490,24 @@ class RemoteTracker:
             self.unmatched += 1
             return
         state = STATE_NAMES[m.state]
+        waiting = state == "waiting"
         result = MaskResult(
             frame_index=sent.index,
             timestamp=sent.timestamp,
-            logits=logits_from_u8(m.probability),
+            logits=None if waiting else logits_from_u8(m.probability),
             visible=state == "tracking",
             object_score=m.object_score,
+            selected=not waiting,
             state=state,
             seq=m.seq,
             received=now,
         )
         self.masks += 1
-        self._latencies.append(now - sent.timestamp)
+        with self._lock:
+            self._latencies.append(now - sent.timestamp)
+            if self.masks % 8 == 1:
+                ordered = sorted(self._latencies)
+                self._median_latency = ordered[len(ordered) // 2]
         if not self._closing and self._connected:
             self.state = state
         if sent.waiter is not None:
@@ -634,6 +672,7 @@ class RemoteTracker:
         with self._lock:
             waiters = [s.waiter for s in self._sent.values() if s.waiter is not None]
             self._sent.clear()
+            self._inflight.clear()
         del waiters  # their track_sync calls time out per try and re-send
 
     async def _supervise(self) -> None:

@@ -1,6 +1,6 @@
 """The wire format of ``greencam serve`` (see ``docs/protocol.md``), shared by the server and its clients.
 
-Standard library and numpy only, so it can be imported (and unit-tested) without aiortc or torch.
+No aiortc or torch here, so it can be imported (and unit-tested) without them.
 
 Masks travel server -> client as binary data-channel messages::
 
@@ -31,6 +31,7 @@ import numpy as np
 
 from greenscreen_cam.errors import GreencamError
 from greenscreen_cam.prompt import Prompt
+from greenscreen_cam.sync import MaskResult as TrackerResult
 
 MAGIC = b"GCM1"
 HEADER = struct.Struct(">4sIIHHBBHf")
@@ -80,8 +81,11 @@ class LinkProtocolError(LinkError):
 
 
 @dataclass
-class MaskResult:
+class MaskResult(TrackerResult):
     """One mask that came back from the server, mapped to the client's own frame.
+
+    A :class:`greenscreen_cam.sync.MaskResult` (what every tracker of the pipeline
+    returns) with three fields of the link added.
 
     Attributes:
         frame_index: ``Frame.index`` of the client frame the mask belongs to.
@@ -89,18 +93,15 @@ class MaskResult:
         logits: ``(h, w)`` float32 low-resolution mask logits covering the whole frame
             (the tracker's ``S/4`` square output, e.g. 64x64 at 256 px), clamped to
             ``[-LOGIT_LIMIT, LOGIT_LIMIT]``; upsample to the frame like the local tracker's.
+            None while the server waits for a prompt.
         visible: True when the server saw the subject (state "tracking").
         object_score: SAM 2's visibility logit (> 0 means visible; 0 while waiting).
+        selected: False while the server waits for a prompt (state "waiting").
         state: ``"tracking"``, ``"lost"`` or ``"waiting"`` (no prompt yet).
         seq: The server's mask sequence number (per session).
         received: ``time.perf_counter()`` when the mask arrived on the client.
     """
 
-    frame_index: int
-    timestamp: float
-    logits: np.ndarray
-    visible: bool
-    object_score: float
     state: str = "tracking"
     seq: int = 0
     received: float = 0.0
