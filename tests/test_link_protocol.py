@@ -252,3 +252,18 @@ def test_no_third_party_stun_server_unless_asked() -> None:
     assert (ice.urls, ice.username, ice.credential) == ("turn:turn.example.org:3478", "u", "p")
     client = RemoteTracker("http://h:1", "t", width=4, height=4, ice_servers=["stun:stun.example.org"])
     assert [s.urls for s in client._configuration().iceServers] == ["stun:stun.example.org"]
+
+
+def test_random_weights_are_those_of_a_local_random_checkpoint(tiny_model) -> None:
+    """``serve --random-weights`` and ``start --random-weights`` must track with the same weights."""
+    import torch
+
+    from greenscreen_cam.link.server import load_serving_model
+
+    model, name, device, res = load_serving_model(
+        ServeOptions(model="tiny", resolution=256, device="cpu", random_weights=True)
+    )
+    assert (name, device, res) == ("tiny", "cpu", 256)
+    mine, theirs = model.state_dict(), tiny_model.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)

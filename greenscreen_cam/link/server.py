@@ -142,10 +142,12 @@ def load_serving_model(opts: ServeOptions) -> tuple[Any, str, str, int]:
     if res not in models.RESOLUTIONS:
         raise ConfigError(f"unsupported --resolution {res}; choose one of {', '.join(map(str, models.RESOLUTIONS))}")
     if opts.random_weights:
-        import torch
+        # Exactly the weights of ``greencam start --random-weights`` (seed 0, through the real loader).
+        import tempfile
 
-        torch.manual_seed(0)
-        model = models.build_model(spec, res).to(dev)
+        with tempfile.TemporaryDirectory(prefix="greencam-weights-") as tmp:
+            path = models.save_random_checkpoint(spec, Path(tmp) / spec.filename)
+            model = models.load_model(spec, path, device=dev, resolution=res)
     else:
         path = models.resolve_checkpoint(spec, opts.checkpoint)
         model = models.load_model(spec, path, device=dev, resolution=res)
