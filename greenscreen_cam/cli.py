@@ -1,28 +1,45 @@
-"""The ``greencam`` command line.
+"""The ``greencam`` command line: parse, print, exit codes.
 
-Commands are thin: parse, build the pieces, run, and map every
-:class:`~greenscreen_cam.errors.GreencamError` to one line on stderr and its exit
-code. torch, sam2 and pyvirtualcam are imported only inside the commands that
-need them, so ``greencam --help`` and ``greencam devices`` start fast.
+Commands are thin. Their options are derived from the settings dataclasses of
+:mod:`greenscreen_cam.config` (one definition per setting) by
+:func:`settings_options`; the application itself is assembled by
+:mod:`greenscreen_cam.app`. Every :class:`~greenscreen_cam.errors.GreencamError`
+becomes one line on stderr and its exit code. torch, sam2 and pyvirtualcam are
+imported only inside the commands that need them, so ``greencam --help`` and
+``greencam devices`` start fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from greenscreen_cam import __version__
-from greenscreen_cam.errors import ConfigError, GreencamError, PromptError
+from greenscreen_cam.config import (
+    GROUPS,
+    ModelSettings,
+    ServeSettings,
+    Settings,
+    defaults_toml,
+    flag_of,
+    load_settings,
+    settings_fields,
+    to_toml,
+)
+from greenscreen_cam.errors import ConfigError, GreencamError
 
 app = typer.Typer(
     name="greencam",
@@ -41,19 +58,8 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 
-def passive_openmp() -> None:
-    """Let torch's OpenMP workers sleep instead of spin between ops (before torch is imported).
-
-    In the live loop the capture and compositing threads share the CPU with
-    SAM 2; spinning workers starve them. Measured on a 2-core CPU: tracker
-    2.1 -> 3.5 fps in the live loop, 4% slower when the tracker runs alone
-    (docs/benchmarks.md). A value the user set is kept.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def fail(error: GreencamError) -> None:
-    err.print(f"[bold red]greencam: error:[/] {error}", soft_wrap=True)
+    err.print(f"[bold red]greencam: error:[/] {error}", soft_wrap=True, markup=True)
     raise typer.Exit(error.exit_code)
 
 
@@ -84,79 +90,91 @@ def _root(
     """greencam: a virtual green screen for video calls."""
 
 
-# --------------------------------------------------------------------------- parsing helpers
+# --------------------------------------------------------------------------- options from settings
+
+_CONFIG_PARAM = inspect.Parameter(
+    "config",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=None,
+    annotation=Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Settings file (TOML or YAML); flags override it.", show_default=False),
+    ],
+)
 
 
-def parse_numbers(text: str, count: int, what: str) -> tuple[float, ...]:
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != count or any(v != v or v in (float("inf"), float("-inf")) for v in values):
-        example = "x,y,w,h e.g. 400,80,480,640" if count == 4 else "x,y e.g. 640,360"
-        raise PromptError(f"malformed {what} {text!r}: expected {example}")
-    return values
-
-
-def build_prompt(bbox: str | None, points: list[str], negative: list[str]) -> Any:
-    from greenscreen_cam.segmenter import Prompt
-
-    if bbox is None and not points and not negative:
-        return None
-    box = parse_numbers(bbox, 4, "--bbox") if bbox else None
-    pts = [parse_numbers(p, 2, "--point") for p in points]
-    neg = [parse_numbers(p, 2, "--negative-point") for p in negative]
-    if box is None and not pts:
-        raise PromptError("--negative-point needs a --bbox or a --point that selects the subject")
-    return Prompt(
-        box=box,  # type: ignore[arg-type]
-        points=tuple((p[0], p[1]) for p in pts + neg),
-        labels=tuple([1] * len(pts) + [0] * len(neg)),
+def _option(f: Any, hint: Any) -> inspect.Parameter:
+    """One settings field -> a Typer option whose default None means "not given on the command line"."""
+    meta = f.metadata
+    flags = tuple(meta.get("flags") or ())
+    base = hint if not (hasattr(hint, "__args__") and type(None) in hint.__args__) else hint.__args__[0]
+    if base is bool:
+        long = flag_of(f)
+        flags = (f"{long}/--no-{long[2:]}",) + tuple(x for x in flags if not x.startswith("--"))
+    elif not flags:
+        flags = (flag_of(f),)
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    shown = "" if default in (None, [], "") else f" (default: {_fmt_default(default)})"
+    option = typer.Option(
+        *flags,
+        help=meta.get("help", "") + shown,
+        show_default=False,
+        rich_help_panel=meta.get("group"),
+        envvar=meta.get("envvar"),
+        metavar=meta.get("metavar"),
     )
+    annotation = Annotated[list[str] | None, option] if base is list or str(base).startswith("list") else None
+    if annotation is None:
+        annotation = Annotated[base | None, option]
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
 
-def _compositor_settings(s: Any) -> Any:
-    from greenscreen_cam.compositor import CompositorSettings, parse_color
-
-    settings = CompositorSettings(
-        color=parse_color(s.color),
-        threshold=s.threshold,
-        feather=s.feather,
-        grow=s.grow,
-        shrink=s.shrink,
-        max_hole=s.max_hole,
-        min_island=s.min_island,
-        refine=s.refine,
-        smooth=s.smooth,
-        despill=s.despill,
-        mirror=s.mirror,
-    )
-    settings.validate()
-    return settings
+def _fmt_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def resolve_model(
-    model: str, checkpoint: str | None, device: str, resolution: int | None
-) -> tuple[Any, str, int, Path]:
-    """Check model name, device, resolution and checkpoint file (fast): ``(spec, device, resolution, path)``."""
-    from greenscreen_cam import models
+def settings_options(
+    cls: type[Any], *, only: Sequence[str] | None = None, layered: bool = True
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command one option per field of the settings class ``cls`` (or the fields in ``only``).
 
-    spec = models.get_spec(model)
-    dev = models.resolve_device(device)
-    res = resolution or models.DEFAULT_RESOLUTION[dev.split(":")[0]]
-    if res not in models.RESOLUTIONS:
-        raise ConfigError(f"unsupported --resolution {res}; choose one of {', '.join(map(str, models.RESOLUTIONS))}")
-    return spec, dev, res, models.resolve_checkpoint(spec, Path(checkpoint) if checkpoint else None)
+    The command receives ``settings`` (an instance of ``cls``) built from
+    defaults < ``configs/default.toml`` < the user's config file (or ``--config``)
+    < flags; with ``layered=False`` only defaults < flags (benchmarks stay reproducible).
+    """
+    hints = get_type_hints(cls)
+    chosen = settings_fields(cls, only)
 
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(command).parameters.values() if p.name != "settings"]
+        own_hints = get_type_hints(command, include_extras=True)
+        own = [p.replace(annotation=own_hints.get(p.name, p.annotation)) for p in own]
+        ordered = sorted(chosen, key=lambda f: GROUPS.index(f.metadata["group"]))  # stable within a group
+        extra = [_option(f, hints[f.name]) for f in ordered]
+        params = own + extra + ([_CONFIG_PARAM] if layered else [])
+        names = [f.name for f in chosen]
 
-def load_tracker(spec: Any, path: Path, dev: str, res: int) -> Any:
-    """Load SAM 2 (slow) and wrap it in a StreamingTracker."""
-    from greenscreen_cam import models
-    from greenscreen_cam.segmenter import StreamingTracker
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> None:
+            config = kwargs.pop("config", None)
+            flags = {name: kwargs.pop(name) for name in names}
+            with user_errors():
+                if layered:
+                    settings = load_settings(config, flags, cls=cls)
+                else:
+                    settings = load_settings(None, flags, cls=cls, defaults_file=None, user_file=None)
+            command(settings=settings, **kwargs)
 
-    net = models.load_model(spec, path, device=dev, resolution=res)
-    return StreamingTracker(net, autocast=models.autocast_dtype(dev))
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__
+        return wrapper
+
+    return decorate
 
 
 # --------------------------------------------------------------------------- start
@@ -170,266 +188,110 @@ Examples:
 
   greencam start --source /dev/video2 --width 1280 --height 720 --fourcc MJPG --bbox 400,80,480,640
 
+  greencam start --bbox 400,80,480,640 --sync on --max-delay 200   # every frame keyed with its own mask
+
   greencam start --source talk.mp4 --bbox 780,120,280,340 --output keyed.mp4 --background blur:30
 
   greencam start --source frames/ --point 640,360 --output out.mp4 --matte-output mattes/ --refine none
+
+  greencam start --server https://gpu-box:8470 --token $TOKEN --bbox 400,80,480,640   # SAM 2 on another machine
 """
 
 
 @app.command(epilog=START_EPILOG)
+@settings_options(Settings)
 def start(
-    source: Annotated[
-        str | None,
-        typer.Option("--source", "-s", help="Camera index (0), device (/dev/video0), video file or image folder."),
-    ] = None,
-    bbox: Annotated[str | None, typer.Option(help="Subject box x,y,w,h in frame pixels.")] = None,
-    point: Annotated[list[str] | None, typer.Option("--point", help="Subject point x,y (repeatable).")] = None,
-    negative_point: Annotated[
-        list[str] | None, typer.Option("--negative-point", help="Not-subject point x,y (repeatable).")
-    ] = None,
-    auto: Annotated[
-        bool | None,
-        typer.Option(
-            "--auto",
-            help="Find the largest face and select head and shoulders (default when nothing is selected).",
-            show_default=False,
-        ),
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="SAM 2 model: tiny, small, base-plus, large, sam2.0-tiny, ... (default: tiny)")
-    ] = None,
-    checkpoint: Annotated[str | None, typer.Option(help="Checkpoint file (default: checkpoints/<model file>).")] = None,
-    resolution: Annotated[
-        int | None,
-        typer.Option(help="SAM 2 input size: 256, 384, 512, 768, 1024 (default: 1024 cuda, 512 mps, 256 cpu)."),
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cuda, mps or cpu (default: auto).")] = None,
-    output: Annotated[
-        list[str] | None,
-        typer.Option("--output", "-o", help="'virtual' or a video file path (repeatable) (default: virtual)."),
-    ] = None,
-    virtual_device: Annotated[
-        str | None, typer.Option(help="Virtual camera: /dev/video10 (Linux) or 'OBS Virtual Camera'.")
-    ] = None,
+    settings: Settings,
     virtual_backend: Annotated[str | None, typer.Option(hidden=True, help="pyvirtualcam backend name.")] = None,
-    preview: Annotated[
-        bool | None,
-        typer.Option("--preview", help="Show a preview window (hotkeys: r a space m h q).", show_default=False),
-    ] = None,
-    background: Annotated[
-        str | None, typer.Option(help="key, a colour, blur[:STRENGTH], an image or a video file (default: key).")
-    ] = None,
-    color: Annotated[
-        str | None, typer.Option(help="Key colour: green, blue or #RRGGBB (default: green = #00AF39).")
-    ] = None,
-    threshold: Annotated[float | None, typer.Option(help="Subject probability threshold, 0..1 (default: 0.5).")] = None,
-    feather: Annotated[float | None, typer.Option(help="Soft edge width in pixels (default: 2).")] = None,
-    grow: Annotated[int | None, typer.Option(help="Grow the subject by N pixels.")] = None,
-    shrink: Annotated[int | None, typer.Option(help="Shrink the subject by N pixels.")] = None,
-    max_hole: Annotated[
-        float | None, typer.Option(help="Fill holes up to this fraction of the frame (default: 0.01; 0 = off).")
-    ] = None,
-    min_island: Annotated[
-        float | None, typer.Option(help="Drop islands below this fraction of the frame (default: 0.01; 0 = off).")
-    ] = None,
-    refine: Annotated[
-        str | None, typer.Option(help="auto, or none (alpha = raw tracker probability) (default: auto).")
-    ] = None,
-    smooth: Annotated[float | None, typer.Option(help="Temporal smoothing 0..1 (default: 0.3).")] = None,
-    despill: Annotated[
-        bool | None,
-        typer.Option("--despill/--no-despill", help="Remove key-colour spill on edges.", show_default=False),
-    ] = None,
-    mirror: Annotated[
-        bool | None, typer.Option("--mirror/--no-mirror", help="Flip the output horizontally.", show_default=False)
-    ] = None,
-    flow: Annotated[
-        bool | None,
-        typer.Option(
-            "--flow/--no-flow",
-            help="Warp the newest mask with optical flow between tracker updates.",
-            show_default=False,
-        ),
-    ] = None,
-    matte_output: Annotated[str | None, typer.Option(help="Write each frame's alpha as PNG into this folder.")] = None,
-    max_frames: Annotated[int | None, typer.Option(help="Stop after N output frames.")] = None,
-    width: Annotated[int | None, typer.Option(help="Camera width to ask for.")] = None,
-    height: Annotated[int | None, typer.Option(help="Camera height to ask for.")] = None,
-    fps: Annotated[float | None, typer.Option(help="Camera fps to ask for (or image-folder fps).")] = None,
-    fourcc: Annotated[str | None, typer.Option(help="Camera pixel format, e.g. MJPG.")] = None,
-    lost_after: Annotated[
-        float | None,
-        typer.Option(help="Seconds SAM 2 must miss the subject before the output turns to key (default: 1)."),
-    ] = None,
-    realtime: Annotated[
-        bool | None,
-        typer.Option(
-            "--realtime", help="Pace a file source at its fps and drop frames like a camera.", show_default=False
-        ),
-    ] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Settings file (TOML or YAML).")] = None,
 ) -> None:
     """Key the webcam (or a file) live and send it to the virtual camera."""
-    passive_openmp()
-    with user_errors():
-        from greenscreen_cam.config import load_settings
+    from greenscreen_cam.app import open_pipeline
 
-        overrides = dict(
-            source=source,
-            bbox=bbox,
-            points=point or [],
-            negative_points=negative_point or [],
-            auto=auto,
-            model=model,
-            checkpoint=checkpoint,
-            resolution=resolution,
-            device=device,
-            outputs=output or [],
-            virtual_device=virtual_device,
-            preview=preview,
-            background=background,
-            color=color,
-            threshold=threshold,
-            feather=feather,
-            grow=grow,
-            shrink=shrink,
-            max_hole=max_hole,
-            min_island=min_island,
-            refine=refine,
-            smooth=smooth,
-            despill=despill,
-            mirror=mirror,
-            flow=flow,
-            matte_output=matte_output,
-            max_frames=max_frames,
-            width=width,
-            height=height,
-            fps=fps,
-            fourcc=fourcc,
-            realtime=realtime,
-            lost_after=lost_after,
-        )
-        settings = load_settings(config, overrides)
-        run_start(settings, virtual_backend=virtual_backend)
-
-
-def run_start(s: Any, *, virtual_backend: str | None = None) -> None:
-    from greenscreen_cam.compositor import Compositor, make_background
-
-    prompt = build_prompt(s.bbox, s.points, s.negative_points)
-    if s.auto and prompt is not None:
-        raise ConfigError("use either --auto or --bbox/--point, not both")
-    if s.lost_after < 0:
-        raise ConfigError(f"--lost-after must be 0 or more seconds, got {s.lost_after:g}")
-    if s.max_frames is not None and s.max_frames <= 0:
-        raise ConfigError(f"--max-frames must be positive, got {s.max_frames}")
-    if not s.outputs and not s.preview:
-        raise ConfigError("nothing to output: give --output virtual, --output FILE or --preview")
-    comp_settings = _compositor_settings(s)
-    spec, dev, res, checkpoint = resolve_model(s.model, s.checkpoint, s.device, s.resolution)
-
-    from greenscreen_cam.sinks import MatteWriter, MultiSink, PreviewSink, VideoFileSink, VirtualCameraSink
-    from greenscreen_cam.sources import open_source
-
-    with ExitStack() as stack:
-        bg = make_background(s.background, comp_settings.color)
-        stack.callback(bg.close)
-        src = open_source(s.source, width=s.width, height=s.height, fps=s.fps, fourcc=s.fourcc, realtime=s.realtime)
-        stack.callback(src.close)
-        for note in getattr(src, "negotiated", []):
-            err.print(f"[yellow]greencam: camera:[/] {note}")
-        if prompt is not None:
-            prompt.validate(src.width, src.height)
-        use_preview = bool(s.preview)
-        preview_sink = stack.enter_context(PreviewSink()) if use_preview else None
-        if prompt is None and not s.auto and preview_sink is not None:
-            first = src.read()
-            if first is not None:
-                from greenscreen_cam.segmenter import Prompt
-
-                box = preview_sink.select_box(first.image)
-                if box is not None:
-                    prompt = Prompt(box=tuple(float(v) for v in box))  # type: ignore[arg-type]
-        # Every output opens before the slow model load, so a missing device is reported at once.
-        sinks: list[Any] = []
-        for target in s.outputs:
-            if target == "virtual":
-                vcam = stack.enter_context(
-                    VirtualCameraSink(src.width, src.height, src.fps, device=s.virtual_device, backend=virtual_backend)
-                )
-                err.print(
-                    f"greencam: sending to virtual camera {vcam.device} ({src.width}x{src.height} @ {src.fps:g} fps)"
-                )
-                sinks.append(vcam)
-            else:
-                sinks.append(stack.enter_context(VideoFileSink(Path(target), src.width, src.height, src.fps)))
-        sink = MultiSink(sinks)
-        matte = stack.enter_context(MatteWriter(Path(s.matte_output))) if s.matte_output else None
-        err.print(f"greencam: loading SAM 2 {spec.name} at {res} px on {dev} ...")
-        tracker = load_tracker(spec, checkpoint, dev, res)
-        from greenscreen_cam.pipeline import Pipeline
-
-        pipeline = Pipeline(
-            src,
-            tracker,
-            Compositor(comp_settings, bg, device=dev if dev.startswith("cuda") else None),
-            sink,
-            prompt=prompt,
-            auto=bool(s.auto) or prompt is None,
-            matte=matte,
-            preview=preview_sink,
-            max_frames=s.max_frames,
-            flow=bool(s.flow),
-            lost_after=s.lost_after,
-            on_status=_status_printer(spec.name, dev, res),
-            on_event=lambda m: err.print(f"greencam: {m}"),
-        )
-        with _stop_on_signals(pipeline.stop):
+    with user_errors(), StatusLine(err, settings) as status:
+        with (
+            open_pipeline(
+                settings, virtual_backend=virtual_backend, on_event=status.event, on_status=status.show
+            ) as pipeline,
+            stop_on_signals(pipeline.stop),
+        ):
             summary = pipeline.run()
-        _print_summary(summary)
+        status.summary(summary)
 
 
-def _status_printer(
-    model: str, device: str, res: int, *, interactive: bool | None = None, every: float = 5.0
-) -> Callable[[dict[str, Any]], None]:
-    """One status line, rewritten in place on a terminal; a new line every ``every`` s in logs."""
-    if interactive is None:
-        interactive = err.is_terminal
-    last = [float("-inf")]
+class StatusLine:
+    """One live status line on a terminal (Rich keeps event lines above it); a line every ``every`` s in logs."""
 
-    def show(s: dict[str, Any]) -> None:
-        line = (
-            f"in {s['input_fps']:5.1f} fps | out {s['output_fps']:5.1f} fps | tracker {s['tracker_fps']:5.1f} fps | "
-            f"latency p50 {s['latency_p50_ms']:.0f} ms p95 {s['latency_p95_ms']:.0f} ms | mask age {s['mask_age_ms']:.0f} ms | "
-            f"{s['subject']} | {model}@{res} on {device}"
+    def __init__(self, console: Console, settings: Any, *, interactive: bool | None = None, every: float = 5.0):
+        self.console = console
+        self.interactive = console.is_terminal if interactive is None else interactive
+        self.every = every
+        where = settings.server or f"{settings.model} on {settings.device}"
+        self.where = (
+            f"{where}" if settings.server else f"{settings.model}@{settings.resolution or 'auto'} {settings.device}"
         )
-        if interactive:
-            err.file.write("\r\x1b[2K" + line)
-            err.file.flush()
-        elif s["seconds"] - last[0] >= every:
-            last[0] = s["seconds"]
-            err.print(f"greencam: {line}", soft_wrap=True)
+        self._last = float("-inf")
+        self._live: Any = None
 
-    return show
+    def __enter__(self) -> StatusLine:
+        if self.interactive:
+            from rich.live import Live
+            from rich.text import Text
 
+            self._live = Live(Text(""), console=self.console, refresh_per_second=4, transient=True)
+            self._live.start()
+        return self
 
-def _print_summary(s: dict[str, Any]) -> None:
-    if err.is_terminal:
-        err.file.write("\n")
-    err.print(
-        f"greencam: done: {s['frames_out']} frames out of {s['frames_in']} in {s['seconds']:.1f} s "
-        f"(output {s['output_fps']:.1f} fps, tracker {s['tracker_fps']:.1f} fps, {s['dropped']} dropped, "
-        f"latency p50 {s['latency_p50_ms']:.0f} ms / p95 {s['latency_p95_ms']:.0f} ms)"
-    )
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def line(self, s: dict[str, Any]) -> str:
+        return (
+            f"in {s['input_fps']:5.1f} fps | out {s['output_fps']:5.1f} fps | tracker {s['tracker_fps']:5.1f} fps | "
+            f"latency p50 {s['latency_p50_ms']:.0f} ms p95 {s['latency_p95_ms']:.0f} ms | "
+            f"sync {s['sync']} +{s['delay_p50_ms']:.0f}/{s['delay_p95_ms']:.0f} ms | {s['subject']} | {self.where}"
+        )
+
+    def show(self, s: dict[str, Any]) -> None:
+        if self._live is not None:
+            from rich.text import Text
+
+            self._live.update(Text(self.line(s)))
+        elif not self.interactive and s["seconds"] - self._last >= self.every:
+            self._last = s["seconds"]
+            self.console.print(f"greencam: {self.line(s)}", soft_wrap=True, markup=False)
+
+    def event(self, message: str) -> None:
+        """A one-line message; thread-safe, and never garbles the status line."""
+        self.console.print(f"greencam: {message}", soft_wrap=True, markup=False)
+
+    def summary(self, s: dict[str, Any]) -> None:
+        self.__exit__()
+        self.console.print(
+            f"greencam: done: {s['frames_out']} frames out of {s['frames_in']} in {s['seconds']:.1f} s "
+            f"(output {s['output_fps']:.1f} fps, tracker {s['tracker_fps']:.1f} fps, {s['dropped']} dropped, "
+            f"latency p50 {s['latency_p50_ms']:.0f} ms / p95 {s['latency_p95_ms']:.0f} ms, "
+            f"sync {s['sync']} added delay p50 {s['delay_p50_ms']:.0f} ms / p95 {s['delay_p95_ms']:.0f} ms, "
+            f"{s['own_mask_share'] * 100:.1f}% keyed with their own mask)",
+            soft_wrap=True,
+            markup=False,
+        )
 
 
 @contextmanager
-def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the loop to stop; a second Ctrl-C while stopping is ignored (devices get released)."""
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the loop to stop and release the devices; a second Ctrl-C exits at once."""
     previous: dict[int, Any] = {}
+    hits = [0]
 
     def handler(signum: int, frame: object) -> None:
-        stop()
+        hits[0] += 1
+        if hits[0] == 1:
+            stop()
+            return
+        os.write(2, b"\ngreencam: interrupted again: exiting now\n")
+        os._exit(130)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with suppress(ValueError):  # not the main thread (e.g. some test runners)
@@ -439,6 +301,41 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+# --------------------------------------------------------------------------- serve
+
+SERVE_EPILOG = """
+Examples:
+
+  greencam serve                                        # 127.0.0.1:8470, prints a new token
+
+  greencam serve --host 0.0.0.0 --cert-file cert.pem --key-file key.pem --token-file token.txt
+
+  greencam serve --model small --resolution 512 --max-sessions 8
+"""
+
+
+@app.command(epilog=SERVE_EPILOG)
+@settings_options(ServeSettings)
+def serve(
+    settings: ServeSettings,
+    random_weights: Annotated[
+        bool, typer.Option("--random-weights", hidden=True, help="Seeded random weights (tests and benchmarks).")
+    ] = False,
+) -> None:
+    """Serve SAM 2 to cameras elsewhere over WebRTC (greencam start --server, or the browser page)."""
+    import threading
+
+    from greenscreen_cam.app import run_serve
+
+    stop = threading.Event()
+    with user_errors(), stop_on_signals(stop.set):
+        run_serve(settings, stop=stop, random_weights=random_weights, say=_say)
+
+
+def _say(message: str) -> None:
+    err.print(f"greencam: {message}", soft_wrap=True, markup=False)
 
 
 # --------------------------------------------------------------------------- devices
@@ -478,16 +375,17 @@ def devices(
 # --------------------------------------------------------------------------- models / download
 
 
-@app.command(epilog="Examples:\n\n  greencam models")
+@app.command(epilog="Examples:\n\n  greencam models\n\n  GREENCAM_CHECKPOINTS=/data/sam2 greencam models")
 def models() -> None:
-    """List the SAM 2 models greencam knows, and which are downloaded."""
+    """List the SAM 2 models greencam knows, which are downloaded, and the folder it looks in."""
     from greenscreen_cam import models as m
 
-    table = Table(title=f"SAM 2 models (in {m.default_checkpoint_dir()})")
+    folder = m.default_checkpoint_dir()
+    table = Table(title=f"SAM 2 models (in {folder})")
     for col in ("name", "file", "size", "sha256", "downloaded"):
         table.add_column(col)
     for spec in m.MODELS.values():
-        have = (m.default_checkpoint_dir() / spec.filename).is_file()
+        have = (folder / spec.filename).is_file()
         size = f"{spec.size / 1e6:.0f} MB" if spec.size else "?"
         table.add_row(
             spec.name + (" (default)" if spec.name == m.DEFAULT_MODEL else ""),
@@ -497,18 +395,22 @@ def models() -> None:
             "yes" if have else "no",
         )
     out.print(table)
+    out.print(f"Checkpoint folder: {folder} (set GREENCAM_CHECKPOINTS to use another)", soft_wrap=True)
 
 
 @app.command(
-    epilog="Examples:\n\n  greencam download\n\n  greencam download small\n\n  greencam download tiny --url https://mirror.example/sam2.1_hiera_tiny.pt"
+    epilog="Examples:\n\n  greencam download\n\n  greencam download small\n\n"
+    "  greencam download tiny --url https://mirror.example/sam2.1_hiera_tiny.pt"
 )
 def download(
     model: Annotated[str, typer.Argument(help="Model name (see greencam models).")] = "tiny",
-    directory: Annotated[Path | None, typer.Option("--dir", help="Destination folder (default: checkpoints/).")] = None,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Destination folder (default: the checkpoint folder).")
+    ] = None,
     url: Annotated[str | None, typer.Option(help="Download from this URL instead of Meta's.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Download even if a verified file exists.")] = False,
 ) -> None:
-    """Download a SAM 2 checkpoint (verified by size and SHA-256) into checkpoints/."""
+    """Download a SAM 2 checkpoint (verified by size and SHA-256) into the checkpoint folder."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     from greenscreen_cam import models as m
@@ -530,23 +432,34 @@ def download(
             def progress(done: int, total: int | None) -> None:
                 bar.update(task, completed=done, total=total)
 
-            path = m.download(spec, target, url=url, progress=progress, force=force)
-        verified = "SHA-256 verified" if spec.sha256 else "size verified (no published SHA-256)"
-        out.print(f"{path} ({path.stat().st_size} bytes, {verified})")
+            result = m.download(spec, target, url=url, progress=progress, force=force)
+        out.print(f"{result.path} ({result.size} bytes, {result.describe()})", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- config
 
 
-@app.command("config", epilog="Examples:\n\n  greencam config\n\n  greencam config --config my.toml --json")
+@app.command(
+    "config",
+    epilog="Examples:\n\n  greencam config\n\n  greencam config --config my.toml --json\n\n"
+    "  greencam config --defaults > my.toml\n\n  greencam config --path",
+)
 def show_config(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Settings file (TOML or YAML).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of TOML.")] = False,
+    defaults: Annotated[bool, typer.Option("--defaults", help="Print every setting at its default.")] = False,
+    path: Annotated[bool, typer.Option("--path", help="Print where your own config file is read from.")] = False,
 ) -> None:
     """Print the effective settings (defaults < configs/default.toml < your file)."""
-    from greenscreen_cam.config import load_settings, to_toml
+    from greenscreen_cam.config import user_config_file
 
     with user_errors():
+        if path:
+            out.print(str(user_config_file()), soft_wrap=True)
+            return
+        if defaults:
+            sys.stdout.write(defaults_toml())
+            return
         settings = load_settings(config)
         if as_json:
             out.print_json(json.dumps(settings.to_dict()))
@@ -570,20 +483,20 @@ Examples:
   greencam bench clip.mp4 --live --seconds 20                  # real-time loop paced like a camera
 
   greencam bench clip.mp4 --soak --frames 3000                 # memory over a long run
+
+  greencam bench davis/lucia/frames --oracle davis/lucia/masks --tracker-ms 250 --fps 24 --json
 """
 
 
 @app.command(epilog=BENCH_EPILOG)
+@settings_options(ModelSettings, layered=False)
 def bench(
+    settings: ModelSettings,
     source: Annotated[str | None, typer.Argument(help="Video file or image folder.")] = None,
     frames: Annotated[int, typer.Option(help="Frames to measure.")] = 30,
-    model: Annotated[str, typer.Option(help="SAM 2 model name.")] = "tiny",
-    checkpoint: Annotated[str | None, typer.Option(help="Checkpoint file.")] = None,
     random_weights: Annotated[
         bool, typer.Option("--random-weights", help="Use seeded random weights (no checkpoint needed).")
     ] = False,
-    resolution: Annotated[int | None, typer.Option(help="SAM 2 input size.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
     bbox: Annotated[str | None, typer.Option(help="Prompt box x,y,w,h (default: centre half of the frame).")] = None,
     reference: Annotated[
         bool, typer.Option("--reference/--no-reference", help="Also time the official SAM2VideoPredictor.")
@@ -605,59 +518,61 @@ def bench(
         bool, typer.Option("--soak", help="Track --frames frames of a looped small clip and sample RSS.")
     ] = False,
     flow: Annotated[bool, typer.Option("--flow", help="With --live: warp masks with optical flow.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    sync: Annotated[str, typer.Option(help="With --live: auto, on or off (see greencam start --help).")] = "auto",
+    oracle: Annotated[
+        Path | None,
+        typer.Option(help="Ground-truth masks folder: replay SOURCE frames with an oracle tracker (no model)."),
+    ] = None,
+    tracker_ms: Annotated[float, typer.Option(help="With --oracle: simulated tracker time per frame.")] = 250.0,
+    fps: Annotated[float, typer.Option(help="With --oracle: simulated camera rate.")] = 24.0,
+    max_delay: Annotated[float, typer.Option(help="With --oracle: --max-delay in ms.")] = 300.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as one JSON object.")] = False,
 ) -> None:
-    """Measure per-stage speed and memory of the tracker, the pipeline or the compositor."""
+    """Measure speed, memory and keying accuracy of the tracker, the pipeline or the compositor."""
     from greenscreen_cam import bench as b
 
+    model: dict[str, Any] = dict(
+        model=settings.model,
+        checkpoint=settings.checkpoint,
+        random_weights=random_weights,
+        resolution=settings.resolution,
+        device=settings.device,
+    )
     with user_errors():
         if frames < 2:
             raise ConfigError("--frames must be at least 2")
-        if compositor:
+        if oracle is not None:
+            from greenscreen_cam.oracle import run_oracle_bench
+
+            if source is None:
+                raise ConfigError("--oracle needs a SOURCE folder of frames")
+            result = run_oracle_bench(Path(source), oracle, tracker_ms=tracker_ms, fps=fps, max_delay_ms=max_delay)
+        elif compositor:
             result = b.bench_compositor(frames)
         elif live:
-            passive_openmp()
             if source is None:
                 raise ConfigError("--live needs a SOURCE video or image folder")
-            result = b.bench_live(
-                source=source,
-                seconds=seconds,
-                model=model,
-                checkpoint=checkpoint,
-                random_weights=random_weights,
-                resolution=resolution,
-                device=device,
-                bbox=bbox,
-                flow=flow,
-            )
+            result = b.bench_live(source=source, seconds=seconds, bbox=bbox, flow=flow, sync=sync, **model)
         elif soak:
-            result = b.bench_soak(
-                source=source,
-                frames=frames,
-                model=model,
-                checkpoint=checkpoint,
-                random_weights=random_weights,
-                resolution=resolution,
-                device=device,
-            )
+            result = b.bench_soak(source=source, frames=frames, **model)
         else:
             if source is None and not synthetic:
                 raise ConfigError("give a SOURCE video/folder, or --synthetic")
             result = b.bench_tracker(
                 source=None if synthetic else source,
                 frames=frames,
-                model=model,
-                checkpoint=checkpoint,
-                random_weights=random_weights,
-                resolution=resolution,
-                device=device,
                 bbox=bbox,
                 reference=reference and not e2e,
                 e2e=e2e,
                 compile_model=compile_model,
+                **model,
             )
         if as_json:
             out.print_json(json.dumps(result))
+        elif oracle is not None:
+            from greenscreen_cam.oracle import print_oracle
+
+            print_oracle(result, out)
         else:
             b.print_result(result, out)
 

@@ -9,8 +9,8 @@ holes filled, small detached islands dropped, grown or shrunk), feathered, and
 the resulting soft alpha is upsampled (bilinear, no blockiness) to the frame.
 All morphology therefore costs the same whatever the camera resolution.
 
-``refine="none"`` skips every step: the alpha is exactly ``sigmoid`` of the
-logits upsampled to the frame (bilinear, as sam2 does).
+``refine="none"`` skips every step, temporal smoothing included: the alpha is
+exactly ``sigmoid`` of the logits upsampled to the frame (bilinear, as sam2 does).
 
 Blending happens in uint8 fixed point: pixels with alpha 255 are the camera
 pixels unchanged, alpha 0 is the background exactly (the key colour by
@@ -20,94 +20,25 @@ default), and only the thin soft edge is mixed.
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from greenscreen_cam import KEY_COLOR
+from greenscreen_cam.config import NAMED_COLORS, KeyingSettings, parse_color
 from greenscreen_cam.errors import ConfigError
+
+__all__ = ["Compositor", "CompositorSettings", "make_background", "parse_color"]
 
 WORK_SIZE = 400
 """Long side, in pixels, of the resolution mask refinement runs at."""
 
-NAMED_COLORS: dict[str, tuple[int, int, int]] = {
-    "green": KEY_COLOR,
-    "key": KEY_COLOR,
-    "blue": (0, 71, 187),
-    "black": (0, 0, 0),
-    "white": (255, 255, 255),
-    "magenta": (255, 0, 255),
-}
-
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v"}
 
-
-def parse_color(text: str) -> tuple[int, int, int]:
-    """``green``, ``blue``, ... or ``#RRGGBB`` -> ``(r, g, b)``; ConfigError otherwise."""
-    value = text.strip().lower()
-    if value in NAMED_COLORS:
-        return NAMED_COLORS[value]
-    if re.fullmatch(r"#[0-9a-f]{6}", value):
-        return (int(value[1:3], 16), int(value[3:5], 16), int(value[5:7], 16))
-    raise ConfigError(f"bad colour {text!r}: use a name ({', '.join(NAMED_COLORS)}) or #RRGGBB")
-
-
-@dataclass
-class CompositorSettings:
-    """Edge and background options (see ``greencam start --help``).
-
-    Attributes:
-        color: Key colour, RGB (used by the ``key`` background and despill).
-        threshold: Probability above which a pixel is subject (0..1, exclusive).
-        feather: Width of the soft edge, in frame pixels (0 = hardest edge).
-        grow: Dilate the subject by this many frame pixels.
-        shrink: Erode the subject by this many frame pixels.
-        max_hole: Fill holes inside the subject up to this fraction of the frame area (0 = off).
-        min_island: Drop detached subject islands below this fraction of the frame area (0 = off).
-        refine: ``auto`` (the steps above) or ``none`` (alpha = tracker probability).
-        smooth: Temporal smoothing 0..1 (0 = off); large changes are never smoothed (no ghosting).
-        despill: Pull key-coloured spill on the subject's edge back toward neutral.
-        mirror: Flip the output horizontally.
-    """
-
-    color: tuple[int, int, int] = KEY_COLOR
-    threshold: float = 0.5
-    feather: float = 2.0
-    grow: int = 0
-    shrink: int = 0
-    max_hole: float = 0.01
-    min_island: float = 0.01
-    refine: str = "auto"
-    smooth: float = 0.0
-    despill: bool = False
-    mirror: bool = False
-
-    def validate(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"--threshold must be between 0 and 1 (exclusive), got {self.threshold}")
-        if self.feather < 0 or self.feather > 100:
-            raise ConfigError(f"--feather must be 0..100 pixels, got {self.feather}")
-        for name in ("grow", "shrink"):
-            value = getattr(self, name)
-            if value < 0 or value > 200:
-                raise ConfigError(f"--{name} must be 0..200 pixels, got {value}")
-        if self.grow and self.shrink:
-            raise ConfigError("--grow and --shrink cannot be used together")
-        for name in ("max_hole", "min_island"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be a fraction of the frame area in [0, 1), got {value}"
-                )
-        if self.refine not in ("auto", "none"):
-            raise ConfigError(f"--refine must be auto or none, got {self.refine!r}")
-        if not 0.0 <= self.smooth < 1.0:
-            raise ConfigError(f"--smooth must be in [0, 1), got {self.smooth}")
+CompositorSettings = KeyingSettings
+"""The compositor's options are the keying settings, defined once in :mod:`greenscreen_cam.config`."""
 
 
 # --------------------------------------------------------------------------- backgrounds
@@ -274,7 +205,7 @@ class Compositor:
         self.device = device
         """A torch device (``"cuda"``) to upsample and blend on, or None for the OpenCV path."""
         self._torch_bg: Any = None
-        self.background = background or ColorBackground(settings.color)
+        self.background = background or ColorBackground(settings.rgb)
         self._prev_alpha: np.ndarray | None = None
         self._scratch: dict[str, np.ndarray] | None = None
         self._logit_threshold = math.log(settings.threshold / (1.0 - settings.threshold))
@@ -305,8 +236,7 @@ class Compositor:
                 else cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)
             )
             prob = 1.0 / (1.0 + np.exp(-up))
-            alpha = np.rint(prob * 255.0).astype(np.uint8)
-            return self._smooth(alpha) if s.smooth > 0 else alpha
+            return np.rint(prob * 255.0).astype(np.uint8)  # exactly the tracker's probability: no smoothing
         ww, wh = _work_size(width, height)
         soft = self._refined_soft(logits, ww, wh, ww / width)
         if s.smooth > 0:
@@ -397,7 +327,7 @@ class Compositor:
         a3 = cv2.merge([alpha, alpha, alpha], buf["a3"])
         fg = frame
         if self.settings.despill:
-            fg = _despill(frame, self.settings.color)
+            fg = _despill(frame, self.settings.rgb)
             cv2.copyTo(frame, cv2.compare(alpha, 254, cv2.CMP_GT), fg)
         fg_part = cv2.multiply(fg, a3, buf["fg"], scale=1.0 / 255.0)
         inv = cv2.bitwise_not(a3, buf["inv"])
@@ -431,7 +361,7 @@ class Compositor:
             else:
                 bg = torch.from_numpy(self.background.frame(frame)).to(dev, non_blocking=True).float()
             if self.settings.despill:
-                key = int(np.argmax(self.settings.color))
+                key = int(np.argmax(self.settings.rgb))
                 others = [i for i in range(3) if i != key]
                 limit = torch.maximum(img[..., others[0]], img[..., others[1]])
                 spilled = img.clone()

@@ -1,76 +1,360 @@
-"""One typed settings object, layered: defaults < ``configs/default.toml`` < user file < CLI flags.
+"""Every setting defined once; layered defaults < ``configs/default.toml`` < user file < CLI flags.
+
+Each setting is one dataclass field declared with :func:`setting`: its name, type,
+default, help text, CLI flags and validation live together. Everything else is
+derived from these fields: the ``greencam start`` / ``serve`` / ``bench`` options
+(``greenscreen_cam.cli``), the keys a config file may hold, ``greencam config``,
+and ``configs/default.toml`` (a test checks the file says what the code does).
 
 A config file is TOML (``.toml``) or YAML (``.yaml``/``.yml``) holding a flat
-table whose keys are :class:`Settings` field names (the long CLI flag with
-dashes turned into underscores, e.g. ``virtual_device``). Unknown keys and
-wrong types are a :class:`~greenscreen_cam.errors.ConfigError`.
+table whose keys are field names (the long CLI flag with dashes turned into
+underscores, e.g. ``virtual_device``). Unknown keys, wrong types and invalid
+values are a :class:`~greenscreen_cam.errors.ConfigError`.
+
+Standard library only: ``greencam --help`` must not import torch or OpenCV.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-import tomllib
-
+from greenscreen_cam import KEY_COLOR
 from greenscreen_cam.errors import ConfigError
 
 REPO_DEFAULTS = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
-USER_CONFIG = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "greencam" / "config.toml"
+
+Check = Callable[[Any], str | None]
+"""A validator: the value -> None when valid, else what is wrong (completing "--flag ...")."""
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    group: str,
+    flags: tuple[str, ...] = (),
+    check: Check | None = None,
+    envvar: str | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """Declare one setting (a dataclass field with its help, CLI flags and validation).
+
+    Args:
+        default: The default value (a list default is copied per instance).
+        help: One line for ``--help``; the default is appended automatically.
+        group: The ``--help`` panel it is listed under.
+        flags: CLI flags; default ``--field-name`` (``--x/--no-x`` for booleans).
+        check: Validator, see :data:`Check`; None values (not set) are never checked.
+        envvar: Environment variable that sets it (between config file and flag).
+        metavar: Placeholder shown in ``--help``.
+    """
+    meta = {"help": help, "group": group, "flags": flags, "check": check, "envvar": envvar, "metavar": metavar}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- validators
+
+
+def _between(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, unit: str = "") -> Check:
+    def check(v: Any) -> str | None:
+        low_ok = v > lo if lo_open else v >= lo
+        high_ok = v < hi if hi_open else v <= hi
+        if low_ok and high_ok:
+            return None
+        left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
+        return f"must be in {left}{lo:g}, {hi:g}{right}{unit}, got {v:g}"
+
+    return check
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else f"must be positive, got {v:g}"
+
+
+def _one_of(*choices: str) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+
+    return check
+
+
+def _color(v: Any) -> str | None:
+    try:
+        parse_color(v)
+    except ConfigError:
+        return f"is not a colour: {v!r}; use a name ({', '.join(NAMED_COLORS)}) or #RRGGBB"
+    return None
+
+
+NAMED_COLORS: dict[str, tuple[int, int, int]] = {
+    "green": KEY_COLOR,
+    "key": KEY_COLOR,
+    "blue": (0, 71, 187),
+    "black": (0, 0, 0),
+    "white": (255, 255, 255),
+    "magenta": (255, 0, 255),
+}
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """``green``, ``blue``, ... or ``#RRGGBB`` -> ``(r, g, b)``; ConfigError otherwise."""
+    value = text.strip().lower()
+    if value in NAMED_COLORS:
+        return NAMED_COLORS[value]
+    if re.fullmatch(r"#[0-9a-f]{6}", value):
+        return (int(value[1:3], 16), int(value[3:5], 16), int(value[5:7], 16))
+    raise ConfigError(f"bad colour {text!r}: use a name ({', '.join(NAMED_COLORS)}) or #RRGGBB")
+
+
+# --------------------------------------------------------------------------- the settings
 
 
 @dataclass
-class Settings:
-    """Everything ``greencam start`` can be told. Field docs are the CLI's help texts."""
+class KeyingSettings:
+    """How a mask becomes a keyed frame: the compositor's options (``greenscreen_cam.compositor``)."""
+
+    color: str = setting(
+        "green",
+        "Key colour: a name (green, blue, ...) or #RRGGBB; green is RGB(0,175,57).",
+        group="Keying",
+        check=_color,
+    )
+    threshold: float = setting(
+        0.5, "Subject probability threshold.", group="Keying", check=_between(0, 1, lo_open=True, hi_open=True)
+    )
+    feather: float = setting(2.0, "Soft edge width in pixels.", group="Keying", check=_between(0, 100, unit=" pixels"))
+    grow: int = setting(0, "Grow the subject by N pixels.", group="Keying", check=_between(0, 200, unit=" pixels"))
+    shrink: int = setting(0, "Shrink the subject by N pixels.", group="Keying", check=_between(0, 200, unit=" pixels"))
+    max_hole: float = setting(
+        0.01,
+        "Fill holes up to this fraction of the frame (0 = off).",
+        group="Keying",
+        check=_between(0, 1, hi_open=True),
+    )
+    min_island: float = setting(
+        0.01,
+        "Drop islands below this fraction of the frame (0 = off).",
+        group="Keying",
+        check=_between(0, 1, hi_open=True),
+    )
+    refine: str = setting(
+        "auto",
+        "auto, or none: alpha is exactly the tracker's probability (no cleaning, no smoothing).",
+        group="Keying",
+        check=_one_of("auto", "none"),
+    )
+    smooth: float = setting(
+        0.3,
+        "Temporal smoothing of the soft edge (0 = off); large changes are never smoothed.",
+        group="Keying",
+        check=_between(0, 1, hi_open=True),
+    )
+    despill: bool = setting(False, "Remove key-colour spill on the subject's edge.", group="Keying")
+    mirror: bool = setting(False, "Flip the output horizontally.", group="Keying")
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        """The key colour as ``(r, g, b)``."""
+        return parse_color(self.color)
+
+    def validate(self) -> None:
+        """Raise ConfigError (naming the flag) for the first invalid value."""
+        check_fields(self)
+        if self.grow and self.shrink:
+            raise ConfigError("--grow and --shrink cannot be used together")
+
+
+_MODEL_HELP = "SAM 2 model: tiny, small, base-plus, large, sam2.0-tiny, ... (see greencam models)."
+_RESOLUTIONS = (256, 384, 512, 768, 1024)
+_RES_TEXT = ", ".join(map(str, _RESOLUTIONS))
+
+
+@dataclass
+class ModelSettings:
+    """Which SAM 2 to load and where (shared by start, serve and bench)."""
+
+    model: str = setting("tiny", _MODEL_HELP, group="Model")
+    checkpoint: str | None = setting(
+        None, "Checkpoint file (default: the model's file in the checkpoint folder).", group="Model"
+    )
+    resolution: int | None = setting(
+        None,
+        "SAM 2 input size: 256, 384, 512, 768, 1024 (default: 1024 cuda, 512 mps, 256 cpu).",
+        group="Model",
+        check=lambda v: None if v in _RESOLUTIONS else f"{v} is not supported; choose one of {_RES_TEXT}",
+    )
+    device: str = setting("auto", "auto, cuda, cuda:N, mps or cpu.", group="Model")
+
+
+@dataclass
+class Settings(KeyingSettings, ModelSettings):
+    """Everything ``greencam start`` can be told."""
 
     # input
-    source: str = "0"
-    width: int | None = None
-    height: int | None = None
-    fps: float | None = None
-    fourcc: str | None = None
-    realtime: bool = False
+    source: str = setting(
+        "0",
+        "Camera index (0), device (/dev/video0), video file or image folder.",
+        group="Input",
+        flags=("--source", "-s"),
+    )
+    width: int | None = setting(None, "Camera width to ask for.", group="Input", check=_positive)
+    height: int | None = setting(None, "Camera height to ask for.", group="Input", check=_positive)
+    fps: float | None = setting(None, "Camera fps to ask for (or image-folder fps).", group="Input", check=_positive)
+    fourcc: str | None = setting(None, "Camera pixel format, e.g. MJPG.", group="Input")
+    realtime: bool = setting(False, "Pace a file source at its fps and drop frames like a camera.", group="Input")
+    reconnect_timeout: float = setting(
+        60.0,
+        "Seconds to keep reopening a lost camera (the output keeps running) before giving up.",
+        group="Input",
+        check=_between(0, 86400),
+    )
     # subject selection
-    bbox: str | None = None
-    points: list[str] = field(default_factory=list)
-    negative_points: list[str] = field(default_factory=list)
-    auto: bool = False
-    # model
-    model: str = "tiny"
-    checkpoint: str | None = None
-    resolution: int | None = None
-    device: str = "auto"
+    bbox: str | None = setting(None, "Subject box x,y,w,h in frame pixels.", group="Subject", metavar="X,Y,W,H")
+    points: list[str] = setting(
+        [], "Subject point x,y (repeatable).", group="Subject", flags=("--point",), metavar="X,Y"
+    )
+    negative_points: list[str] = setting(
+        [], "Not-subject point x,y (repeatable).", group="Subject", flags=("--negative-point",), metavar="X,Y"
+    )
+    auto: bool = setting(
+        False,
+        "Find the largest face and select head and shoulders (also used when nothing is selected).",
+        group="Subject",
+    )
+    lost_after: float = setting(
+        1.0,
+        "Seconds (live) SAM 2 may miss the subject before the output turns to key; the last mask is kept meanwhile.",
+        group="Subject",
+        check=_between(0, 3600),
+    )
     # output
-    outputs: list[str] = field(default_factory=lambda: ["virtual"])
-    virtual_device: str | None = None
-    preview: bool = False
-    matte_output: str | None = None
-    max_frames: int | None = None
-    # compositor
-    background: str = "key"
-    color: str = "green"
-    threshold: float = 0.5
-    feather: float = 2.0
-    grow: int = 0
-    shrink: int = 0
-    max_hole: float = 0.01
-    min_island: float = 0.01
-    refine: str = "auto"
-    smooth: float = 0.3
-    despill: bool = False
-    mirror: bool = False
-    flow: bool = False
-    # loop
-    lost_after: float = 1.0
+    outputs: list[str] = setting(
+        ["virtual"], "'virtual' or a video file path (repeatable).", group="Output", flags=("--output", "-o")
+    )
+    virtual_device: str | None = setting(
+        None, "Virtual camera: /dev/video10 (Linux) or 'OBS Virtual Camera'.", group="Output"
+    )
+    preview: bool = setting(False, "Show a preview window (hotkeys: r a space m h q).", group="Output")
+    matte_output: str | None = setting(None, "Write each frame's alpha as PNG into this folder.", group="Output")
+    overwrite: bool = setting(
+        False,
+        "Replace existing output files (written aside and renamed on a clean finish).",
+        group="Output",
+    )
+    max_frames: int | None = setting(None, "Stop after N output frames.", group="Output", check=_positive)
+    background: str = setting("key", "key, a colour, blur[:STRENGTH], an image or a video file.", group="Keying")
+    # live loop
+    sync: str = setting(
+        "auto",
+        "Live keying: on = every frame keyed with its own mask (picture delayed ~one tracker step), "
+        "off = newest mask, lowest latency; auto = on when the tracker keeps up, else capped by --max-delay.",
+        group="Live loop",
+        check=_one_of("auto", "on", "off"),
+    )
+    max_delay: float = setting(
+        300.0,
+        "Most milliseconds the picture may be delayed for frame-accurate keying.",
+        group="Live loop",
+        check=_between(0, 5000, unit=" ms"),
+    )
+    flow: bool = setting(
+        False, "With --sync off: warp the newest mask with optical flow between tracker updates.", group="Live loop"
+    )
+    # remote
+    server: str | None = setting(
+        None,
+        "Track on a greencam serve machine, e.g. https://gpu-box:8470 (the picture is keyed here).",
+        group="Remote",
+        envvar="GREENCAM_SERVER",
+    )
+    token: str | None = setting(
+        None, "Access token of the server (printed by greencam serve).", group="Remote", envvar="GREENCAM_TOKEN"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self) -> None:
+        """Per-setting checks (see :func:`setting`) plus the ones that involve several settings."""
+        super().validate()
+        if self.auto and (self.bbox or self.points):
+            raise ConfigError("use either --auto or --bbox/--point, not both")
+        if not self.outputs and not self.preview:
+            raise ConfigError("nothing to output: give --output virtual, --output FILE or --preview")
+        if self.token and not self.server:
+            raise ConfigError("--token needs --server")
 
-_HINTS = get_type_hints(Settings)
+
+@dataclass
+class ServeSettings(ModelSettings):
+    """Everything ``greencam serve`` can be told (the model settings plus the server's own)."""
+
+    host: str = setting(
+        "127.0.0.1",
+        "Address to listen on; 0.0.0.0 serves every interface (use TLS beyond a trusted network).",
+        group="Server",
+    )
+    port: int = setting(
+        8470, "TCP port for signalling and the browser pages.", group="Server", check=_between(1, 65535)
+    )
+    token: str | None = setting(
+        None,
+        "Token clients must present (default: a new random one, printed once).",
+        group="Server",
+        envvar="GREENCAM_TOKEN",
+    )
+    token_file: str | None = setting(None, "Read the token from this file (first line).", group="Server")
+    cert_file: str | None = setting(
+        None, "TLS certificate (PEM): serve https (browsers need it beyond localhost).", group="Server"
+    )
+    key_file: str | None = setting(None, "TLS private key (PEM) for --cert-file.", group="Server")
+    max_sessions: int = setting(4, "Most cameras served at once.", group="Server", check=_between(1, 1000))
+
+    def validate(self) -> None:
+        check_fields(self)
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("--cert-file and --key-file go together")
+        if self.token and self.token_file:
+            raise ConfigError("use either --token or --token-file, not both")
+
+
+def flag_of(f: dataclasses.Field[Any]) -> str:
+    """The long CLI flag of a settings field."""
+    flags = f.metadata.get("flags") or ()
+    longs = [x for x in flags if x.startswith("--")]
+    return longs[0] if longs else "--" + f.name.replace("_", "-")
+
+
+def check_fields(settings: Any) -> None:
+    """Run every field's own check (see :func:`setting`); ConfigError naming the flag for the first failure."""
+    for f in fields(settings):
+        check = f.metadata.get("check")
+        value = getattr(settings, f.name)
+        if check is not None and value is not None and (problem := check(value)):
+            raise ConfigError(f"{flag_of(f)} {problem}")
+
+
+def settings_fields(cls: type = Settings, names: Iterable[str] | None = None) -> list[dataclasses.Field[Any]]:
+    """The fields of ``cls`` in declaration order, optionally only ``names``."""
+    all_fields = list(fields(cls))
+    if names is None:
+        return all_fields
+    wanted = set(names)
+    return [f for f in all_fields if f.name in wanted]
+
+
+SETTINGS_CLASSES: tuple[type, ...] = (Settings, ServeSettings)
+"""Every settings class; a config file may hold the keys of any of them."""
+
+_HINTS: dict[str, Any] = {k: v for cls in SETTINGS_CLASSES for k, v in get_type_hints(cls).items()}
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:
@@ -123,7 +407,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {first}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table of settings")
-    names = {f.name for f in fields(Settings)}
+    names = set(_HINTS)
     out: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
@@ -133,39 +417,53 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return out
 
 
+def user_config_file() -> Path:
+    """The per-user config file (``~/.config/greencam/config.toml`` on Linux)."""
+    from greenscreen_cam.paths import user_config_path
+
+    return user_config_path()
+
+
 def load_settings(
     config_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
     *,
     defaults_file: Path | None = REPO_DEFAULTS,
-    user_file: Path | None = USER_CONFIG,
-) -> Settings:
-    """Build the effective settings.
+    user_file: Path | None | bool = True,
+    cls: type[Any] = Settings,
+) -> Any:
+    """Build the effective settings (an instance of ``cls``, :class:`Settings` by default).
 
     Layers, later wins: dataclass defaults, ``defaults_file`` (when present),
-    ``config_file`` if given else ``user_file`` (when present), then
-    ``overrides`` (CLI flags; ``None`` values mean "not given").
+    ``config_file`` if given else ``user_file`` (when present; True = the
+    user's config folder), then ``overrides`` (CLI flags; ``None`` values and
+    empty lists mean "not given"). Keys that belong to another command's
+    settings (e.g. ``port`` for ``start``) are ignored.
     """
-    settings = Settings()
+    settings = cls()
+    own = {f.name for f in fields(cls)}
     layers: list[dict[str, Any]] = []
     if defaults_file is not None and defaults_file.is_file():
         layers.append(read_config_file(defaults_file))
+    if user_file is True:
+        user_file = user_config_file()
     if config_file is not None:
         layers.append(read_config_file(config_file))
-    elif user_file is not None and user_file.is_file():
+    elif isinstance(user_file, Path) and user_file.is_file():
         layers.append(read_config_file(user_file))
     if overrides:
         layers.append({k: v for k, v in overrides.items() if v is not None and v != []})
     for layer in layers:
         for key, value in layer.items():
-            setattr(settings, key, value)
+            if key in own:
+                setattr(settings, key, value)
     return settings
 
 
-def to_toml(settings: Settings) -> str:
-    """Render settings as TOML (``None`` values are written as comments)."""
+def to_toml(settings: Any) -> str:
+    """Render a settings dataclass as TOML (``None`` values are written as comments)."""
     lines = []
-    for key, value in settings.to_dict().items():
+    for key, value in dataclasses.asdict(settings).items():
         if value is None:
             lines.append(f"# {key} = (not set)")
         elif isinstance(value, bool):
@@ -177,6 +475,33 @@ def to_toml(settings: Settings) -> str:
         else:
             lines.append(f"{key} = {_quote(value)}")
     return "\n".join(lines) + "\n"
+
+
+DEFAULTS_HEADER = """\
+# greencam defaults, generated from greenscreen_cam/config.py (`greencam config --defaults`).
+# Copy keys into your own file (greencam start --config my.toml, or the file that
+# `greencam config --path` prints) to change them; CLI flags override both.
+# Keys are the long flag names with dashes turned into underscores.
+"""
+
+
+GROUPS = ("Input", "Subject", "Model", "Output", "Keying", "Live loop", "Remote", "Server")
+"""The order settings are listed in: ``--help`` panels and ``configs/default.toml`` sections."""
+
+
+def defaults_toml() -> str:
+    """The text of ``configs/default.toml``: every setting at its default, by group (``serve``'s last)."""
+    rendered: dict[str, str] = {}
+    group_of: dict[str, str] = {}
+    for settings in (ServeSettings(), Settings()):  # start's wins for a key both have (token)
+        for f, line in zip(fields(settings), to_toml(settings).splitlines()):
+            rendered[f.name] = line
+            group_of[f.name] = f.metadata["group"]
+    parts = [DEFAULTS_HEADER.rstrip("\n")]
+    for group in GROUPS:
+        parts.append(f"\n# [{group}]")
+        parts += [rendered[name] for name in rendered if group_of[name] == group]
+    return "\n".join(parts) + "\n"
 
 
 def _quote(value: Any) -> str:

@@ -59,6 +59,12 @@ class VirtualCameraError(SinkError):
     """No usable virtual camera device."""
 
 
+class TrackerError(GreencamError):
+    """The tracker failed while running (a bug or a device fault), reported in one line."""
+
+    exit_code = 7
+
+
 class DeviceError(GreencamError):
     """A compute device (cuda, mps) that is not available."""
 

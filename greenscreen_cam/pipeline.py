@@ -5,11 +5,16 @@ Two modes, chosen by the source:
 - **offline** (a video file or image folder without ``--realtime``): every frame
   is tracked and composited in order, deterministically; output frame ``i`` is
   input frame ``i`` keyed with its own mask.
-- **live** (a camera, or ``--realtime``): a capture thread keeps only the newest
-  frame; a tracker thread runs SAM 2 on the newest frame whenever it is free;
-  the main thread composites *every* captured frame with the newest mask (warped
-  by optical flow with ``--flow``) and sends it, so the output runs at the
-  source's rate even when the tracker is slower.
+- **live** (a camera, ``--realtime``, or a remote tracker): a capture thread keeps
+  only the newest frame; the tracker runs on the newest frame whenever it is free
+  (on a thread of its own, or on a ``greencam serve`` machine); the main thread
+  keys every captured frame and sends it, so the output runs at the source's rate
+  even when the tracker is slower. Which mask keys which frame, and how long a
+  frame may wait for its own mask, is the :class:`~greenscreen_cam.sync.KeyScheduler`'s
+  decision (``--sync``).
+
+The output never stalls: while the camera is reconnecting the last picture (or
+the key colour) keeps going out at the source's rate.
 
 Stopping: :meth:`Pipeline.stop` (called from a signal handler) ends the loop
 within a frame; every device is released by the caller's context managers.
@@ -17,33 +22,37 @@ within a frame; every device is released by the caller's context managers.
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
 
 from greenscreen_cam.compositor import Compositor
-from greenscreen_cam.errors import CameraLostError
-from greenscreen_cam.segmenter import Prompt, StreamingTracker
+from greenscreen_cam.errors import GreencamError, TrackerError
+from greenscreen_cam.prompt import Prompt
+from greenscreen_cam.sinks import Sink
 from greenscreen_cam.sources import Frame, LatestFrameReader, PrefetchReader, Source
+from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler, MaskResult, ThreadedTracker
+
+if TYPE_CHECKING:
+    from greenscreen_cam.segmenter import StreamingTracker
+    from greenscreen_cam.sinks import PreviewSink
+
+
+class RemoteTracking(AsyncTracker, Protocol):
+    """A tracker on another machine (``greencam start --server``): it also takes prompts and is closed."""
+
+    def reselect(self, prompt: Prompt | None) -> None: ...
+
+    def close(self) -> None: ...
+
 
 HOTKEYS = "r re-select  a auto re-select  space pause keying  m mask view  h help  q/Esc quit"
-
-
-@dataclass
-class MaskState:
-    """The newest mask: low-resolution logits and the frame they were computed on."""
-
-    logits: np.ndarray | None
-    frame: Frame
-    visible: bool
-    object_score: float
 
 
 @dataclass
@@ -55,56 +64,90 @@ class Stats:
     frames_out: int = 0
     tracked: int = 0
     dropped: int = 0
+    filler: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=600))
+    delays: deque[float] = field(default_factory=lambda: deque(maxlen=600))
     track_times: deque[float] = field(default_factory=lambda: deque(maxlen=600))
     compose_times: deque[float] = field(default_factory=lambda: deque(maxlen=600))
+    own_masks: int = 0
     mask_age: float = 0.0
     subject: str = "waiting"
+    sync: str = "exact"
+    completed: bool = False
     stopped: float | None = None
 
     def elapsed(self) -> float:
         return (self.stopped or time.perf_counter()) - self.started
 
     def snapshot(self) -> dict[str, Any]:
+        """The figures the status line and the summary show (``*_ms`` in milliseconds)."""
         secs = max(self.elapsed(), 1e-9)
-        lat = sorted(self.latencies)
 
-        def pct(q: float) -> float:
-            return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000.0 if lat else 0.0
+        def ms(values: deque[float], q: float) -> float:
+            return float(np.percentile(values, q)) * 1000.0 if values else 0.0
 
         return {
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "tracked": self.tracked,
             "dropped": self.dropped,
+            "filler_frames": self.filler,
             "input_fps": self.frames_in / secs,
             "output_fps": self.frames_out / secs,
             "tracker_fps": self.tracked / secs,
-            "latency_p50_ms": pct(0.50),
-            "latency_p95_ms": pct(0.95),
+            "latency_p50_ms": ms(self.latencies, 50),
+            "latency_p95_ms": ms(self.latencies, 95),
+            "delay_p50_ms": ms(self.delays, 50),
+            "delay_p95_ms": ms(self.delays, 95),
+            "own_mask_share": self.own_masks / self.frames_out if self.frames_out else 0.0,
             "mask_age_ms": self.mask_age * 1000.0,
-            "track_ms": statistics.median(self.track_times) * 1000.0 if self.track_times else 0.0,
-            "compose_ms": statistics.median(self.compose_times) * 1000.0 if self.compose_times else 0.0,
+            "track_ms": ms(self.track_times, 50),
+            "compose_ms": ms(self.compose_times, 50),
             "subject": self.subject,
+            "sync": self.sync,
+            "completed": self.completed,
             "seconds": secs,
         }
 
 
-class _FlowWarper:
-    """Moves a mask from the frame it was computed on to the current frame with DIS optical flow."""
+class _Visibility:
+    """SAM 2's object score over time -> tracking / lost, with a grace period that keeps the last mask.
 
-    def __init__(self) -> None:
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+    The grace period is in seconds of frame timestamps for live sources and in
+    frames for offline files (so the output does not depend on machine speed).
+    """
 
-    def warp(self, logits: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-        h, w = logits.shape
-        a = cv2.resize(cv2.cvtColor(src, cv2.COLOR_RGB2GRAY), (w, h), interpolation=cv2.INTER_AREA)
-        b = cv2.resize(cv2.cvtColor(dst, cv2.COLOR_RGB2GRAY), (w, h), interpolation=cv2.INTER_AREA)
-        flow = self._dis.calc(b, a, None)  # for each pixel of dst, where it was in src
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-        return cv2.remap(
-            logits, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
+    def __init__(self, grace: float, *, in_frames: bool) -> None:
+        self.grace = grace
+        self.in_frames = in_frames
+        self.lost = False
+        self._missing_since: float | None = None
+        self._last_visible: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.lost = False
+        self._missing_since = None
+        self._last_visible = None
+
+    def update(self, result: MaskResult, clock: float) -> tuple[np.ndarray | None, str | None]:
+        """``(logits to show, event)`` for a new tracker result at ``clock`` (frame index or seconds)."""
+        if result.visible:
+            self._missing_since = None
+            self._last_visible = result.logits
+            if self.lost:
+                self.lost = False
+                return result.logits, "subject is back"
+            return result.logits, None
+        if self._missing_since is None:
+            self._missing_since = clock
+        if not self.lost and clock - self._missing_since >= self.grace:
+            self.lost = True
+            return None, "subject lost: sending the key colour until it returns"
+        return (None if self.lost else self._last_visible), None
+
+    @property
+    def state(self) -> str:
+        return "lost" if self.lost else "tracking"
 
 
 class Pipeline:
@@ -112,16 +155,20 @@ class Pipeline:
 
     Args:
         source: Where frames come from.
-        tracker: The streaming SAM 2 tracker.
+        tracker: The local streaming SAM 2 tracker, or None with ``remote``.
         compositor: Mask -> keyed frame.
         sink: Where keyed frames go (usually a MultiSink).
         prompt: The user's selection (applied to the first frame), or None.
         auto: Find the subject with the face detector while there is no prompt.
-        matte: Optional writer for each output frame's alpha.
+        matte: Optional writer for each output frame's alpha (``(H, W)`` uint8).
         preview: Optional preview window (hotkeys, drag-to-select).
         max_frames: Stop after this many output frames.
-        flow: Warp the newest mask to the current frame with optical flow (live mode).
-        lost_after: Seconds of low visibility before the subject counts as lost.
+        sync: ``auto``, ``on`` or ``off``: how live frames wait for their own mask (see :mod:`greenscreen_cam.sync`).
+        max_delay: Most seconds a live frame may be held for its mask.
+        flow: With ``sync="off"``, warp the newest mask to the current frame with optical flow.
+        lost_after: Seconds (frames at the source's fps, offline) of low visibility before the
+            subject counts as lost; the last visible mask is kept meanwhile.
+        remote: A tracker on another machine (``greencam start --server``) used instead of ``tracker``.
         on_status: Called about twice a second with :meth:`Stats.snapshot`.
         on_event: Called with one-line messages (subject found/lost, re-selection).
     """
@@ -129,31 +176,42 @@ class Pipeline:
     def __init__(
         self,
         source: Source,
-        tracker: StreamingTracker,
+        tracker: StreamingTracker | None,
         compositor: Compositor,
-        sink: Any,
+        sink: Sink,
         *,
         prompt: Prompt | None = None,
         auto: bool = False,
-        matte: Any | None = None,
-        preview: Any | None = None,
+        matte: Sink | None = None,
+        preview: PreviewSink | None = None,
         max_frames: int | None = None,
+        sync: str = "auto",
+        max_delay: float = 0.3,
         flow: bool = False,
         lost_after: float = 1.0,
+        remote: RemoteTracking | None = None,
         on_status: Callable[[dict[str, Any]], None] | None = None,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
+        if tracker is None and remote is None:
+            raise ValueError("a pipeline needs a local tracker or a remote one")
         self.source = source
         self.tracker = tracker
+        self.remote = remote
         self.compositor = compositor
         self.sink = sink
         self.matte = matte
         self.preview = preview
         self.max_frames = max_frames
-        self.lost_after = lost_after
+        self.sync = sync
+        self.max_delay = max_delay
+        self.flow = flow
         self.on_status = on_status or (lambda s: None)
         self.on_event = on_event or (lambda m: None)
         self.stats = Stats()
+        live = bool(source.live) or remote is not None
+        grace = lost_after * (source.fps or 30.0) if not live else lost_after
+        self._visibility = _Visibility(grace, in_frames=not live)
         self._pending_prompt = prompt
         self._pending_reset = False
         self._auto = auto or prompt is None
@@ -161,15 +219,14 @@ class Pipeline:
         self._said_searching = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._mask: MaskState | None = None
-        self._invisible_since: float | None = None
-        self._lost = False
         self._paused = False
         self._show_mask = False
         self._show_help = False
-        self._warper = _FlowWarper() if flow else None
         self._last_status = 0.0
-        self._ahead: list[Frame | None] = []
+        self._last_out: np.ndarray | None = None
+        self._last_send = 0.0
+        self._new_subject_at: int | None = None
+        """Frame index of the latest (re-)selection: masks of earlier frames belong to another subject."""
         self.error: BaseException | None = None
 
     # ------------------------------------------------------------------ control
@@ -186,6 +243,8 @@ class Pipeline:
 
         Safe from any thread: the tracker itself is only touched by the thread that tracks.
         """
+        if self.remote is not None:
+            self.remote.reselect(prompt)
         with self._lock:
             self._pending_prompt = prompt
             self._auto = prompt is None
@@ -194,24 +253,24 @@ class Pipeline:
                 self._said_searching = False
 
     # ------------------------------------------------------------------ tracking
-    def _track(self, frame: Frame) -> MaskState | None:
-        """Run the tracker on ``frame`` (prompting first if a prompt is pending)."""
+    def _track(self, frame: Frame) -> MaskResult | None:
+        """Run the local tracker on ``frame`` (prompting first if a prompt is pending); None = no subject yet."""
+        tracker = self.tracker
+        assert tracker is not None
         with self._lock:
             prompt, self._pending_prompt = self._pending_prompt, None
             auto = self._auto
             reset, self._pending_reset = self._pending_reset, False
         if reset:
-            self.tracker.reset()
-            with self._lock:
-                self._mask = None  # the old subject's mask must not be shown any more
+            self._new_subject_at = frame.index
+            tracker.reset()
+            self._visibility.reset()
+            if self._face_finder is not None:
+                self._face_finder.reset()  # a new search: earlier sightings must not confirm a face
         start = time.perf_counter()
-        if prompt is not None:
-            result = self.tracker.prompt(frame.image, prompt)
-            self.compositor.reset()
-            self.on_event(f"subject selected on frame {frame.index}")
-        elif self.tracker.is_prompted:
-            result = self.tracker.track(frame.image)
-        elif auto:
+        if prompt is None and not tracker.is_prompted:
+            if not auto:
+                return None
             box = self._find_subject(frame)
             if box is None:
                 if not self._said_searching:
@@ -220,15 +279,18 @@ class Pipeline:
                 self.stats.subject = "searching"
                 return None
             self.on_event(f"found a face: selecting head and shoulders {box[0]},{box[1]},{box[2]},{box[3]}")
-            result = self.tracker.prompt(frame.image, Prompt(box=tuple(float(v) for v in box)))  # type: ignore[arg-type]
+            prompt = Prompt.from_box(box)
+        if prompt is not None:
+            self._new_subject_at = frame.index
+            result = tracker.prompt(frame.image, prompt)
             self.compositor.reset()
+            self._visibility.reset()
+            self.on_event(f"subject selected on frame {frame.index}")
         else:
-            return None
-        state = MaskState(result.low_res_numpy(), frame, result.visible, result.object_score)
+            result = tracker.track(frame.image)
         self.stats.track_times.append(time.perf_counter() - start)
         self.stats.tracked += 1
-        self._update_visibility(state.visible)
-        return state
+        return MaskResult(frame.index, frame.timestamp, result.low_res_numpy(), result.visible, result.object_score)
 
     def _find_subject(self, frame: Frame) -> tuple[int, int, int, int] | None:
         if self._face_finder is None:
@@ -237,57 +299,90 @@ class Pipeline:
             self._face_finder = FaceFinder()
         return self._face_finder.subject_box(frame.image)
 
-    def _update_visibility(self, visible: bool) -> None:
-        now = time.perf_counter()
-        if visible:
-            self._invisible_since = None
-            if self._lost:
-                self._lost = False
-                self.on_event("subject is back")
-            self.stats.subject = "tracking"
-            return
-        if self._invisible_since is None:
-            self._invisible_since = now
-        if not self._lost and now - self._invisible_since >= self.lost_after:
-            self._lost = True
-            self.on_event("subject lost: sending the key colour until it returns")
-        self.stats.subject = "lost" if self._lost else "tracking"
+    def _shown(self, result: MaskResult | None, clock: float) -> np.ndarray | None:
+        """The logits to key with for a new tracker result (the grace period applied), and its events."""
+        if result is None:
+            return None
+        logits, event = self._visibility.update(result, clock)
+        if event:
+            self.on_event(event)
+        if self.stats.subject != "reconnecting":
+            self.stats.subject = self._visibility.state
+        return logits
 
     # ------------------------------------------------------------------ output
-    def _emit(self, frame: Frame, mask: MaskState | None) -> None:
+    def _emit(self, frame: Frame, logits: np.ndarray | None, *, own: bool = True) -> None:
+        """Key ``frame`` with ``logits`` and send it everywhere; then status, hotkeys and the frame limit."""
         start = time.perf_counter()
-        logits = None
-        if mask is not None and mask.logits is not None and not self._lost:
-            logits = mask.logits
-            if self._warper is not None and mask.frame is not frame:
-                logits = self._warper.warp(logits, mask.frame.image, frame.image)
-            self.stats.mask_age = frame.timestamp - mask.frame.timestamp
+        out, alpha = self._compose(frame, logits)
+        self.stats.compose_times.append(time.perf_counter() - start)
+        self._send(out, alpha)
+        self.stats.frames_out += 1
+        self.stats.own_masks += int(own and logits is not None)
+        self.stats.latencies.append(time.perf_counter() - frame.timestamp)
+        self._after_send(frame)
+
+    def _compose(self, frame: Frame, logits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if self._paused:
             out, alpha = frame.image, np.full(frame.image.shape[:2], 255, np.uint8)
             if self.compositor.settings.mirror:
-                out, alpha = cv2.flip(out, 1), alpha
+                out = cv2.flip(out, 1)
         else:
             out, alpha = self.compositor.compose(frame.image, logits)
         if self._show_mask:
             out = cv2.cvtColor(alpha, cv2.COLOR_GRAY2RGB)
-        self.stats.compose_times.append(time.perf_counter() - start)
+        return out, alpha
+
+    def _send(self, out: np.ndarray, alpha: np.ndarray | None) -> None:
         self.sink.send(out)
-        if self.matte is not None:
+        self._last_out = out
+        self._last_send = time.perf_counter()
+        if self.matte is not None and alpha is not None:
             self.matte.send(alpha)
         if self.preview is not None:
-            self.preview.overlay = [HOTKEYS] if self._show_help else []
-            self.preview.send(out)
-            self._hotkey(self.preview.last_key, frame)
-        self.stats.frames_out += 1
-        self.stats.latencies.append(time.perf_counter() - frame.timestamp)
+            self._update_preview(out)
+
+    def _update_preview(self, out: np.ndarray) -> None:
+        preview = self.preview
+        assert preview is not None
+        s = self.stats.snapshot()
+        state = [
+            f"{s['subject']} | tracker {s['tracker_fps']:.1f} fps | out {s['output_fps']:.1f} fps | sync {s['sync']}"
+        ]
+        if self._paused:
+            state.append("keying paused (space)")
+        preview.overlay = state + ([HOTKEYS] if self._show_help else ["h: help"])
+        preview.send(out)
+        box = preview.take_selection()
+        if box is not None:
+            self.reselect(Prompt.from_box(box))
+            self.on_event("re-selecting the subject")
+        self._hotkey(preview.last_key)
+
+    def _after_send(self, frame: Frame | None) -> None:
         now = time.perf_counter()
         if now - self._last_status >= 0.5:
             self._last_status = now
             self.on_status(self.stats.snapshot())
         if self.max_frames is not None and self.stats.frames_out >= self.max_frames:
+            self.stats.completed = True
             self.stop()
 
-    def _hotkey(self, key: int, frame: Frame) -> None:
+    def _fill(self) -> None:
+        """Keep the output alive while no frame arrives: the last picture again, or the key colour."""
+        if self._last_out is None:
+            w, h = self.source.width, self.source.height
+            key = np.empty((h, w, 3), np.uint8)
+            key[:] = self.compositor.settings.rgb
+            self._last_out = key
+        self.sink.send(self._last_out)
+        self._last_send = time.perf_counter()
+        if self.preview is not None:
+            self._update_preview(self._last_out)
+        self.stats.filler += 1
+        self._after_send(None)
+
+    def _hotkey(self, key: int) -> None:
         if key in (ord("q"), 27):
             self.stop()
         elif key == ord(" "):
@@ -301,16 +396,20 @@ class Pipeline:
             self.reselect(None)
             self.on_event("automatic re-selection")
         elif key == ord("r") and self.preview is not None:
-            box = self.preview.select_box(frame.image)
-            if box is not None:
-                self.reselect(Prompt(box=tuple(float(v) for v in box)))  # type: ignore[arg-type]
+            self.preview.begin_select()  # the output keeps running while the user drags
+            self.on_event("drag a box around the subject in the preview window")
 
     # ------------------------------------------------------------------ loops
     def run(self) -> dict[str, Any]:
-        """Run until the source ends, ``max_frames`` is reached or :meth:`stop`; return the summary."""
+        """Run until the source ends, ``max_frames`` is reached or :meth:`stop`; return the summary.
+
+        The summary's ``completed`` is True when the source ended or ``max_frames``
+        was reached (offline), or when a live run was stopped without an error.
+        """
         try:
-            if self.source.live:
+            if self.source.live or self.remote is not None:
                 self._run_live()
+                self.stats.completed = self.error is None
             else:
                 self._run_offline()
         finally:
@@ -318,73 +417,106 @@ class Pipeline:
         return self.stats.snapshot()
 
     def _run_offline(self) -> None:
-        reader = PrefetchReader(self.source, pending=self._ahead)  # decode frame i+1 while frame i is tracked
+        reader = PrefetchReader(self.source)  # decode frame i+1 while frame i is tracked
         try:
             while not self.stopping:
                 frame = reader.read()
                 if frame is None:
+                    self.stats.completed = True
                     break
                 frame.timestamp = time.perf_counter()
                 self.stats.frames_in += 1
-                mask = self._track(frame)
-                self._emit(frame, mask)
+                result = self._track(frame)
+                self._emit(frame, self._shown(result, frame.index))
         finally:
-            self._ahead = reader.stop()  # joined: the caller may close the source now
+            reader.stop()  # joined: the caller may close the source now
         self.stats.dropped = int(getattr(self.source, "dropped", 0))
 
     def _run_live(self) -> None:
-        inbox: list[Frame | None] = [None]
-        wake = threading.Condition()
-
-        def tracker_loop() -> None:
-            while not self.stopping:
-                with wake:
-                    wake.wait_for(lambda: inbox[0] is not None or self.stopping, timeout=0.2)
-                    frame, inbox[0] = inbox[0], None
-                if frame is None:
-                    continue
-                try:
-                    state = self._track(frame)
-                except BaseException as e:  # surfaced by the main loop
-                    self.error = e
-                    self.stop()
-                    return
-                if state is not None:
-                    with self._lock:
-                        self._mask = state
-
-        worker = threading.Thread(target=tracker_loop, name="greencam-tracker", daemon=True)
+        tracker: RemoteTracking | ThreadedTracker = self.remote or ThreadedTracker(self._track)
+        scheduler = KeyScheduler(self.sync, max_delay=self.max_delay, flow=self.flow or None)
+        interval = 1.0 / (self.source.fps or 30.0)
         reader = LatestFrameReader(self.source)
-        worker.start()
+        quiet = max(3 * interval, 0.1)  # a gap this long is no jitter: the camera is away
+        source_error: GreencamError | None = None
         try:
             while not self.stopping:
+                now = time.perf_counter()
+                wait = interval
+                if tracker.busy:
+                    wait = min(wait, 0.005)  # pick up a finished mask promptly: it may release a held frame
+                deadline = scheduler.next_deadline()
+                if deadline is not None:
+                    wait = min(wait, max(0.001, deadline - now))
                 try:
-                    frame = reader.get(timeout=0.25)
+                    frame = reader.get(timeout=wait)
                 except TimeoutError:
-                    if reader.produced and time.perf_counter() - self._last_frame_time(reader) > 5.0:
-                        raise CameraLostError("the camera stopped delivering frames for 5 s") from None
-                    continue
-                if frame is None:
+                    if time.perf_counter() - max(reader.last_frame_time or 0.0, self._last_send) >= quiet:
+                        self._keep_alive(reader)
+                except GreencamError as e:  # camera lost for good: send what was captured, then report it
+                    source_error = e
                     break
-                self.stats.frames_in += 1
-                with wake:
-                    inbox[0] = frame
-                    wake.notify()
-                with self._lock:
-                    mask = self._mask
-                self._emit(frame, mask)
+                else:
+                    if frame is None:
+                        break
+                    if self.stats.subject == "reconnecting":
+                        self.stats.subject = self._visibility.state
+                    self.stats.frames_in += 1
+                    scheduler.push(frame)
+                self._pump(tracker, scheduler)
+            if self.error is None:
+                for keyed in scheduler.flush(time.perf_counter()):  # held frames go out with the best mask at hand
+                    self._emit_keyed(keyed)
         finally:
             self.stop()
-            # A SAM 2 step can take seconds on a CPU at high resolution: do not hold the
-            # devices for it. The worker is a daemon that only writes self._mask, so it is
-            # safe to let it finish (or die with the process) after the sinks are closed.
-            worker.join(timeout=0.5)
-            self.stats.dropped = reader.dropped + int(getattr(self.source, "dropped", 0))
+            tracker.close()
+            self.stats.dropped = reader.dropped + int(getattr(self.source, "dropped", 0)) + scheduler.counters.dropped
             reader.close()
         if self.error is not None:
             raise self.error
+        if source_error is not None:
+            raise source_error
 
-    @staticmethod
-    def _last_frame_time(reader: LatestFrameReader) -> float:
-        latest = reader._latest
-        return latest.timestamp if latest is not None else time.perf_counter()
+    def _keep_alive(self, reader: LatestFrameReader) -> None:
+        """No camera frame for a while: say why, and send the last picture again."""
+        if reader.reconnecting:
+            self.stats.subject = "reconnecting"
+        self._fill()
+
+    def _pump(self, tracker: AsyncTracker, scheduler: KeyScheduler) -> None:
+        """Take the tracker's results, hand it its next frame, and send the frames the scheduler releases."""
+        try:
+            results = tracker.poll()
+        except BaseException as e:  # the tracker thread failed: end the run with one line
+            self._fail(e)
+            return
+        fresh, self._new_subject_at = self._new_subject_at, None
+        if fresh is not None:
+            scheduler.forget_masks(before=fresh)  # held frames must not get the old subject's mask
+        for result in results:
+            if result.selected:
+                result = replace(result, logits=self._shown(result, result.timestamp))
+            scheduler.add_result(result)  # no subject yet (still searching): nothing to judge
+        nxt = scheduler.take_submission(tracker.busy)
+        if nxt is not None:
+            tracker.submit(nxt)
+        for keyed in scheduler.pop_ready(time.perf_counter()):
+            self._emit_keyed(keyed)
+        self.stats.sync = scheduler.mode_in_force()
+
+    def _emit_keyed(self, keyed: Keyed) -> None:
+        self.stats.delays.append(keyed.delay)
+        if keyed.result is not None:
+            self.stats.mask_age = keyed.frame.timestamp - keyed.result.timestamp
+        self._emit(keyed.frame, keyed.logits, own=keyed.source == "own")
+
+    def _fail(self, failure: BaseException) -> None:
+        """Surface a failure of the tracker thread as one clear error that ends the run."""
+        if self.error is not None:
+            return
+        if isinstance(failure, GreencamError):
+            self.error = failure
+        else:
+            self.error = TrackerError(f"the tracker failed: {type(failure).__name__}: {failure}")
+            self.error.__cause__ = failure
+        self.stop()
