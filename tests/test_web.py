@@ -677,3 +677,118 @@ def test_whep_viewer_gets_video_and_masks_and_is_cleaned_up() -> None:
     assert not worker.is_alive(), "the WHEP scenario did not finish"
     if errors:
         raise errors[0]
+
+
+# --------------------------------------------------------------------------- measurement (not a test)
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes, in seconds (Linux /proc)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / hz
+    return total
+
+
+def _chromium_pids() -> list[int]:
+    """Chromium processes started (through Playwright's driver) by this process."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [os.getpid()]
+    while todo:
+        for kid in children.get(todo.pop(), []):
+            todo.append(kid)
+            with_name = Path(f"/proc/{kid}/comm")
+            if with_name.exists() and "chrom" in with_name.read_text():
+                found.append(kid)
+    return found
+
+
+def measure(width: int = 640, seconds: float = 30.0, threads: int = 2, viewer: bool = True) -> list[dict]:
+    """The capture page (and a viewer) in headless Chromium against greencam serve, tiny@256 on CPU.
+
+    Returns one dict per phase: page frame rate, masks/s, capture->mask latency p50/p95
+    (ms, from the RTP timestamps the page sent), Chromium's and the server's CPU
+    (% of one core), main-thread keying time per frame. Run it as
+    ``python -m tests.test_web [WIDTH] [SECONDS]``.
+    """
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="greencam-web-bench-"))
+    y4m = camera_clip(folder, width=width)
+    server = ServeProcess(free_port(), folder / "serve.log", threads=threads)
+    server.start()
+    results = []
+    try:
+        with sync_api.sync_playwright() as p:
+            b = p.chromium.launch(
+                executable_path=_chromium(),
+                args=[
+                    "--use-fake-device-for-media-stream",
+                    "--use-fake-ui-for-media-stream",
+                    f"--use-file-for-fake-video-capture={y4m}",
+                ],
+            )
+            pg = b.new_context(viewport={"width": 1400, "height": 1000}, bypass_csp=True).new_page()
+            h = int(round(width * 9 / 16))
+            pg.goto(f"{server.url}/?token={TOKEN}&bbox={width // 3},{h // 8},{width // 3},{h * 3 // 4}")
+            pg.wait_for_function("greencam.stats.state === 'tracking' && greencam.stats.masks >= 3", timeout=180_000)
+            time.sleep(5)
+
+            def phase(extra: dict) -> dict:
+                pids = _chromium_pids()
+                s0 = pg.evaluate("({f: greencam.stats.frames, m: greencam.stats.masks, n: greencam.latencies.length})")
+                c0, sc0, t0 = _cpu_seconds(pids), _cpu_seconds([server.proc.pid]), time.monotonic()
+                time.sleep(seconds)
+                s1 = pg.evaluate(
+                    "({f: greencam.stats.frames, m: greencam.stats.masks, lat: greencam.latencies, "
+                    "drawMs: greencam.stats.drawMs, size: [greencam.keyer.canvas.width, greencam.keyer.canvas.height]})"
+                )
+                dt = time.monotonic() - t0
+                lat = np.array(s1["lat"][s0["n"] :] or [np.nan])
+                return {
+                    "frame": s1["size"],
+                    "page_fps": round((s1["f"] - s0["f"]) / dt, 1),
+                    "masks_per_s": round((s1["m"] - s0["m"]) / dt, 2),
+                    "latency_p50_ms": round(float(np.nanpercentile(lat, 50))),
+                    "latency_p95_ms": round(float(np.nanpercentile(lat, 95))),
+                    "chromium_cpu_pct": round(100 * (_cpu_seconds(pids) - c0) / dt, 1),
+                    "server_cpu_pct": round(100 * (_cpu_seconds([server.proc.pid]) - sc0) / dt, 1),
+                    "draw_ms": s1["drawMs"],
+                    "loadavg": Path("/proc/loadavg").read_text().split()[0],
+                    **extra,
+                }
+
+            results.append(phase({"pages": "capture"}))
+            if viewer:
+                v = b.new_context(viewport={"width": 1280, "height": 720}, bypass_csp=True).new_page()
+                v.goto(pg.evaluate("greencam.viewerLink"))
+                v.wait_for_function("greencam.stats.masks >= 2 && greencam.stats.frames > 10", timeout=60_000)
+                f0 = v.evaluate("greencam.stats.frames")
+                t0 = time.monotonic()
+                r = phase({"pages": "capture + viewer"})
+                r["viewer_fps"] = round((v.evaluate("greencam.stats.frames") - f0) / (time.monotonic() - t0), 1)
+                results.append(r)
+            b.close()
+    finally:
+        server.stop()
+    return results
+
+
+if __name__ == "__main__":
+    import json
+
+    args = [float(a) for a in sys.argv[1:]]
+    for row in measure(int(args[0]) if args else 640, args[1] if len(args) > 1 else 30.0):
+        print(json.dumps(row))
