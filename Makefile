@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 MODEL  ?= tiny
 
-.PHONY: install test lint format bench checkpoints clean
+.PHONY: install test lint format bench bench-gpu checkpoints clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,18 @@ bench: install
 	$(PY) -m greenscreen_cam bench $(BENCH_SRC) $(BENCH_ARGS) --frames 30 --e2e
 	$(if $(wildcard $(BENCH_CLIP)),$(PY) -m greenscreen_cam bench $(BENCH_CLIP) $(BENCH_ARGS) --live --seconds 20,@echo "live benchmark skipped: $(BENCH_CLIP) not found")
 	$(PY) -m greenscreen_cam bench --compositor --frames 300
+
+# Everything in one go on a CUDA machine (no download, no install: run `make install` once, or carry
+# the .venv): bare tracker tiny..large at 512/1024 (+ torch.compile / CUDA graphs for tiny), live loop
+# on 720p and 1080p clips at 30 fps, offline pipeline, compositor torch path, serve worker step.
+# Results go to $(BENCH_GPU_OUT)/bench-<device>-<time>.{json,md}. DEVICE=cpu runs small settings.
+DEVICE         ?= cuda
+BENCH_GPU_OUT  ?= bench-results
+BENCH_GPU_ARGS ?= $(if $(filter cpu,$(DEVICE)),--small,)
+bench-gpu:
+	@test -x $(PY) || { echo "bench-gpu: $(PY) not found; run make install first (or carry the .venv)"; exit 1; }
+	$(PY) -m greenscreen_cam.bench suite --device $(DEVICE) --out $(BENCH_GPU_OUT) \
+		$(if $(wildcard $(BENCH_CLIP)),--clip $(BENCH_CLIP),) $(BENCH_GPU_ARGS)
 
 checkpoints: install
 	$(PY) -m greenscreen_cam download $(MODEL)

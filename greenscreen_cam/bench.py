@@ -89,8 +89,21 @@ def bench_tracker(
     bbox: str | None,
     reference: bool,
     e2e: bool,
-    compile_model: bool = False,
+    compile_model: bool | str = False,
+    warmup: int = 3,
 ) -> dict[str, Any]:
+    """Per-stage medians of the streaming tracker and, on the same frames, the official predictor.
+
+    Args:
+        compile_model: False, True (``torch.compile`` of the image encoder, default mode) or a
+            ``torch.compile`` mode such as ``"reduce-overhead"`` (CUDA graphs).
+        warmup: Tracked frames before the measured pass (kernels, allocator, compilation).
+
+    Returns:
+        ``stages_ms`` (median ms per stage), ``total_ms`` and ``greencam_ms_per_frame`` (median
+        per frame), and with ``reference``: ``official_ms_per_frame`` (the official
+        ``propagate_in_video`` step) and ``ratio_vs_official`` (greencam / official).
+    """
     import torch
 
     from greenscreen_cam import models
@@ -119,8 +132,8 @@ def bench_tracker(
             torch.cuda.reset_peak_memory_stats()
         # warm-up pass (kernels, allocator, compile), then the measured pass
         tracker.prompt(imgs[0], prompt)
-        for img in imgs[1 : min(len(imgs), 4)]:
-            tracker.track(img)
+        for i in range(max(0, warmup)):
+            tracker.track(imgs[1 + i % (len(imgs) - 1)])
         tracker.timings.clear()
         totals: list[float] = []
         for i, img in enumerate(imgs):
@@ -147,6 +160,7 @@ def bench_tracker(
             "weights": "random (seeded)" if random_weights else str(ckpt),
             "stages_ms": stages,
             "total_ms": _median_ms(totals),
+            "greencam_ms_per_frame": _median_ms(totals),
             "stored_entries": list(tracker.stored_entries()),
             "machine": machine(),
         }
@@ -160,6 +174,7 @@ def bench_tracker(
         if reference:
             result["reference"] = _bench_official(spec, ckpt, dev, res, folder, box, len(imgs))
             ref = result["reference"]["propagate_ms"]
+            result["official_ms_per_frame"] = ref
             result["ratio_vs_official"] = result["total_ms"] / ref if ref else None
             with_load = result["reference"]["per_frame_with_loading_ms"]
             result["ratio_vs_official_with_loading"] = (result["total_ms"]) / with_load if with_load else None
@@ -262,7 +277,7 @@ def _pipeline_setup(
     tmpdir: Path,
     *,
     profile: bool = False,
-    compile_model: bool = False,
+    compile_model: bool | str = False,
 ) -> tuple[Any, Any, str, int, Path]:
     """Load the tracker a benchmark runs: ``(tracker, spec, device, resolution, checkpoint path)``."""
     import torch
@@ -279,7 +294,8 @@ def _pipeline_setup(
         ckpt = models.resolve_checkpoint(spec, Path(checkpoint) if checkpoint else None)
     net = models.load_model(spec, ckpt, device=dev, resolution=res)
     if compile_model:
-        net.image_encoder.forward = torch.compile(net.image_encoder.forward, dynamic=False)
+        mode = compile_model if isinstance(compile_model, str) else None
+        net.image_encoder.forward = torch.compile(net.image_encoder.forward, dynamic=False, mode=mode)
     return StreamingTracker(net, autocast=models.autocast_dtype(dev), profile=profile), spec, dev, res, ckpt
 
 
@@ -294,8 +310,14 @@ def bench_live(
     device: str,
     bbox: str | None,
     flow: bool = False,
+    bare_frames: int = 0,
 ) -> dict[str, Any]:
-    """Run the live loop on a file paced at its own fps (like a camera) and compare the stats to an external count."""
+    """Run the live loop on a file paced at its own fps (like a camera) and compare the stats to an external count.
+
+    With ``bare_frames`` > 0 the same tracker first runs that many frames of the clip
+    alone in the same process (same thread policy), giving ``bare_tracker_fps`` and
+    ``live_vs_bare`` (tracker rate in the loop / bare rate).
+    """
     from greenscreen_cam.compositor import Compositor, CompositorSettings
     from greenscreen_cam.pipeline import Pipeline
     from greenscreen_cam.segmenter import Prompt
@@ -303,13 +325,15 @@ def bench_live(
 
     with tempfile.TemporaryDirectory(prefix="greencam-bench-") as tmp:
         tracker, spec, dev, res, _ = _pipeline_setup(model, checkpoint, random_weights, resolution, device, Path(tmp))
+        bare = _bare_rate(tracker, source, bare_frames, bbox) if bare_frames > 0 else None
+        tracker.reset()
         src = open_source(source, realtime=True)
         box = _parse_box(bbox, src.width, src.height)
         sink = _CountingSink()
         pipe = Pipeline(
             src,
             tracker,
-            Compositor(CompositorSettings(smooth=0.3)),
+            Compositor(CompositorSettings(smooth=0.3), device=dev if dev.startswith("cuda") else None),
             sink,
             prompt=Prompt(box=box),  # type: ignore[arg-type]
             flow=flow,
@@ -346,8 +370,32 @@ def bench_live(
         "external_output_fps": (sink.count - 1) / (sink.times[-1] - sink.times[0]) if sink.count > 1 else 0.0,
         "median_gap_ms": float(np.median(gaps)),
         "p95_gap_ms": float(np.percentile(gaps, 95)),
+        "bare_tracker_fps": bare,
+        "live_vs_bare": summary["tracker_fps"] / bare if bare else None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "opencv_threads": cv2.getNumThreads(),
         "machine": machine(),
     }
+
+
+def _bare_rate(tracker: Any, source: str, n: int, bbox: str | None) -> float:
+    """Frames per second of ``tracker`` alone on the first ``n + 1`` frames of ``source`` (median step)."""
+    import torch
+
+    from greenscreen_cam.segmenter import Prompt
+
+    imgs = load_frames(source, n + 2)
+    h, w = imgs[0].shape[:2]
+    tracker.prompt(imgs[0], Prompt(box=_parse_box(bbox, w, h)))  # type: ignore[arg-type]
+    tracker.track(imgs[1])
+    times = []
+    for img in imgs[2:]:
+        start = time.perf_counter()
+        tracker.track(img)
+        if tracker.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 1.0 / float(statistics.median(times))
 
 
 def bench_soak(
@@ -414,7 +462,13 @@ def _parse_box(bbox: str | None, width: int, height: int) -> tuple[float, ...]:
     return parse_numbers(bbox, 4, "--bbox") if bbox else default_box(width, height)
 
 
-def bench_compositor(frames: int, width: int = 1280, height: int = 720) -> dict[str, Any]:
+def bench_compositor(frames: int, width: int = 1280, height: int = 720, *, device: str | None = None) -> dict[str, Any]:
+    """Median and p95 ms per frame of the compositor's paths at ``width x height``.
+
+    With ``device`` (e.g. ``"cuda"``) the torch path on that device is timed too, and
+    on CUDA whether it waits for kernels other work queued on the GPU
+    (:func:`_compositor_overlap`).
+    """
     from greenscreen_cam.compositor import Compositor, CompositorSettings
 
     rng = np.random.default_rng(0)
@@ -431,8 +485,8 @@ def bench_compositor(frames: int, width: int = 1280, height: int = 720) -> dict[
         ("no smoothing", CompositorSettings(smooth=0.0)),
         ("despill", CompositorSettings(smooth=0.3, despill=True)),
         ("refine none", CompositorSettings(refine="none", smooth=0.0)),
-    ]:
-        comp = Compositor(settings)
+    ] + ([(f"torch on {device}", CompositorSettings(smooth=0.3))] if device else []):
+        comp = Compositor(settings, device=device if name.startswith("torch") else None)
         times = []
         for i in range(frames + 10):
             logits = (22.0 - np.hypot(yy - 32 - (i % 3), xx - 32)).astype(np.float32)
@@ -441,7 +495,53 @@ def bench_compositor(frames: int, width: int = 1280, height: int = 720) -> dict[
             if i >= 10:
                 times.append((time.perf_counter() - start) * 1000.0)
         results[name] = {"median_ms": _median_ms(times), "p95_ms": float(np.percentile(times, 95))}
+    if device is not None and device.startswith("cuda"):
+        results["gpu_overlap"] = _compositor_overlap(device, frame, (yy, xx))
     return results
+
+
+def _compositor_overlap(device: str, frame: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """Does the torch compositor wait for GPU work queued by someone else (the tracker)?
+
+    Queues about 50 ms of matrix products on the current stream without waiting,
+    then times one ``compose`` right away. A compositor on its own stream with no
+    hidden synchronisation returns in about its usual time; one that shares the
+    stream (or synchronises the device) returns only after the queued work.
+    """
+    import torch
+
+    from greenscreen_cam.compositor import Compositor, CompositorSettings
+
+    yy, xx = grid
+    logits = (22.0 - np.hypot(yy - 32, xx - 32)).astype(np.float32)
+    comp = Compositor(CompositorSettings(smooth=0.3), device=device)
+    a = torch.randn(4096, 4096, device=device)
+    for _ in range(5):
+        comp.compose(frame, logits)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ a
+    torch.cuda.synchronize()
+    busy_ms = (time.perf_counter() - start) * 100.0  # per product
+    reps = max(1, int(50.0 / max(busy_ms, 1e-3)))
+    alone, queued = [], []
+    for _ in range(10):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        comp.compose(frame, logits)
+        alone.append((time.perf_counter() - start) * 1000.0)
+        for _ in range(reps):
+            a @ a
+        start = time.perf_counter()
+        comp.compose(frame, logits)
+        queued.append((time.perf_counter() - start) * 1000.0)
+        torch.cuda.synchronize()
+    return {
+        "queued_gpu_work_ms": busy_ms * reps,
+        "compose_ms_alone": _median_ms(alone),
+        "compose_ms_with_queued_work": _median_ms(queued),
+    }
 
 
 def print_result(result: dict[str, Any], console: Any) -> None:
@@ -623,3 +723,420 @@ def bench_process(
         "official_peak_rss_mb": rss["official"],
         "machine": machine(),
     }
+
+
+# --------------------------------------------------------------------------- the GPU suite (make bench-gpu)
+
+SUITE_MODELS = ("tiny", "small", "base-plus", "large")
+
+
+def versions() -> dict[str, Any]:
+    """Device name and the versions a result depends on."""
+    import importlib.metadata
+
+    import torch
+
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "opencv": cv2.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        info["sam2"] = importlib.metadata.version("sam2")
+    except importlib.metadata.PackageNotFoundError:
+        info["sam2"] = None
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+    return info
+
+
+def make_clip(path: Path, width: int, height: int, fps: float, frames: int, source: str | None) -> Path:
+    """Write an mp4 of ``frames`` frames at ``width x height`` and ``fps``: ``source`` resized, or synthetic."""
+    imgs = load_frames(source, frames) if source else synthetic_frames(frames, width, height)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise ConfigError(f"cannot write the benchmark clip {path}")
+    try:
+        for i in range(frames):
+            img = imgs[i % len(imgs)]
+            if img.shape[:2] != (height, width):
+                img = cv2.resize(img, (width, height), interpolation=cv2.INTER_CUBIC)
+            writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    return path
+
+
+def bench_suite(
+    *,
+    device: str = "cuda",
+    out_dir: Path = Path("bench-results"),
+    small: bool = False,
+    clip: str | None = None,
+    models_to_run: tuple[str, ...] = SUITE_MODELS,
+    budget_s: float = 450.0,
+) -> dict[str, Any]:
+    """Everything ``make bench-gpu`` records, in one go, into ``out_dir`` (JSON + a markdown table).
+
+    On CUDA: the bare tracker for each model at 512 and 1024 px, eager; ``tiny`` also with
+    ``torch.compile`` (default mode) and with CUDA graphs (``reduce-overhead``) and against
+    the official predictor; the live loop on a 720p and a 1080p clip at 30 fps (tiny @ 1024);
+    the end-to-end offline pipeline at 720p; the compositor's OpenCV and torch paths and
+    whether the torch path waits for queued GPU work; and ``greencam serve``'s batched
+    worker step when :mod:`greenscreen_cam.link.bench` is present. Weights are seeded random
+    (speed does not depend on their values), so nothing is downloaded.
+
+    ``small`` runs the same steps with tiny settings (tiny @ 256, a few frames, 1 s clips)
+    so that the suite can be exercised on a CPU in a test. Steps that fail are recorded
+    under ``errors`` and the suite goes on; once ``budget_s`` seconds have passed, the
+    optional steps (compiled runs, larger models) are skipped and listed under ``skipped``.
+
+    Returns:
+        The results dict that was written to ``out_dir/bench-<device>-<time>.json``.
+    """
+    import traceback
+
+    from greenscreen_cam import models
+
+    t_start = time.perf_counter()
+    dev = models.resolve_device(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    result: dict[str, Any] = {
+        "kind": "suite",
+        "device": dev,
+        "small": small,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "versions": versions(),
+        "machine": machine(),
+        "tracker": [],
+        "live": [],
+        "e2e": [],
+        "compositor": None,
+        "serve_step": [],
+        "errors": [],
+        "skipped": [],
+        "step_seconds": {},
+    }
+    if clip is None:
+        default = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos" / "default_juggle.mp4"
+        clip = str(default) if default.is_file() else None
+    if small:
+        resolutions, frames, live_s = (256,), 3, 1.0
+        sizes = {"720p": (320, 180), "1080p": (480, 270)}
+        models_to_run = models_to_run[:1]
+        compile_modes: tuple[bool | str, ...] = ()
+    else:
+        resolutions, frames, live_s = (512, 1024), 60, 10.0
+        sizes = {"720p": (1280, 720), "1080p": (1920, 1080)}
+        compile_modes = (True, "reduce-overhead")
+
+    def over_budget() -> bool:
+        return time.perf_counter() - t_start > budget_s
+
+    def step(name: str, fn: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001  (a benchmark step that fails is recorded, the rest goes on)
+            result["errors"].append(
+                {"step": name, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
+            )
+            return None
+        finally:
+            result["step_seconds"][name] = round(time.perf_counter() - began, 1)
+
+    with tempfile.TemporaryDirectory(prefix="greencam-suite-") as tmp:
+        tmpdir = Path(tmp)
+        clips = {
+            label: make_clip(tmpdir / f"{label}.mp4", w, h, 30.0, int(live_s * 30) + 2, clip)
+            for label, (w, h) in sizes.items()
+        }
+        ckpts: dict[str, Path] = {}
+
+        def checkpoint(name: str) -> Path:
+            if name not in ckpts:
+                spec = models.get_spec(name)
+                ckpts[name] = models.save_random_checkpoint(spec, tmpdir / spec.filename, seed=0)
+            return ckpts[name]
+
+        # 1. the bare tracker: every model eager, tiny also compiled / CUDA graphs
+        plan: list[tuple[str, int, bool | str]] = []
+        for res in resolutions:
+            plan.append(("tiny", res, False))
+        for res in resolutions:
+            for mode in compile_modes:
+                plan.append(("tiny", res, mode))
+        for name in models_to_run[1:]:
+            for res in resolutions:
+                plan.append((name, res, False))
+        for name, res, mode in plan:
+            label = f"{name}@{res} {'eager' if mode is False else ('compile' if mode is True else mode)}"
+            if over_budget() and (mode is not False or name != "tiny"):
+                result["skipped"].append(label)
+                continue
+            r = step(
+                label,
+                lambda name=name, res=res, mode=mode: bench_tracker(
+                    source=str(clips["720p"]),
+                    frames=frames,
+                    model=name,
+                    checkpoint=str(checkpoint(name)),
+                    random_weights=False,
+                    resolution=res,
+                    device=dev,
+                    bbox=None,
+                    reference=(name == "tiny" and mode is False and not small),
+                    e2e=False,
+                    compile_model=mode,
+                    warmup=1 if small else 25,
+                ),
+            )
+            if r is not None:
+                r.pop("machine", None)
+                r["label"] = label
+                result["tracker"].append(r)
+            _free_device_memory()
+
+        # 2. the live loop at 30 fps and the offline pipeline, tiny at the device's default size
+        live_res = 256 if small else 1024
+        for label, path in clips.items():
+            r = step(
+                f"live {label}",
+                lambda path=path: bench_live(
+                    source=str(path),
+                    seconds=live_s,
+                    model="tiny",
+                    checkpoint=str(checkpoint("tiny")),
+                    random_weights=False,
+                    resolution=live_res,
+                    device=dev,
+                    bbox=None,
+                    bare_frames=1 if small else 30,
+                ),
+            )
+            if r is not None:
+                r.pop("machine", None)
+                r["label"] = f"live {label}"
+                result["live"].append(r)
+            _free_device_memory()
+        r = step(
+            "e2e 720p",
+            lambda: bench_tracker(
+                source=str(clips["720p"]),
+                frames=frames,
+                model="tiny",
+                checkpoint=str(checkpoint("tiny")),
+                random_weights=False,
+                resolution=live_res,
+                device=dev,
+                bbox=None,
+                reference=False,
+                e2e=True,
+                warmup=1 if small else 25,
+            ),
+        )
+        if r is not None:
+            r.pop("machine", None)
+            result["e2e"].append(r)
+        _free_device_memory()
+
+        # 3. the compositor (OpenCV path, and the torch path on a GPU)
+        comp_dev = dev if dev.startswith("cuda") else None
+        r = step("compositor", lambda: bench_compositor(10 if small else 300, device=comp_dev))
+        if r is not None:
+            r.pop("machine", None)
+            result["compositor"] = r
+
+        # 4. greencam serve's worker step (batched sessions), when the link package has its bench
+        try:
+            from greenscreen_cam.link import bench as link_bench
+        except ImportError:
+            link_bench = None
+        if link_bench is None or not hasattr(link_bench, "bench_step"):
+            result["skipped"].append("serve step (greenscreen_cam.link.bench not present)")
+        else:
+            net = step(
+                "serve model",
+                lambda: models.load_model(models.get_spec("tiny"), checkpoint("tiny"), device=dev, resolution=live_res),
+            )
+            for sessions in (1,) if small else (1, 4, 8):
+                if net is None or over_budget():
+                    result["skipped"].append(f"serve step x{sessions}")
+                    continue
+                r = step(
+                    f"serve step x{sessions}",
+                    lambda sessions=sessions: link_bench.bench_step(
+                        net, sessions, steps=1 if small else 20, warmup=1 if small else None
+                    ),
+                )
+                if r is not None:
+                    result["serve_step"].append(r)
+            del net
+            _free_device_memory()
+
+    result["seconds"] = time.perf_counter() - t_start
+    name = f"bench-{dev.replace(':', '')}-{stamp}"
+    (out_dir / f"{name}.json").write_text(json_dumps(result))
+    (out_dir / f"{name}.md").write_text(suite_markdown(result))
+    result["files"] = [str(out_dir / f"{name}.json"), str(out_dir / f"{name}.md")]
+    return result
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def json_dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=1, default=str)
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def suite_markdown(result: dict[str, Any]) -> str:
+    """The suite's results as markdown tables (what goes into docs/benchmarks.md)."""
+    v = result["versions"]
+    lines = [
+        f"# greencam benchmark suite on {v.get('gpu') or result['machine'].get('cpu')} ({result['device']})",
+        "",
+        f"- date (UTC): {result['date_utc']}; run time {_fmt(result.get('seconds'))} s"
+        + (" (small settings)" if result["small"] else ""),
+        f"- torch {v['torch']} (CUDA {v['cuda']}, cuDNN {v['cudnn']}), sam2 {v['sam2']}, OpenCV {v['opencv']}, "
+        f"Python {v['python']}",
+        "- SAM 2.1 with seeded random weights; medians over the measured frames after warm-up",
+        "",
+        "## Bare tracker (1280x720 frames)",
+        "",
+        "| run | ms/frame | fps | image encoder | memory attention | mask decoder | memory encoder "
+        "| official ms/frame | ratio vs official | peak GPU MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["tracker"]:
+        st = r["stages_ms"]
+        total = r["total_ms"]
+        lines.append(
+            f"| {r['label']} | {_fmt(total, 2)} | {_fmt(1000.0 / total if total else None)} "
+            f"| {_fmt(st['image_encoder'], 2)} | {_fmt(st['memory_attention'], 2)} | {_fmt(st['mask_decoder'], 2)} "
+            f"| {_fmt(st['memory_encoder'], 2)} | {_fmt(r.get('official_ms_per_frame'), 2)} "
+            f"| {_fmt(r.get('ratio_vs_official'), 3)} | {_fmt(r.get('peak_gpu_mb'), 0)} |"
+        )
+    lines += [
+        "",
+        "## Live loop (tiny, source paced at 30 fps)",
+        "",
+        "| clip | frames in / out | output fps | tracker fps | bare tracker fps | live / bare "
+        "| latency p50 / p95 ms | send gap p95 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["live"]:
+        s = r["status"]
+        lines.append(
+            f"| {r['label']} {r['frame_size']} | {s['frames_in']} / {s['frames_out']} | {_fmt(s['output_fps'])} "
+            f"| {_fmt(s['tracker_fps'])} | {_fmt(r.get('bare_tracker_fps'))} | {_fmt(r.get('live_vs_bare'), 2)} "
+            f"| {_fmt(s['latency_p50_ms'])} / {_fmt(s['latency_p95_ms'])} | {_fmt(r['p95_gap_ms'])} |"
+        )
+    for r in result["e2e"]:
+        lines += [
+            "",
+            "## Offline pipeline, every frame keyed by its own mask (tiny, 720p)",
+            "",
+            "| sink | ms/frame | fps | track ms | composite ms | bare tracker ms |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for sink in ("vcam", "mp4"):
+            ms = r.get(f"e2e_{sink}_ms_per_frame")
+            lines.append(
+                f"| {sink} | {_fmt(ms, 2)} | {_fmt(1000.0 / ms if ms else None)} | {_fmt(r.get(f'e2e_{sink}_track_ms'), 2)} "
+                f"| {_fmt(r.get(f'e2e_{sink}_compose_ms'), 2)} | {_fmt(r.get('bare_tracker_ms'), 2)} |"
+            )
+    comp = result.get("compositor")
+    if comp:
+        lines += ["", f"## Compositor ({comp['frame_size']})", "", "| path | median ms | p95 ms |", "|---|---:|---:|"]
+        for key, value in comp.items():
+            if isinstance(value, dict) and "median_ms" in value:
+                lines.append(f"| {key} | {_fmt(value['median_ms'], 2)} | {_fmt(value['p95_ms'], 2)} |")
+        if "gpu_overlap" in comp:
+            o = comp["gpu_overlap"]
+            lines += [
+                "",
+                f"Torch path with {_fmt(o['queued_gpu_work_ms'])} ms of other GPU work queued: "
+                f"{_fmt(o['compose_ms_with_queued_work'], 2)} ms (alone {_fmt(o['compose_ms_alone'], 2)} ms). "
+                "About the queued time means the compositor waits for the tracker's kernels.",
+            ]
+    if result["serve_step"]:
+        lines += [
+            "",
+            "## greencam serve worker step (batched sessions)",
+            "",
+            "| sessions | step p50 ms | masks/s per session |",
+            "|---:|---:|---:|",
+        ]
+        for r in result["serve_step"]:
+            lines.append(f"| {r['sessions']} | {_fmt(r['step_ms_p50'], 2)} | {_fmt(r['masks_per_s_per_session'])} |")
+    if result["skipped"]:
+        lines += ["", "Skipped: " + "; ".join(result["skipped"])]
+    if result["errors"]:
+        lines += ["", "## Errors", ""] + [f"- {e['step']}: {e['error']}" for e in result["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m greenscreen_cam.bench suite --device cuda --out bench-results [--small]`` (used by make bench-gpu)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m greenscreen_cam.bench", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    suite = sub.add_parser("suite", help="run the whole benchmark suite and record it")
+    suite.add_argument("--device", default="cuda")
+    suite.add_argument("--out", type=Path, default=Path("bench-results"))
+    suite.add_argument("--small", action="store_true", help="tiny settings (a CPU smoke run)")
+    suite.add_argument("--clip", default=None, help="video to cut the 720p/1080p clips from")
+    suite.add_argument("--models", default=",".join(SUITE_MODELS))
+    suite.add_argument("--budget", type=float, default=450.0, help="seconds before optional steps are skipped")
+    process = sub.add_parser("process", help="greencam start vs the official predictor's script, whole processes")
+    process.add_argument("source", nargs="?", default=None)
+    process.add_argument("--frames", type=int, default=40)
+    process.add_argument("--repeats", type=int, default=3)
+    process.add_argument("--resolution", type=int, default=256)
+    process.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if args.command == "suite":
+        result = bench_suite(
+            device=args.device,
+            out_dir=args.out,
+            small=args.small,
+            clip=args.clip,
+            models_to_run=tuple(m for m in args.models.split(",") if m),
+            budget_s=args.budget,
+        )
+        sys.stdout.write(suite_markdown(result))
+        sys.stdout.write(f"\nwritten: {', '.join(result['files'])}\n")
+        return 1 if result["errors"] else 0
+    result = bench_process(
+        source=args.source, frames=args.frames, repeats=args.repeats, resolution=args.resolution, device=args.device
+    )
+    sys.stdout.write(json_dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -435,14 +435,26 @@ def describe_state_dict(state: dict[str, Any]) -> str:
     return f"an unknown model (Hiera width {width}, {blocks} blocks)"
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Read the ``model`` state dict from a SAM 2 checkpoint file, or raise CheckpointError."""
+def read_checkpoint(path: Path, *, mmap: bool = True) -> dict[str, Any]:
+    """Read the ``model`` state dict from a SAM 2 checkpoint file, or raise CheckpointError.
+
+    With ``mmap`` (the default) the tensors are memory-mapped from the file
+    instead of read into fresh memory, so loading a model does not hold a second
+    full copy of the weights (:func:`load_model` hands the mapped tensors to the
+    model). Files in torch's legacy (non-zip) format cannot be mapped and are read
+    as before.
+    """
     import pickle
 
     import torch
 
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as e:
+            if not mmap or "mmap" not in str(e):
+                raise
+            blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file not found: {path}") from None
     except IsADirectoryError:
@@ -497,8 +509,28 @@ def load_model(
                 f"{tuple(got.shape)}, the model expects {tuple(value.shape)}; it looks like {describe_state_dict(state)}"
             )
     with torch.no_grad():
-        model.load_state_dict(state, strict=True)
+        # assign: the model takes the (memory-mapped) checkpoint tensors themselves instead of
+        # copying them into its randomly initialised ones, which are freed: one copy of the weights.
+        for key, value in expected.items():
+            if state[key].dtype != value.dtype:
+                state[key] = state[key].to(value.dtype)
+        model.load_state_dict(state, strict=True, assign=True)
+    del state, expected
+    _release_free_heap()
     return model.to(device)
+
+
+def _release_free_heap() -> None:
+    """Hand the heap freed while building (the random initial weights) back to the OS (glibc only)."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS, Windows): nothing to do
+        ctypes.CDLL(name).malloc_trim(0)
 
 
 def save_random_checkpoint(spec: ModelSpec, path: Path, *, seed: int = 0) -> Path:

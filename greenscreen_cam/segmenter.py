@@ -569,6 +569,8 @@ def _install_cached_pos_embed(model: Any) -> None:
     cache: dict[tuple[Any, ...], torch.Tensor] = {}
 
     def cached(hw: tuple[int, int]) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # inside torch.compile: let it trace (and fold) sam2's own code
+            return compute(hw)
         params = (trunk.pos_embed, trunk.pos_embed_window)
         device = params[0].device.type
         key = (

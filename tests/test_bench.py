@@ -1,0 +1,100 @@
+"""The benchmark entry points run for real (small settings on the CPU), so they cannot rot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from greenscreen_cam import bench
+from greenscreen_cam.threads import configure_threads
+
+from .conftest import REPO
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_bench_gpu_runs_on_the_cpu_with_small_settings(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        ["make", "-s", "bench-gpu", "DEVICE=cpu", f"BENCH_GPU_OUT={out}", f"PY={sys.executable}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    files = sorted(out.iterdir())
+    assert [f.suffix for f in files] == [".json", ".md"]
+    result = json.loads(files[0].read_text())
+    assert result["errors"] == [] and result["device"] == "cpu" and result["small"]
+    assert result["versions"]["torch"] and result["versions"]["sam2"]
+    # every part of the suite ran and produced numbers
+    (tracker,) = result["tracker"]
+    assert tracker["label"] == "tiny@256 eager" and tracker["total_ms"] > 0
+    assert {r["label"] for r in result["live"]} == {"live 720p", "live 1080p"}
+    assert {r["frame_size"] for r in result["live"]} == {"320x180", "480x270"}
+    for live in result["live"]:
+        assert live["status"]["frames_out"] == live["external_frames_written"] > 0
+        assert live["bare_tracker_fps"] > 0
+    assert result["e2e"][0]["e2e_mp4_ms_per_frame"] > 0
+    assert result["compositor"]["default (smooth 0.3)"]["median_ms"] > 0
+    table = files[1].read_text()
+    assert "| tiny@256 eager |" in table and "| live 720p 320x180 |" in table
+    assert "written:" in proc.stdout
+    assert set(result["step_seconds"]) >= {"tiny@256 eager", "live 720p", "live 1080p", "e2e 720p", "compositor"}
+
+
+def test_tracker_bench_json_has_stage_medians_and_the_ratio(tmp_path):
+    result = bench.bench_tracker(
+        source=None,
+        frames=3,
+        model="tiny",
+        checkpoint=None,
+        random_weights=True,
+        resolution=256,
+        device="cpu",
+        bbox=None,
+        reference=True,
+        e2e=False,
+        warmup=1,
+    )
+    json.dumps(result)  # what `greencam bench --json` prints
+    assert set(result["stages_ms"]) == {
+        "preprocess",
+        "image_encoder",
+        "memory_attention",
+        "mask_decoder",
+        "memory_encoder",
+        "postprocess",
+    }
+    assert result["stages_ms"]["image_encoder"] > 0 and result["stages_ms"]["memory_attention"] > 0
+    assert result["greencam_ms_per_frame"] == result["total_ms"] > 0
+    assert result["official_ms_per_frame"] > 0
+    assert result["ratio_vs_official"] == pytest.approx(result["total_ms"] / result["official_ms_per_frame"])
+
+
+@pytest.mark.parametrize(
+    "mode, preset, expected",
+    [("offline", None, "ACTIVE"), ("live", None, "PASSIVE"), ("live", "ACTIVE", "ACTIVE")],
+)
+def test_configure_threads_sets_policy_per_mode_and_keeps_the_users(mode, preset, expected):
+    import cv2
+
+    env: dict[str, str] = {} if preset is None else {"OMP_WAIT_POLICY": preset}
+    before = cv2.getNumThreads()
+    try:
+        applied = configure_threads(mode, environ=env)
+        assert env["OMP_WAIT_POLICY"] == expected == applied["omp_wait_policy"]
+        assert cv2.getNumThreads() == applied["opencv_threads"]
+        # torch is already imported in the test process: the policy is reported as not effective
+        assert applied["omp_policy_effective"] is False
+    finally:
+        cv2.setNumThreads(before)
+
+
+def test_configure_threads_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="offline' or 'live"):
+        configure_threads("fast", environ={})  # type: ignore[arg-type]
