@@ -246,4 +246,10 @@ def run_serve(s: ServeSettings, *, stop: Any, say: Notify, random_weights: bool 
         device=s.device,
         random_weights=random_weights,
     )
-    run_server(opts, on_event=say, ready=lambda url: say(f"serving on {url} (Ctrl-C to stop)"), stop=stop)
+    def ready(url: str) -> None:
+        say(
+            f"serving on {url} (Ctrl-C to stop): cameras connect with `greencam start --server {url} --token TOKEN`,"
+            f" browsers open {url}/?token=TOKEN"
+        )
+
+    run_server(opts, on_event=say, ready=ready, stop=stop)

@@ -49,6 +49,8 @@ class RemoteTracking(AsyncTracker, Protocol):
 
     def reselect(self, prompt: Prompt | None) -> None: ...
 
+    def track_sync(self, frame: Frame, timeout: float = 60.0) -> MaskResult: ...
+
     def close(self) -> None: ...
 
 
@@ -209,7 +211,7 @@ class Pipeline:
         self.on_status = on_status or (lambda s: None)
         self.on_event = on_event or (lambda m: None)
         self.stats = Stats()
-        live = bool(source.live) or remote is not None
+        live = bool(source.live)
         grace = lost_after * (source.fps or 30.0) if not live else lost_after
         self._visibility = _Visibility(grace, in_frames=not live)
         self._pending_prompt = prompt
@@ -291,6 +293,15 @@ class Pipeline:
         self.stats.track_times.append(time.perf_counter() - start)
         self.stats.tracked += 1
         return MaskResult(frame.index, frame.timestamp, result.low_res_numpy(), result.visible, result.object_score)
+
+    def _track_remote(self, frame: Frame) -> MaskResult | None:
+        """Offline over the link: send ``frame`` and wait for its own mask (files stay exact)."""
+        assert self.remote is not None
+        start = time.perf_counter()
+        result = self.remote.track_sync(frame)
+        self.stats.track_times.append(time.perf_counter() - start)
+        self.stats.tracked += 1
+        return result if result.selected else None
 
     def _find_subject(self, frame: Frame) -> tuple[int, int, int, int] | None:
         if self._face_finder is None:
@@ -407,7 +418,7 @@ class Pipeline:
         was reached (offline), or when a live run was stopped without an error.
         """
         try:
-            if self.source.live or self.remote is not None:
+            if self.source.live:
                 self._run_live()
                 self.stats.completed = self.error is None
             else:
@@ -426,7 +437,7 @@ class Pipeline:
                     break
                 frame.timestamp = time.perf_counter()
                 self.stats.frames_in += 1
-                result = self._track(frame)
+                result = self._track(frame) if self.remote is None else self._track_remote(frame)
                 self._emit(frame, self._shown(result, frame.index))
         finally:
             reader.stop()  # joined: the caller may close the source now

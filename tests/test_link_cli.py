@@ -12,7 +12,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from tests.conftest import REPO, moving_disc_frames, write_video
 
@@ -42,11 +41,6 @@ def mattes(folder: Path) -> list[np.ndarray]:
     return [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.py must track file sources over the link frame by frame (RemoteTracker.track_sync); "
-    "remove this marker once it does",
-)
 def test_serve_and_start_server_key_every_frame_like_a_local_start(tiny_checkpoint: Path, tmp_path: Path) -> None:
     clip = write_video(tmp_path / "clip.mp4", moving_disc_frames(8))
     port = free_port()
