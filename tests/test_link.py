@@ -552,3 +552,27 @@ def test_live_submit_and_poll_map_masks_to_frames_and_busy_follows_them(server: 
         stats = tracker.stats()
         assert stats["masks"] == 4 and stats["submitted"] == 4 and stats["dropped"] == 0
         assert stats["latency_p50_ms"] is not None and stats["downlink_kbps"] > 0
+
+
+def test_offline_tracking_carries_on_through_a_server_restart(tiny_model, tmp_path) -> None:
+    frames = decoded_clip(tmp_path, 5)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    first = ServerThread(tiny_model, port=port)
+    second: list[ServerThread] = []
+    with RemoteTracker(first.url, TOKEN, width=160, height=120, liveness_timeout=1.5, max_backoff=0.5) as tracker:
+        tracker.reselect(DISC_BOX)
+        masks = [tracker.track_sync(f, timeout=60) for f in frames[:2]]
+        first.close()
+        restart = threading.Timer(1.0, lambda: second.append(ServerThread(tiny_model, port=port)))
+        restart.start()
+        try:
+            masks += [tracker.track_sync(f, timeout=90) for f in frames[2:]]
+        finally:
+            restart.join(60)
+        assert tracker.stats()["reconnects"] == 1
+    for s in second:
+        s.close()
+    assert [m.frame_index for m in masks] == [f.index for f in frames]
+    assert all(m.state in ("tracking", "lost") and m.logits is not None for m in masks)  # the prompt was re-sent

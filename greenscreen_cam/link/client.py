@@ -286,9 +286,9 @@ class RemoteTracker:
                 assert waiter.result is not None
                 result = waiter.result
                 with self._lock:
-                    stale = self._prompt is not None and self._acked_id == self._prompt_id
-                if result.state == "waiting" and stale:
-                    continue  # the server restarted between ack and frame; the prompt is being re-sent
+                    prompted = self._prompt is not None
+                if result.state == "waiting" and prompted:
+                    continue  # a new session (server restart) that has not got the prompt yet: it is re-sent
                 return result
 
     @property
