@@ -198,8 +198,10 @@ def bench_link(
 
         with urllib.request.urlopen(url + "/health", timeout=10) as r:
             step_ms = json.loads(r.read()).get("step_ms")
-        keys = ("masks_per_s", "latency_p50_ms", "latency_p95_ms", "dropped_client", "dropped_server")
-        keys += ("uplink_kbps", "downlink_kbps", "frames_per_s_in")
+        keys = [
+            *("masks_per_s", "latency_p50_ms", "latency_p95_ms", "dropped_client", "dropped_server"),
+            *("uplink_kbps", "downlink_kbps", "frames_per_s_in"),
+        ]
         mean = {k: round(sum(p[k] for p in per) / len(per), 2) for k in keys}
         return {
             "sessions": sessions,
@@ -354,6 +356,10 @@ def sessions_at_fps(
     return {"fps": fps, "sessions": lo, "batch": batch, "runs": [runs[k] for k in sorted(runs)]}
 
 
+def _stderr_line(line: str) -> None:
+    sys.stderr.write(line + "\n")
+
+
 def main(argv: list[str]) -> int:
     """``python -m greenscreen_cam.link.bench VIDEO [SESSIONS ...] [--seconds S] [--one-by-one]``."""
     args = list(argv)
@@ -367,11 +373,11 @@ def main(argv: list[str]) -> int:
     batch = "--one-by-one" not in args
     args = [a for a in args if a != "--one-by-one"]
     if not args:
-        sys.stderr.write(main.__doc__ + "\n")
+        sys.stderr.write(f"{main.__doc__}\n")
         return 2
     source = Path(args[0])
     for n in [int(a) for a in args[1:]] or [1]:
-        result = bench_link(n, source, seconds, batch=batch, on_event=lambda s: sys.stderr.write(s + "\n"))
+        result = bench_link(n, source, seconds, batch=batch, on_event=_stderr_line)
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()
     return 0

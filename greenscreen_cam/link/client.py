@@ -20,6 +20,7 @@ by the next :meth:`poll`, :meth:`submit` or :meth:`track_sync`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import ssl
@@ -168,7 +169,7 @@ class RemoteTracker:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._supervisor: asyncio.Future[None] | None = None
+        self._supervisor: concurrent.futures.Future[None] | None = None
         self._frame_event: asyncio.Event | None = None
         self._slot: tuple[Frame, _Waiter | None] | None = None
         self._results: deque[MaskResult] = deque(maxlen=64)
