@@ -531,7 +531,8 @@ class Server:
                     jobs.append((s, frame, tag, s._prompt_msg, s._reset))
                     s._slot, s._prompt_msg, s._reset = None, None, False
             for s in retired:
-                s.tracker.reset()  # frees the session's memory now, not at garbage collection
+                with contextlib.suppress(Exception):
+                    s.tracker.reset()  # frees the session's memory now, not at garbage collection
             if jobs:
                 try:
                     self._step(jobs)
@@ -629,7 +630,8 @@ class Server:
             await pc.close()
             reason = str(e).splitlines()[0] if str(e) else f"not valid SDP ({type(e).__name__})"
             raise LinkProtocolError(f"bad SDP offer: {reason}") from None
-        self.sessions[session.id] = session
+        with self._cond:  # the worker iterates the sessions under this lock
+            self.sessions[session.id] = session
         return session, pc.localDescription.sdp
 
     def _rtc_configuration(self) -> Any:
