@@ -204,7 +204,18 @@ def _open_remote(s: Settings, width: int, height: int, say: Notify) -> Iterator[
     from greenscreen_cam.link.client import RemoteTracker
 
     assert s.server is not None
-    remote = RemoteTracker(s.server, s.token or "", width=width, height=height, on_event=say)
+    assert s.token is not None  # Settings.validate
+    remote = RemoteTracker(
+        s.server,
+        s.token,
+        width=width,
+        height=height,
+        on_event=say,
+        cafile=Path(s.cafile).expanduser() if s.cafile else None,
+        ice_servers=list(s.ice_servers),
+        turn_username=s.turn_username,
+        turn_password=s.turn_password,
+    )
     say(f"connecting to {s.server} ...")
     remote.start()
     try:
@@ -245,7 +256,12 @@ def run_serve(s: ServeSettings, *, stop: Any, say: Notify, random_weights: bool 
         resolution=s.resolution,
         device=s.device,
         random_weights=random_weights,
+        min_fps=s.min_fps,
+        ice_servers=tuple(s.ice_servers),
+        turn_username=s.turn_username,
+        turn_password=s.turn_password,
     )
+
     def ready(url: str) -> None:
         say(
             f"serving on {url} (Ctrl-C to stop): cameras connect with `greencam start --server {url} --token TOKEN`,"

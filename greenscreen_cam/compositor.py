@@ -20,6 +20,7 @@ default), and only the thin soft edge is mixed.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -205,6 +206,7 @@ class Compositor:
         self.device = device
         """A torch device (``"cuda"``) to upsample and blend on, or None for the OpenCV path."""
         self._torch_bg: Any = None
+        self._stream: Any = None
         self.background = background or ColorBackground(settings.rgb)
         self._prev_alpha: np.ndarray | None = None
         self._scratch: dict[str, np.ndarray] | None = None
@@ -342,7 +344,12 @@ class Compositor:
 
         h, w = frame.shape[:2]
         dev = torch.device(self.device)  # type: ignore[arg-type]
-        with torch.inference_mode():
+        if dev.type == "cuda" and self._stream is None:
+            # Its own (non-blocking) stream: the tracker's queued kernels on the default stream
+            # are never waited for; only this stream's work is, by the final copy to the host.
+            self._stream = torch.cuda.Stream(device=dev)
+        stream = torch.cuda.stream(self._stream) if self._stream is not None else nullcontext()
+        with torch.inference_mode(), stream:
             img = torch.from_numpy(frame).to(dev, non_blocking=True).float()
             if logits is None:
                 a = torch.zeros((h, w, 1), device=dev)

@@ -278,6 +278,18 @@ class Settings(KeyingSettings, ModelSettings):
     token: str | None = setting(
         None, "Access token of the server (printed by greencam serve).", group="Remote", envvar="GREENCAM_TOKEN"
     )
+    cafile: str | None = setting(None, "Trust this PEM certificate for the server (a self-signed one).", group="Remote")
+    ice_servers: list[str] = setting(
+        [],
+        "STUN/TURN server for networks that block UDP, e.g. turns:turn.example.org:5349?transport=tcp (repeatable).",
+        group="Remote",
+        flags=("--ice-server",),
+        metavar="URL",
+    )
+    turn_username: str | None = setting(None, "Username for the --ice-server TURN relay.", group="Remote")
+    turn_password: str | None = setting(
+        None, "Password for the --ice-server TURN relay.", group="Remote", envvar="GREENCAM_TURN_PASSWORD"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -291,6 +303,8 @@ class Settings(KeyingSettings, ModelSettings):
             raise ConfigError("nothing to output: give --output virtual, --output FILE or --preview")
         if self.token and not self.server:
             raise ConfigError("--token needs --server")
+        if self.server and not self.token:
+            raise ConfigError("--server needs --token (printed by greencam serve; or set GREENCAM_TOKEN)")
 
 
 @dataclass
@@ -317,6 +331,23 @@ class ServeSettings(ModelSettings):
     )
     key_file: str | None = setting(None, "TLS private key (PEM) for --cert-file.", group="Server")
     max_sessions: int = setting(4, "Most cameras served at once.", group="Server", check=_between(1, 1000))
+    min_fps: float = setting(
+        10.0,
+        "Refuse a new camera (503) when each would then get fewer masks per second than this (0 = off).",
+        group="Server",
+        check=_between(0, 1000),
+    )
+    ice_servers: list[str] = setting(
+        [],
+        "STUN/TURN server the server's side uses, e.g. turn:turn.example.org:3478 (repeatable).",
+        group="Server",
+        flags=("--ice-server",),
+        metavar="URL",
+    )
+    turn_username: str | None = setting(None, "Username for the --ice-server TURN relay.", group="Server")
+    turn_password: str | None = setting(
+        None, "Password for the --ice-server TURN relay.", group="Server", envvar="GREENCAM_TURN_PASSWORD"
+    )
 
     def validate(self) -> None:
         check_fields(self)

@@ -26,6 +26,8 @@ runner = CliRunner()
 
 @pytest.fixture()
 def env(checkpoint_dir, monkeypatch):
+    monkeypatch.delenv("GREENCAM_TOKEN", raising=False)
+    monkeypatch.delenv("GREENCAM_SERVER", raising=False)
     monkeypatch.setenv("GREENCAM_CHECKPOINTS", str(checkpoint_dir))
     monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
     return checkpoint_dir
@@ -188,6 +190,7 @@ def test_matte_matches_official_predictor(env, tmp_path, tiny_checkpoint):
         (["--bbox", "10,10,20,20", "--sync", "maybe"], 2, "--sync must be one of auto, on, off"),
         (["--bbox", "10,10,20,20", "--max-delay", "-5"], 2, "--max-delay must be in [0, 5000] ms"),
         (["--bbox", "10,10,20,20", "--token", "abc"], 2, "--token needs --server"),
+        (["--bbox", "10,10,20,20", "--server", "http://127.0.0.1:9"], 2, "--server needs --token"),
         (["--bbox", "10,10,20,20", "--smooth", "1.5"], 2, "--smooth must be in [0, 1)"),
         (["--bbox", "10,10,20,20", "--output", "x.gif"], 5, "unsupported extension"),
     ],
