@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -82,17 +83,45 @@ def test_tracker_bench_json_has_stage_medians_and_the_ratio(tmp_path):
 )
 def test_configure_threads_sets_policy_per_mode_and_keeps_the_users(mode, preset, expected):
     import cv2
+    import torch
+
+    from greenscreen_cam.threads import live_torch_threads
 
     env: dict[str, str] = {} if preset is None else {"OMP_WAIT_POLICY": preset}
-    before = cv2.getNumThreads()
+    before, torch_before = cv2.getNumThreads(), torch.get_num_threads()
     try:
         applied = configure_threads(mode, environ=env)
         assert env["OMP_WAIT_POLICY"] == expected == applied["omp_wait_policy"]
         assert cv2.getNumThreads() == applied["opencv_threads"]
         # torch is already imported in the test process: the policy is reported as not effective
         assert applied["omp_policy_effective"] is False
+        # live leaves a core to capture and compositing; offline keeps torch's own count
+        want = live_torch_threads() if mode == "live" else torch_before
+        assert torch.get_num_threads() == applied["torch_threads"] == want
     finally:
         cv2.setNumThreads(before)
+        torch.set_num_threads(torch_before)
+
+
+def test_configure_threads_before_torch_sets_the_environment():
+    from greenscreen_cam.threads import live_torch_threads
+
+    code = (
+        "import json, os, sys; from greenscreen_cam.threads import configure_threads; "
+        "r = configure_threads(sys.argv[1]); import torch; "
+        "print(json.dumps([r, os.environ.get('OMP_NUM_THREADS'), torch.get_num_threads()]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    for mode in ("live", "offline"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, mode], env=env, capture_output=True, text=True, timeout=120, check=True
+        )
+        applied, omp_threads, torch_threads = json.loads(out.stdout.strip().splitlines()[-1])
+        assert applied["omp_policy_effective"] is True
+        if mode == "live":
+            assert omp_threads == str(live_torch_threads()) and torch_threads == live_torch_threads()
+        else:
+            assert omp_threads is None and torch_threads >= 1  # torch's own default
 
 
 def test_configure_threads_rejects_unknown_modes():
