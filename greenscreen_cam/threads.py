@@ -4,10 +4,12 @@ SAM 2 on a CPU runs on torch's OpenMP pool (libgomp in the Linux wheels), while
 decoding, compositing and encoding run on OpenCV and plain Python threads. What
 is best differs by mode (measured on a 2-core CPU, see docs/profile.md):
 
-- ``offline`` (a file rendered as fast as possible): the tracker and the
-  compositor take turns on the main thread, so OpenMP workers may spin between
-  ops (``OMP_WAIT_POLICY=ACTIVE``); only the prefetching decoder runs beside
-  them, and its one thread is enough for OpenCV.
+- ``offline`` (a file rendered as fast as possible): libgomp's own default (spin
+  briefly after each parallel region, then sleep) and torch's and OpenCV's own
+  thread counts. ``PASSIVE`` (workers sleep at once) cost 8-11 % here; ``ACTIVE``
+  (workers spin for ever) is as fast on an idle machine but 1.5-3.6x slower as
+  soon as anything else runs on the CPU (measured on the shared 2-core VM: 17.7
+  and 43.9 s instead of 12 s for 40 frames), so nothing is forced.
 - ``live`` (a camera, or a file paced like one): capture and compositing run at
   the camera's rate beside the tracker thread. torch keeps one core free for
   them (intra-op threads = cores - 1): an OpenMP team whose every parallel region
@@ -32,8 +34,8 @@ from typing import Any, Literal
 
 Mode = Literal["offline", "live"]
 
-_OMP_WAIT = {"offline": "ACTIVE", "live": "PASSIVE"}
-_CV2_THREADS = {"offline": 1, "live": 1}
+_OMP_WAIT: dict[str, str | None] = {"offline": None, "live": "PASSIVE"}
+_CV2_THREADS: dict[str, int | None] = {"offline": None, "live": 1}
 
 
 def live_torch_threads(cores: int | None = None) -> int:
@@ -57,7 +59,8 @@ def configure_threads(
         environ: The environment to change (``os.environ`` by default; tests pass a dict).
 
     Returns:
-        ``{"mode", "omp_wait_policy", "omp_policy_effective", "opencv_threads", "torch_threads"}``;
+        ``{"mode", "omp_wait_policy", "omp_policy_effective", "opencv_threads", "torch_threads"}``
+        (``omp_wait_policy`` None = libgomp's default);
         ``omp_policy_effective`` is False when torch was imported before this call, so the
         OpenMP pool had already read its settings (the policy then applies from the next run).
 
@@ -68,7 +71,8 @@ def configure_threads(
         raise ValueError(f"thread mode must be 'offline' or 'live', got {mode!r}")
     env = os.environ if environ is None else environ
     torch_loaded = "torch" in sys.modules
-    policy = env.setdefault("OMP_WAIT_POLICY", _OMP_WAIT[mode])
+    wanted = _OMP_WAIT[mode]
+    policy = env.setdefault("OMP_WAIT_POLICY", wanted) if wanted is not None else env.get("OMP_WAIT_POLICY")
     if torch_threads is None and mode == "live" and "OMP_NUM_THREADS" not in env:
         torch_threads = live_torch_threads()
     if torch_threads is not None and not torch_loaded:
@@ -77,7 +81,10 @@ def configure_threads(
     import cv2
 
     cv2_threads = _CV2_THREADS[mode]
-    cv2.setNumThreads(cv2_threads)
+    if cv2_threads is not None:
+        cv2.setNumThreads(cv2_threads)
+    else:
+        cv2_threads = cv2.getNumThreads()
     applied_torch: int | None = None
     if torch_threads is not None and torch_loaded:
         torch = sys.modules["torch"]
