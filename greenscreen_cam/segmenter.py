@@ -141,7 +141,8 @@ class StreamingTracker:
         self._pos_enc: list[torch.Tensor] | None = None
         self._to_unit = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
         """uint8 -> [0, 1] float32 lookup, equal to sam2's ``x.astype(float64) / 255`` then ``.float()``."""
-        self._fast_memory = _supports_cached_memory_attention(model)
+        # Verified bit-exact in float32 (tests/test_segmenter_cache.py); under autocast sam2's own code runs.
+        self._fast_memory = autocast is None and _supports_cached_memory_attention(model)
         _install_cached_pos_embed(model)
         self.reset()
 
