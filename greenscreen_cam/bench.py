@@ -310,6 +310,7 @@ def bench_live(
     device: str,
     bbox: str | None,
     flow: bool = False,
+    sync: str = "auto",
     bare_frames: int = 0,
 ) -> dict[str, Any]:
     """Run the live loop on a file paced at its own fps (like a camera) and compare the stats to an external count.
@@ -337,6 +338,7 @@ def bench_live(
             sink,
             prompt=Prompt(box=box),  # type: ignore[arg-type]
             flow=flow,
+            sync=sync,
             max_frames=max(2, int(seconds * src.fps)),
         )
         summary = pipe.run()
@@ -351,6 +353,7 @@ def bench_live(
         "source_fps": src.fps,
         "frame_size": f"{src.width}x{src.height}",
         "flow": flow,
+        "sync": sync,
         "status": {
             k: summary[k]
             for k in (
