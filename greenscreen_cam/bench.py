@@ -804,6 +804,8 @@ def bench_suite(
     Returns:
         The results dict that was written to ``out_dir/bench-<device>-<time>.json``.
     """
+    import contextlib
+    import importlib
     import traceback
 
     from greenscreen_cam import models
@@ -831,6 +833,7 @@ def bench_suite(
     if clip is None:
         default = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos" / "default_juggle.mp4"
         clip = str(default) if default.is_file() else None
+    resolutions: tuple[int, ...]
     if small:
         resolutions, frames, live_s = (256,), 3, 1.0
         sizes = {"720p": (320, 180), "1080p": (480, 270)}
@@ -956,10 +959,9 @@ def bench_suite(
             result["compositor"] = r
 
         # 4. greencam serve's worker step (batched sessions), when the link package has its bench
-        try:
-            from greenscreen_cam.link import bench as link_bench
-        except ImportError:
-            link_bench = None
+        link_bench: Any = None
+        with contextlib.suppress(ImportError):
+            link_bench = importlib.import_module("greenscreen_cam.link.bench")
         if link_bench is None or not hasattr(link_bench, "bench_step"):
             result["skipped"].append("serve step (greenscreen_cam.link.bench not present)")
         else:

@@ -485,8 +485,8 @@ class StreamingTracker:
                 k_ptr = attn.k_proj(ptr_mem_bf + ptr_pos_bf if layer.pos_enc_at_cross_attn_keys else ptr_mem_bf)
                 keys.append(attn._separate_heads(k_ptr, attn.num_heads))
                 values.append(attn._separate_heads(attn.v_proj(ptr_mem_bf), attn.num_heads))
-            out = F.scaled_dot_product_attention(q, torch.cat(keys, dim=-2), torch.cat(values, dim=-2))
-            output = output + layer.dropout2(attn.out_proj(attn._recombine_heads(out)))
+            attended = F.scaled_dot_product_attention(q, torch.cat(keys, dim=-2), torch.cat(values, dim=-2))
+            output = output + layer.dropout2(attn.out_proj(attn._recombine_heads(attended)))
             # MLP
             tgt2 = layer.norm3(output)
             tgt2 = layer.linear2(layer.dropout(layer.activation(layer.linear1(tgt2))))
@@ -540,7 +540,7 @@ def _supports_cached_memory_attention(model: Any) -> bool:
         from sam2.modeling.sam.transformer import RoPEAttention
     except ImportError:
         return False
-    attention = getattr(model, "memory_attention", None)
+    attention: Any = getattr(model, "memory_attention", None)
     if type(attention) is not MemoryAttention or not attention.batch_first:
         return False
     for layer in attention.layers:
