@@ -1138,7 +1138,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         sys.stdout.write(suite_markdown(result))
         sys.stdout.write(f"\nwritten: {', '.join(result['files'])}\n")
-        return 1 if result["errors"] else 0
+        # compiled variants are optional (they need Triton and a C compiler on the machine)
+        fatal = [e for e in result["errors"] if not e["step"].endswith((" compile", " reduce-overhead"))]
+        return 1 if fatal else 0
     result = bench_process(
         source=args.source, frames=args.frames, repeats=args.repeats, resolution=args.resolution, device=args.device
     )
