@@ -64,13 +64,39 @@ def resolve_model(s: ModelSettings, *, random_weights: Path | None = None) -> Mo
     return ModelChoice(spec, dev, res, path)
 
 
-def load_tracker(choice: ModelChoice) -> StreamingTracker:
-    """Load SAM 2 (slow) and wrap it in a StreamingTracker."""
+def load_tracker(choice: ModelChoice, *, profile: bool = False, compile_mode: bool | str = False) -> StreamingTracker:
+    """Load SAM 2 (slow) and wrap it in a StreamingTracker.
+
+    Args:
+        choice: What :func:`resolve_model` checked.
+        profile: Record per-stage times (benchmarks).
+        compile_mode: ``torch.compile`` the image encoder: True, or a compile mode such as
+            ``"reduce-overhead"`` (CUDA graphs).
+    """
     from greenscreen_cam import models
     from greenscreen_cam.segmenter import StreamingTracker
 
     net = models.load_model(choice.spec, choice.checkpoint, device=choice.device, resolution=choice.resolution)
-    return StreamingTracker(net, autocast=models.autocast_dtype(choice.device))
+    if compile_mode:
+        import torch
+
+        mode = compile_mode if isinstance(compile_mode, str) else None
+        net.image_encoder.forward = torch.compile(net.image_encoder.forward, dynamic=False, mode=mode)
+    return StreamingTracker(net, autocast=models.autocast_dtype(choice.device), profile=profile)
+
+
+def run_mode(s: Settings) -> str:
+    """``live`` for a camera or ``--realtime`` (the tracker shares the CPU with capture), else ``offline``."""
+    from greenscreen_cam.sources import is_camera
+
+    return "live" if s.realtime or is_camera(s.source) else "offline"
+
+
+def configure_threads(mode: str) -> None:
+    """The thread policy for the run mode (see :mod:`greenscreen_cam.threads`)."""
+    from greenscreen_cam.threads import configure_threads as apply
+
+    apply("live" if mode == "live" else "offline")
 
 
 def file_outputs(s: Settings) -> list[Path]:
@@ -117,6 +143,7 @@ def open_pipeline(
     from greenscreen_cam.sources import open_source
 
     say = on_event or (lambda m: None)
+    configure_threads(run_mode(s))  # before torch is imported (check_start resolves the device)
     prompt, choice = check_start(s)
     with ExitStack() as stack:
         bg = make_background(s.background, s.rgb)

@@ -279,24 +279,18 @@ def _pipeline_setup(
     profile: bool = False,
     compile_model: bool | str = False,
 ) -> tuple[Any, Any, str, int, Path]:
-    """Load the tracker a benchmark runs: ``(tracker, spec, device, resolution, checkpoint path)``."""
-    import torch
+    """Load the tracker a benchmark runs: ``(tracker, spec, device, resolution, checkpoint path)``.
 
-    from greenscreen_cam import models
-    from greenscreen_cam.segmenter import StreamingTracker
+    The same checks and loading as ``greencam start`` (:mod:`greenscreen_cam.app`); with
+    ``random_weights`` a seeded random checkpoint is written into ``tmpdir`` first.
+    """
+    from greenscreen_cam.app import load_tracker, resolve_model
+    from greenscreen_cam.config import ModelSettings
 
-    spec = models.get_spec(model)
-    dev = models.resolve_device(device)
-    res = resolution or models.DEFAULT_RESOLUTION[dev.split(":")[0]]
-    if random_weights:
-        ckpt = models.save_random_checkpoint(spec, tmpdir / spec.filename, seed=0)
-    else:
-        ckpt = models.resolve_checkpoint(spec, Path(checkpoint) if checkpoint else None)
-    net = models.load_model(spec, ckpt, device=dev, resolution=res)
-    if compile_model:
-        mode = compile_model if isinstance(compile_model, str) else None
-        net.image_encoder.forward = torch.compile(net.image_encoder.forward, dynamic=False, mode=mode)
-    return StreamingTracker(net, autocast=models.autocast_dtype(dev), profile=profile), spec, dev, res, ckpt
+    wanted = ModelSettings(model=model, checkpoint=checkpoint, resolution=resolution, device=device)
+    choice = resolve_model(wanted, random_weights=tmpdir if random_weights else None)
+    tracker = load_tracker(choice, profile=profile, compile_mode=compile_model)
+    return tracker, choice.spec, choice.device, choice.resolution, choice.checkpoint
 
 
 def bench_live(

@@ -498,6 +498,9 @@ def bench(
         bool, typer.Option("--random-weights", help="Use seeded random weights (no checkpoint needed).")
     ] = False,
     bbox: Annotated[str | None, typer.Option(help="Prompt box x,y,w,h (default: centre half of the frame).")] = None,
+    bare_frames: Annotated[
+        int, typer.Option(help="With --live: also time the bare tracker on this many frames (live / bare ratio).")
+    ] = 0,
     reference: Annotated[
         bool, typer.Option("--reference/--no-reference", help="Also time the official SAM2VideoPredictor.")
     ] = True,
@@ -552,7 +555,12 @@ def bench(
         elif live:
             if source is None:
                 raise ConfigError("--live needs a SOURCE video or image folder")
-            result = b.bench_live(source=source, seconds=seconds, bbox=bbox, flow=flow, sync=sync, **model)
+            from greenscreen_cam.app import configure_threads
+
+            configure_threads("live")  # as greencam start does for a camera, before torch is imported
+            result = b.bench_live(
+                source=source, seconds=seconds, bbox=bbox, flow=flow, sync=sync, bare_frames=bare_frames, **model
+            )
         elif soak:
             result = b.bench_soak(source=source, frames=frames, **model)
         else:

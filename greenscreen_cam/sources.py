@@ -455,6 +455,13 @@ def _available_cameras_hint() -> str:
     return "cameras found: " + ", ".join(f"{d.index} ({d.path}, {d.name})" for d in cams)
 
 
+def is_camera(spec: str) -> bool:
+    """Whether ``--source`` names a camera (an index, a ``/dev/`` path or a character device)."""
+    text = spec.strip()
+    path = Path(text).expanduser()
+    return bool(re.fullmatch(r"\d+", text)) or text.startswith("/dev/") or (path.exists() and path.is_char_device())
+
+
 def open_source(
     spec: str,
     *,
@@ -472,7 +479,7 @@ def open_source(
     """
     text = spec.strip()
     path = Path(text).expanduser()
-    if re.fullmatch(r"\d+", text) or text.startswith("/dev/") or (path.exists() and path.is_char_device()):
+    if is_camera(text):
         return CameraSource(
             int(text) if text.isdigit() else text,
             width=width,
