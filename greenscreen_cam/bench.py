@@ -904,20 +904,18 @@ def bench_suite(
 
         # 2. the live loop at 30 fps and the offline pipeline, tiny at the device's default size
         live_res = 256 if small else 1024
+        tiny: dict[str, Any] = dict(
+            model="tiny",
+            checkpoint=str(checkpoint("tiny")),
+            random_weights=False,
+            resolution=live_res,
+            device=dev,
+            bbox=None,
+        )
         for label, path in clips.items():
             r = step(
                 f"live {label}",
-                lambda path=path: bench_live(
-                    source=str(path),
-                    seconds=live_s,
-                    model="tiny",
-                    checkpoint=str(checkpoint("tiny")),
-                    random_weights=False,
-                    resolution=live_res,
-                    device=dev,
-                    bbox=None,
-                    bare_frames=1 if small else 30,
-                ),
+                lambda path=path: bench_live(source=str(path), seconds=live_s, bare_frames=1 if small else 30, **tiny),
             )
             if r is not None:
                 r.pop("machine", None)
@@ -929,15 +927,9 @@ def bench_suite(
             lambda: bench_tracker(
                 source=str(clips["720p"]),
                 frames=frames,
-                model="tiny",
-                checkpoint=str(checkpoint("tiny")),
-                random_weights=False,
-                resolution=live_res,
-                device=dev,
-                bbox=None,
-                reference=False,
                 e2e=True,
                 warmup=1 if small else 25,
+                **tiny,
             ),
         )
         if r is not None:

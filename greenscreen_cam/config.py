@@ -195,7 +195,24 @@ class ModelSettings:
 
 
 @dataclass
-class Settings(KeyingSettings, ModelSettings):
+class NetworkSettings:
+    """How WebRTC gets through networks that block UDP (both ends of the link: start --server and serve)."""
+
+    ice_servers: list[str] = setting(
+        [],
+        "STUN/TURN server for networks that block UDP, e.g. turns:turn.example.org:5349?transport=tcp (repeatable).",
+        group="Network",
+        flags=("--ice-server",),
+        metavar="URL",
+    )
+    turn_username: str | None = setting(None, "Username for the --ice-server TURN relay.", group="Network")
+    turn_password: str | None = setting(
+        None, "Password for the --ice-server TURN relay.", group="Network", envvar="GREENCAM_TURN_PASSWORD"
+    )
+
+
+@dataclass
+class Settings(KeyingSettings, ModelSettings, NetworkSettings):
     """Everything ``greencam start`` can be told."""
 
     # input
@@ -279,17 +296,6 @@ class Settings(KeyingSettings, ModelSettings):
         None, "Access token of the server (printed by greencam serve).", group="Remote", envvar="GREENCAM_TOKEN"
     )
     cafile: str | None = setting(None, "Trust this PEM certificate for the server (a self-signed one).", group="Remote")
-    ice_servers: list[str] = setting(
-        [],
-        "STUN/TURN server for networks that block UDP, e.g. turns:turn.example.org:5349?transport=tcp (repeatable).",
-        group="Remote",
-        flags=("--ice-server",),
-        metavar="URL",
-    )
-    turn_username: str | None = setting(None, "Username for the --ice-server TURN relay.", group="Remote")
-    turn_password: str | None = setting(
-        None, "Password for the --ice-server TURN relay.", group="Remote", envvar="GREENCAM_TURN_PASSWORD"
-    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -308,7 +314,7 @@ class Settings(KeyingSettings, ModelSettings):
 
 
 @dataclass
-class ServeSettings(ModelSettings):
+class ServeSettings(ModelSettings, NetworkSettings):
     """Everything ``greencam serve`` can be told (the model settings plus the server's own)."""
 
     host: str = setting(
@@ -336,17 +342,6 @@ class ServeSettings(ModelSettings):
         "Refuse a new camera (503) when each would then get fewer masks per second than this (0 = off).",
         group="Server",
         check=_between(0, 1000),
-    )
-    ice_servers: list[str] = setting(
-        [],
-        "STUN/TURN server the server's side uses, e.g. turn:turn.example.org:3478 (repeatable).",
-        group="Server",
-        flags=("--ice-server",),
-        metavar="URL",
-    )
-    turn_username: str | None = setting(None, "Username for the --ice-server TURN relay.", group="Server")
-    turn_password: str | None = setting(
-        None, "Password for the --ice-server TURN relay.", group="Server", envvar="GREENCAM_TURN_PASSWORD"
     )
 
     def validate(self) -> None:
@@ -516,7 +511,7 @@ DEFAULTS_HEADER = """\
 """
 
 
-GROUPS = ("Input", "Subject", "Model", "Output", "Keying", "Live loop", "Remote", "Server")
+GROUPS = ("Input", "Subject", "Model", "Output", "Keying", "Live loop", "Remote", "Server", "Network")
 """The order settings are listed in: ``--help`` panels and ``configs/default.toml`` sections."""
 
 
