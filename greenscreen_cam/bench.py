@@ -927,6 +927,7 @@ def bench_suite(
             lambda: bench_tracker(
                 source=str(clips["720p"]),
                 frames=frames,
+                reference=False,
                 e2e=True,
                 warmup=1 if small else 25,
                 **tiny,

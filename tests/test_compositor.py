@@ -114,12 +114,23 @@ def test_large_holes_are_kept(frame):
     assert alpha[H // 2, W // 2] == 0
 
 
+def test_refine_none_is_never_smoothed(frame):
+    """--refine none is exactly the tracker's probability, whatever --smooth says (no temporal state)."""
+    comp = Compositor(CompositorSettings(refine="none", smooth=0.9))
+    first = comp.alpha(disc_logits(cx=16), (H, W))
+    again = comp.alpha(disc_logits(cx=48), (H, W))
+    assert np.array_equal(
+        again, Compositor(CompositorSettings(refine="none", smooth=0.0)).alpha(disc_logits(cx=48), (H, W))
+    )
+    assert not np.array_equal(first, again)
+
+
 def test_smoothing_kills_flicker_without_ghosting(frame):
     rng = np.random.default_rng(0)
     base = disc_logits(scale=0.25)
 
     def flicker(smooth: float) -> float:
-        comp = Compositor(CompositorSettings(smooth=smooth, refine="none"))
+        comp = Compositor(CompositorSettings(smooth=smooth))
         alphas = [comp.alpha(base + rng.normal(0, 1.0, base.shape).astype(np.float32), (H, W)) for _ in range(20)]
         return float(np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(alphas[5:], alphas[6:])]))
 
