@@ -360,6 +360,11 @@ def bench_live(
                 "tracker_fps",
                 "latency_p50_ms",
                 "latency_p95_ms",
+                "delay_p50_ms",
+                "delay_p95_ms",
+                "own_mask_share",
+                "filler_frames",
+                "sync",
                 "seconds",
             )
         },
