@@ -462,7 +462,8 @@ class Pipeline:
                 try:
                     frame = reader.get(timeout=wait)
                 except TimeoutError:
-                    if time.perf_counter() - max(reader.last_frame_time or 0.0, self._last_send) >= quiet:
+                    last = reader.last_frame_time  # None until the camera's first frame: nothing to repeat yet
+                    if last is not None and time.perf_counter() - max(last, self._last_send) >= quiet:
                         self._keep_alive(reader)
                 except GreencamError as e:  # camera lost for good: send what was captured, then report it
                     source_error = e
