@@ -52,11 +52,7 @@ def resolve_model(s: ModelSettings, *, random_weights: Path | None = None) -> Mo
     """
     from greenscreen_cam import models
 
-    spec = models.get_spec(s.model)
-    dev = models.resolve_device(s.device)
-    res = s.resolution or models.DEFAULT_RESOLUTION[dev.split(":")[0]]
-    if res not in models.RESOLUTIONS:
-        raise ConfigError(f"unsupported --resolution {res}; choose one of {', '.join(map(str, models.RESOLUTIONS))}")
+    spec, dev, res = models.choose(s.model, s.device, s.resolution)
     if random_weights is not None:
         path = models.save_random_checkpoint(spec, random_weights / spec.filename)
     else:

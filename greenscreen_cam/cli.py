@@ -123,8 +123,9 @@ def _option(f: Any, hint: Any) -> inspect.Parameter:
         envvar=meta.get("envvar"),
         metavar=meta.get("metavar"),
     )
-    annotation = Annotated[list[str] | None, option] if base is list or str(base).startswith("list") else None
-    if annotation is None:
+    if base is list or str(base).startswith("list"):
+        annotation: Any = Annotated[list[str] | None, option]
+    else:
         annotation = Annotated[base | None, option]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
@@ -225,10 +226,7 @@ class StatusLine:
         self.console = console
         self.interactive = console.is_terminal if interactive is None else interactive
         self.every = every
-        where = settings.server or f"{settings.model} on {settings.device}"
-        self.where = (
-            f"{where}" if settings.server else f"{settings.model}@{settings.resolution or 'auto'} {settings.device}"
-        )
+        self.where = settings.server or f"{settings.model}@{settings.resolution or 'auto'} {settings.device}"
         self._last = float("-inf")
         self._live: Any = None
 

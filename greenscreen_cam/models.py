@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from greenscreen_cam.errors import CheckpointError, DeviceError, DownloadError
+from greenscreen_cam.errors import CheckpointError, ConfigError, DeviceError, DownloadError
 
 if TYPE_CHECKING:
     import torch
@@ -386,6 +386,20 @@ def resolve_device(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def choose(model: str, device: str, resolution: int | None) -> tuple[ModelSpec, str, int]:
+    """Check a model name, device and input size (fast, nothing is loaded).
+
+    Returns:
+        ``(registry entry, torch device, resolution)``; the resolution defaults per device type.
+    """
+    spec = get_spec(model)
+    dev = resolve_device(device)
+    res = resolution or DEFAULT_RESOLUTION[dev.split(":")[0]]
+    if res not in RESOLUTIONS:
+        raise ConfigError(f"unsupported --resolution {res}; choose one of {', '.join(map(str, RESOLUTIONS))}")
+    return spec, dev, res
 
 
 def _video_overrides(resolution: int) -> list[str]:

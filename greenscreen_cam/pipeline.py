@@ -119,9 +119,8 @@ class _Visibility:
     frames for offline files (so the output does not depend on machine speed).
     """
 
-    def __init__(self, grace: float, *, in_frames: bool) -> None:
+    def __init__(self, grace: float) -> None:
         self.grace = grace
-        self.in_frames = in_frames
         self.lost = False
         self._missing_since: float | None = None
         self._last_visible: np.ndarray | None = None
@@ -213,7 +212,7 @@ class Pipeline:
         self.stats = Stats()
         live = bool(source.live)
         grace = lost_after * (source.fps or 30.0) if not live else lost_after
-        self._visibility = _Visibility(grace, in_frames=not live)
+        self._visibility = _Visibility(grace)
         self._pending_prompt = prompt
         self._pending_reset = False
         self._auto = auto or prompt is None
@@ -264,7 +263,8 @@ class Pipeline:
             auto = self._auto
             reset, self._pending_reset = self._pending_reset, False
         if reset:
-            self._new_subject_at = frame.index
+            with self._lock:
+                self._new_subject_at = frame.index
             tracker.reset()
             self._visibility.reset()
             if self._face_finder is not None:
@@ -283,7 +283,8 @@ class Pipeline:
             self.on_event(f"found a face: selecting head and shoulders {box[0]},{box[1]},{box[2]},{box[3]}")
             prompt = Prompt.from_box(box)
         if prompt is not None:
-            self._new_subject_at = frame.index
+            with self._lock:
+                self._new_subject_at = frame.index
             result = tracker.prompt(frame.image, prompt)
             self.compositor.reset()
             self._visibility.reset()
@@ -331,7 +332,7 @@ class Pipeline:
         self.stats.frames_out += 1
         self.stats.own_masks += int(own and logits is not None)
         self.stats.latencies.append(time.perf_counter() - frame.timestamp)
-        self._after_send(frame)
+        self._after_send()
 
     def _compose(self, frame: Frame, logits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if self._paused:
@@ -370,7 +371,7 @@ class Pipeline:
             self.on_event("re-selecting the subject")
         self._hotkey(preview.last_key)
 
-    def _after_send(self, frame: Frame | None) -> None:
+    def _after_send(self) -> None:
         now = time.perf_counter()
         if now - self._last_status >= 0.5:
             self._last_status = now
@@ -378,20 +379,6 @@ class Pipeline:
         if self.max_frames is not None and self.stats.frames_out >= self.max_frames:
             self.stats.completed = True
             self.stop()
-
-    def _fill(self) -> None:
-        """Keep the output alive while no frame arrives: the last picture again, or the key colour."""
-        if self._last_out is None:
-            w, h = self.source.width, self.source.height
-            key = np.empty((h, w, 3), np.uint8)
-            key[:] = self.compositor.settings.rgb
-            self._last_out = key
-        self.sink.send(self._last_out)
-        self._last_send = time.perf_counter()
-        if self.preview is not None:
-            self._update_preview(self._last_out)
-        self.stats.filler += 1
-        self._after_send(None)
 
     def _hotkey(self, key: int) -> None:
         if key in (ord("q"), 27):
@@ -490,10 +477,20 @@ class Pipeline:
             raise source_error
 
     def _keep_alive(self, reader: LatestFrameReader) -> None:
-        """No camera frame for a while: say why, and send the last picture again."""
+        """No camera frame for a while: say why, and send the last picture again (or the key colour)."""
         if reader.reconnecting:
             self.stats.subject = "reconnecting"
-        self._fill()
+        if self._last_out is None:
+            w, h = self.source.width, self.source.height
+            key = np.empty((h, w, 3), np.uint8)
+            key[:] = self.compositor.settings.rgb
+            self._last_out = key
+        self.sink.send(self._last_out)
+        self._last_send = time.perf_counter()
+        if self.preview is not None:
+            self._update_preview(self._last_out)
+        self.stats.filler += 1
+        self._after_send()
 
     def _pump(self, tracker: AsyncTracker, scheduler: KeyScheduler) -> None:
         """Take the tracker's results, hand it its next frame, and send the frames the scheduler releases."""
@@ -502,7 +499,8 @@ class Pipeline:
         except BaseException as e:  # the tracker thread failed: end the run with one line
             self._fail(e)
             return
-        fresh, self._new_subject_at = self._new_subject_at, None
+        with self._lock:  # set by the tracking thread
+            fresh, self._new_subject_at = self._new_subject_at, None
         if fresh is not None:
             scheduler.forget_masks(before=fresh)  # held frames must not get the old subject's mask
         for result in results:

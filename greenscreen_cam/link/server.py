@@ -136,11 +136,7 @@ def load_serving_model(opts: ServeOptions) -> tuple[Any, str, str, int]:
     """Load SAM 2 as ``opts`` says: ``(model, model name, device, resolution)``."""
     from greenscreen_cam import models
 
-    spec = models.get_spec(opts.model)
-    dev = models.resolve_device(opts.device)
-    res = opts.resolution or models.DEFAULT_RESOLUTION[dev.split(":")[0]]
-    if res not in models.RESOLUTIONS:
-        raise ConfigError(f"unsupported --resolution {res}; choose one of {', '.join(map(str, models.RESOLUTIONS))}")
+    spec, dev, res = models.choose(opts.model, opts.device, opts.resolution)
     if opts.random_weights:
         # Exactly the weights of ``greencam start --random-weights`` (seed 0, through the real loader).
         import tempfile
