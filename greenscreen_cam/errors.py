@@ -59,6 +59,10 @@ class VirtualCameraError(SinkError):
     """No usable virtual camera device."""
 
 
+class OutputExistsError(SinkError):
+    """An output file or matte folder that already holds something, or that would overwrite the source."""
+
+
 class TrackerError(GreencamError):
     """The tracker failed while running (a bug or a device fault), reported in one line."""
 
@@ -69,3 +73,29 @@ class DeviceError(GreencamError):
     """A compute device (cuda, mps) that is not available."""
 
     exit_code = 6
+
+
+class LinkError(GreencamError):
+    """The link to a ``greencam serve`` server failed in a way retrying will not fix."""
+
+    exit_code = 8
+
+
+class LinkUnreachableError(LinkError):
+    """No server answers at the URL (refused, unknown host, timeout)."""
+
+
+class LinkAuthError(LinkError):
+    """The server refused the token (401)."""
+
+
+class LinkFullError(LinkError):
+    """The server has no room for another session (503)."""
+
+
+class LinkTLSError(LinkError):
+    """The TLS handshake failed (untrusted or mismatched certificate, or plain HTTP on a TLS port)."""
+
+
+class LinkProtocolError(LinkError):
+    """The server answered something that is not a greencam answer (bad status, SDP or message)."""

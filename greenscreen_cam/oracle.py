@@ -23,9 +23,10 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from greenscreen_cam.core import Frame, MaskResult
 from greenscreen_cam.errors import ConfigError, SourceError
-from greenscreen_cam.sources import IMAGE_SUFFIXES, Frame
-from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler, MaskResult
+from greenscreen_cam.sources import IMAGE_SUFFIXES
+from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler
 
 BENCH_MODES: tuple[str, ...] = ("off", "off+flow", "on", "auto")
 ORACLE_LOGIT = 10.0

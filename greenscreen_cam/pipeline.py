@@ -33,11 +33,12 @@ import cv2
 import numpy as np
 
 from greenscreen_cam.compositor import Compositor
+from greenscreen_cam.core import Frame, MaskResult
 from greenscreen_cam.errors import GreencamError, TrackerError
 from greenscreen_cam.prompt import Prompt
 from greenscreen_cam.sinks import Sink
-from greenscreen_cam.sources import Frame, LatestFrameReader, PrefetchReader, Source
-from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler, MaskResult, ThreadedTracker
+from greenscreen_cam.sources import LatestFrameReader, PrefetchReader, Source
+from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler, ThreadedTracker
 
 if TYPE_CHECKING:
     from greenscreen_cam.segmenter import StreamingTracker

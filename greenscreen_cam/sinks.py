@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from greenscreen_cam.devices import LINUX_VCAM_FIX, LINUX_VCAM_PERSIST, virtual_camera_fix  # noqa: F401 (re-exported)
-from greenscreen_cam.errors import SinkError, VirtualCameraError
+from greenscreen_cam.errors import OutputExistsError, SinkError, VirtualCameraError
 
 
 class Sink(Protocol):
@@ -132,10 +132,6 @@ class VirtualCameraSink(_Closing):
         if camera is not None:
             camera.close()
             self.camera = None
-
-
-class OutputExistsError(SinkError):
-    """An output file or matte folder that already holds something, or that would overwrite the source."""
 
 
 _TMP_TAG = ".greencam-tmp-"

@@ -21,32 +21,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import cv2
 import numpy as np
 
+from greenscreen_cam.core import Frame
 from greenscreen_cam.errors import CameraLostError, SourceError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-
-
-@dataclass
-class Frame:
-    """One captured frame.
-
-    Attributes:
-        image: ``(H, W, 3)`` uint8 RGB.
-        index: Position in the source (counts dropped frames too).
-        timestamp: ``time.perf_counter()`` when it was captured.
-    """
-
-    image: np.ndarray
-    index: int
-    timestamp: float = field(default_factory=time.perf_counter)
 
 
 class Source(Protocol):

@@ -49,8 +49,8 @@ from typing import Any, Literal, Protocol
 import cv2
 import numpy as np
 
+from greenscreen_cam.core import Frame, MaskResult
 from greenscreen_cam.errors import ConfigError
-from greenscreen_cam.sources import Frame
 
 SyncMode = Literal["off", "on", "auto"]
 SYNC_MODES: tuple[str, ...] = ("off", "on", "auto")
@@ -58,30 +58,6 @@ Source = Literal["own", "flow", "newest", "none"]
 
 
 # --------------------------------------------------------------------------- interfaces
-@dataclass
-class MaskResult:
-    """The tracker's answer for one frame.
-
-    Attributes:
-        frame_index: :attr:`Frame.index` of the tracked frame.
-        timestamp: :attr:`Frame.timestamp` of the tracked frame.
-        logits: ``(h, w)`` float32 mask logits at the tracker's (low) resolution, ``> 0`` = subject;
-            None when the frame has no mask (no subject selected yet, or none found).
-        visible: The tracker's verdict that the subject is in the frame.
-        object_score: The tracker's visibility logit (``> 0`` = visible).
-        selected: False when the frame was not tracked at all because no subject is selected yet
-            (:class:`ThreadedTracker` reports a step that returned None this way): it says nothing
-            about the subject's visibility.
-    """
-
-    frame_index: int
-    timestamp: float
-    logits: np.ndarray | None
-    visible: bool = True
-    object_score: float = 0.0
-    selected: bool = True
-
-
 class AsyncTracker(Protocol):
     """A tracker that works on its own time (a local worker thread, or a server over the network).
 

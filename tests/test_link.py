@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from greenscreen_cam.core import Frame
+from greenscreen_cam.core import MaskResult as TrackerResult
 from greenscreen_cam.link.client import RemoteTracker
 from greenscreen_cam.link.protocol import (
     LinkAuthError,
@@ -26,12 +28,11 @@ from greenscreen_cam.link.protocol import (
     LinkProtocolError,
     LinkTLSError,
     LinkUnreachableError,
-    MaskResult,
+    RemoteMask,
 )
 from greenscreen_cam.link.server import ServeOptions, run_server
 from greenscreen_cam.prompt import Prompt
-from greenscreen_cam.sources import Frame, VideoFileSource
-from greenscreen_cam.sync import MaskResult as TrackerResult
+from greenscreen_cam.sources import VideoFileSource
 from tests.conftest import REPO, moving_disc_frames, write_video
 
 TOKEN = "test-token-0123456789"
@@ -117,7 +118,7 @@ def decoded_clip(tmp_path: Path, n: int = 8) -> list[Frame]:
     return frames
 
 
-def remote_masks(url: str, frames: list[Frame], prompt: Prompt) -> tuple[list[MaskResult], dict[str, Any]]:
+def remote_masks(url: str, frames: list[Frame], prompt: Prompt) -> tuple[list[RemoteMask], dict[str, Any]]:
     h, w = frames[0].image.shape[:2]
     with RemoteTracker(url, TOKEN, width=w, height=h) as tracker:
         tracker.reselect(prompt)
@@ -179,7 +180,7 @@ def test_clients_at_once_each_get_their_own_masks(server: ServerThread, tiny_mod
     src.close()
     clips["c"] = clips["a"][:3]
     prompts: dict[str, Prompt | None] = {"a": DISC_BOX, "b": Prompt(box=(69.0, 28.0, 66.0, 64.0)), "c": None}
-    out: dict[str, list[MaskResult]] = {}
+    out: dict[str, list[RemoteMask]] = {}
     errors: list[BaseException] = []
 
     def run(name: str) -> None:
@@ -427,7 +428,7 @@ aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 from tests.conftest import moving_disc_frames
 from greenscreen_cam.link.client import RemoteTracker
 from greenscreen_cam.prompt import Prompt
-from greenscreen_cam.sources import Frame
+from greenscreen_cam.core import Frame
 frames = moving_disc_frames(10)
 t = RemoteTracker({url!r}, {token!r}, width=160, height=120)
 t.start()
@@ -475,7 +476,7 @@ def test_a_server_restart_mid_stream_reconnects_and_resumes_tracking(tiny_model)
     second = None
     try:
         tracker.reselect(DISC_BOX)
-        got: list[MaskResult] = []
+        got: list[RemoteMask] = []
         stop_feeding = threading.Event()
 
         def feed() -> None:
@@ -538,7 +539,7 @@ def test_live_submit_and_poll_map_masks_to_frames_and_busy_follows_them(server: 
     with RemoteTracker(server.url, TOKEN, width=160, height=120) as tracker:
         tracker.reselect(DISC_BOX)
         assert not tracker.busy and tracker.poll() == []
-        got: list[MaskResult] = []
+        got: list[RemoteMask] = []
         for f in frames:
             tracker.submit(f)
             assert tracker.busy  # pending, or on its way (pipeline_depth 1)

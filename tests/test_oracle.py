@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from greenscreen_cam.core import Frame
 from greenscreen_cam.errors import ConfigError, SourceError
 from greenscreen_cam.oracle import (
     BENCH_MODES,
@@ -19,7 +20,6 @@ from greenscreen_cam.oracle import (
     run_oracle_bench,
     simulate,
 )
-from greenscreen_cam.sources import Frame
 from tests.conftest import shared_data
 
 REQUIRED = {"mean_iou", "min_iou", "delay_ms_p50", "delay_ms_p95", "own_mask_share"}

@@ -220,8 +220,8 @@ def test_matte_and_output_stay_in_step(tiny_model, tmp_path):
 
 
 def test_camera_lost_mid_stream_ends_the_run_with_a_clear_error(tiny_model, vcam_backend):
+    from greenscreen_cam.core import Frame
     from greenscreen_cam.errors import CameraLostError
-    from greenscreen_cam.sources import Frame
 
     class Unplugged:
         width, height, fps, live = 160, 120, 30.0, True
@@ -328,7 +328,7 @@ def test_status_lines_in_a_log():
 def test_output_keeps_flowing_while_the_camera_reconnects(tiny_model, vcam_backend):
     """A camera that goes away for 0.6 s: the virtual camera keeps receiving frames, the status says
     "reconnecting", and keyed frames resume when the camera is back."""
-    from greenscreen_cam.sources import Frame
+    from greenscreen_cam.core import Frame
 
     class Flaky:
         width, height, fps, live = 160, 120, 30.0, True

@@ -234,7 +234,8 @@ def _hidden_leftovers(folder: Path) -> list[str]:
 
 
 def test_existing_output_is_refused_and_left_unchanged(tmp_path):
-    from greenscreen_cam.sinks import OutputExistsError, check_outputs
+    from greenscreen_cam.errors import OutputExistsError
+    from greenscreen_cam.sinks import check_outputs
 
     out = tmp_path / "talk.mp4"
     out.write_bytes(b"an earlier recording" * 100)
@@ -249,7 +250,8 @@ def test_existing_output_is_refused_and_left_unchanged(tmp_path):
 
 
 def test_output_equal_to_source_is_refused_even_with_overwrite(tmp_path, clip):
-    from greenscreen_cam.sinks import OutputExistsError, check_outputs
+    from greenscreen_cam.errors import OutputExistsError
+    from greenscreen_cam.sinks import check_outputs
 
     source, _ = clip
     before = source.read_bytes()
@@ -264,7 +266,8 @@ def test_output_equal_to_source_is_refused_even_with_overwrite(tmp_path, clip):
 
 
 def test_matte_folder_checks(tmp_path):
-    from greenscreen_cam.sinks import OutputExistsError, check_outputs
+    from greenscreen_cam.errors import OutputExistsError
+    from greenscreen_cam.sinks import check_outputs
 
     mattes = tmp_path / "m"
     check_outputs([], mattes, overwrite=False, sources=[])  # new folder: fine

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
+from greenscreen_cam.core import Frame
 from greenscreen_cam.errors import SourceError
 from greenscreen_cam.sources import (
     CameraSource,
-    Frame,
     ImageFolderSource,
     LatestFrameReader,
     VideoFileSource,

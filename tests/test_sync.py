@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from greenscreen_cam.core import Frame
 from greenscreen_cam.errors import ConfigError
 from greenscreen_cam.oracle import SimClock, replay
-from greenscreen_cam.sources import Frame
 from greenscreen_cam.sync import (
     FlowWarper,
     Keyed,

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from greenscreen_cam.core import Frame
 from greenscreen_cam.errors import ConfigError
 from greenscreen_cam.link.protocol import (
     CHANNEL_LABEL,
@@ -46,14 +47,13 @@ from greenscreen_cam.link.protocol import (
     LinkProtocolError,
     LinkTLSError,
     LinkUnreachableError,
-    MaskResult,
+    RemoteMask,
     decode_mask,
     logits_from_u8,
     parse_text,
     prompt_message,
 )
 from greenscreen_cam.prompt import Prompt
-from greenscreen_cam.sources import Frame
 
 VIDEO_CLOCK = 90000
 """RTP clock rate of video (Hz); frame pts are in these units."""
@@ -75,7 +75,7 @@ class _Waiter:
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.result: MaskResult | None = None
+        self.result: RemoteMask | None = None
 
 
 def _send_size(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -172,7 +172,7 @@ class RemoteTracker:
         self._supervisor: concurrent.futures.Future[None] | None = None
         self._frame_event: asyncio.Event | None = None
         self._slot: tuple[Frame, _Waiter | None] | None = None
-        self._results: deque[MaskResult] = deque(maxlen=64)
+        self._results: deque[RemoteMask] = deque(maxlen=64)
         self._sent: OrderedDict[int, _Sent] = OrderedDict()
         self._inflight: dict[int, float] = {}
         self.pipeline_depth = max(1, int(pipeline_depth))
@@ -252,7 +252,7 @@ class RemoteTracker:
         self._raise_if_failed()
         self._put(frame, None)
 
-    def poll(self) -> list[MaskResult]:
+    def poll(self) -> list[RemoteMask]:
         """The masks that came back since the last call, oldest first (empty while reconnecting)."""
         self._raise_if_failed()
         with self._lock:
@@ -260,7 +260,7 @@ class RemoteTracker:
             self._results.clear()
         return out
 
-    def track_sync(self, frame: Frame, timeout: float = 60.0) -> MaskResult:
+    def track_sync(self, frame: Frame, timeout: float = 60.0) -> RemoteMask:
         """Send ``frame`` and wait for its own mask (offline files: every frame, in order).
 
         Waits first for the connection and for the server to acknowledge a pending
@@ -492,7 +492,7 @@ class RemoteTracker:
             return
         state = STATE_NAMES[m.state]
         waiting = state == "waiting"
-        result = MaskResult(
+        result = RemoteMask(
             frame_index=sent.index,
             timestamp=sent.timestamp,
             logits=None if waiting else logits_from_u8(m.probability),

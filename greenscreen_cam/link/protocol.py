@@ -29,9 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from greenscreen_cam.errors import GreencamError
+from greenscreen_cam.core import MaskResult
+from greenscreen_cam.errors import (  # noqa: F401  (re-exported for the link's users)
+    LinkAuthError,
+    LinkError,
+    LinkFullError,
+    LinkProtocolError,
+    LinkTLSError,
+    LinkUnreachableError,
+)
 from greenscreen_cam.prompt import Prompt
-from greenscreen_cam.sync import MaskResult as TrackerResult
 
 MAGIC = b"GCM1"
 HEADER = struct.Struct(">4sIIHHBBHf")
@@ -48,43 +55,14 @@ MAX_POINTS = 64
 DEFAULT_PORT = 8470
 
 
-# --------------------------------------------------------------------------- errors
-
-
-class LinkError(GreencamError):
-    """The link to a ``greencam serve`` server failed in a way retrying will not fix."""
-
-    exit_code = 8
-
-
-class LinkUnreachableError(LinkError):
-    """No server answers at the URL (refused, unknown host, timeout)."""
-
-
-class LinkAuthError(LinkError):
-    """The server refused the token (401)."""
-
-
-class LinkFullError(LinkError):
-    """The server has no room for another session (503)."""
-
-
-class LinkTLSError(LinkError):
-    """The TLS handshake failed (untrusted or mismatched certificate, or plain HTTP on a TLS port)."""
-
-
-class LinkProtocolError(LinkError):
-    """The server answered something that is not a greencam answer (bad status, SDP or message)."""
-
-
 # --------------------------------------------------------------------------- masks
 
 
 @dataclass
-class MaskResult(TrackerResult):
+class RemoteMask(MaskResult):
     """One mask that came back from the server, mapped to the client's own frame.
 
-    A :class:`greenscreen_cam.sync.MaskResult` (what every tracker of the pipeline
+    A :class:`greenscreen_cam.core.MaskResult` (what every tracker of the pipeline
     returns) with three fields of the link added.
 
     Attributes:
