@@ -30,6 +30,7 @@ from rich.table import Table
 from greenscreen_cam import __version__
 from greenscreen_cam.config import (
     GROUPS,
+    SYNC_MODES,
     ModelSettings,
     ServeSettings,
     Settings,
@@ -527,7 +528,9 @@ def bench(
         bool, typer.Option("--soak", help="Track --frames frames of a looped small clip and sample RSS.")
     ] = False,
     flow: Annotated[bool, typer.Option("--flow", help="With --live: warp masks with optical flow.")] = False,
-    sync: Annotated[str, typer.Option(help="With --live: auto, on or off (see greencam start --help).")] = "auto",
+    sync: Annotated[
+        str, typer.Option(help=f"With --live: {', '.join(SYNC_MODES)} (see greencam start --help).")
+    ] = "auto",
     oracle: Annotated[
         Path | None,
         typer.Option(help="Ground-truth masks folder: replay SOURCE frames with an oracle tracker (no model)."),

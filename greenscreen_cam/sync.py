@@ -49,11 +49,10 @@ from typing import Any, Literal, Protocol
 import cv2
 import numpy as np
 
+from greenscreen_cam.config import SYNC_MODES
 from greenscreen_cam.core import Frame, MaskResult
 from greenscreen_cam.errors import ConfigError
 
-SyncMode = Literal["off", "on", "auto"]
-SYNC_MODES: tuple[str, ...] = ("off", "on", "auto")
 Source = Literal["own", "flow", "newest", "none"]
 
 
