@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,21 +103,24 @@ class OracleTracker:
             self.tracked += 1
             self._current = None
             if (pending := self._pending.take_nowait()) is not None:
-                self._current = (pending, finish + self._duration())
+                self._current = (pending, finish + self._duration(pending))
 
-    def _duration(self) -> float:
+    def _duration(self, frame: Frame) -> float:
+        """Simulated seconds ``frame`` takes (``inf``: the tracker stalls on it for good)."""
         if self.jitter == 0.0:
             return self.tracker_s
         return self.tracker_s * (1.0 + float(self._rng.uniform(-self.jitter, self.jitter)))
 
     def next_done(self) -> float | None:
-        """Simulated time at which the frame being tracked completes (None: idle)."""
-        return self._current[1] if self._current is not None else None
+        """Simulated time at which the frame being tracked completes (None: idle, or stalled for good)."""
+        if self._current is None or not math.isfinite(self._current[1]):
+            return None
+        return self._current[1]
 
     def submit(self, frame: Frame) -> None:
         self._advance()
         if self._current is None:
-            self._current = (frame, self.clock() + self._duration())
+            self._current = (frame, self.clock() + self._duration(frame))
             return
         self._pending.put(frame)
 
@@ -249,6 +252,7 @@ def replay(
     *,
     until: float | None = None,
     flush: bool = True,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[Keyed]:
     """Drive ``scheduler`` and ``tracker`` like the live loop, with frame ``i`` captured at ``i / fps`` s.
 
@@ -265,6 +269,8 @@ def replay(
         until: Stop at this simulated time (as if the user quit), whatever is still in flight.
         flush: On stopping, hand out the frames still held (as a stopping loop does); False leaves
             them in the scheduler.
+        on_step: Called after each event with the number of frames captured so far (e.g. to
+            record the scheduler's state as the run goes).
 
     Returns:
         The output frames in output order.
@@ -293,6 +299,8 @@ def replay(
         if submission is not None:
             tracker.submit(submission)
         out.extend(scheduler.pop_ready(clock.now))
+        if on_step is not None:
+            on_step(i)
     if flush:
         out.extend(scheduler.flush(clock.now))
     return out

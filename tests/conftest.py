@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from greenscreen_cam.bench.common import synthetic_frames
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -25,16 +27,14 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def _disc(img: np.ndarray, i: int, n: int) -> None:
+    height, width = img.shape[:2]
+    cv2.circle(img, (width // 3 + 2 * i, height // 2), height // 4, (230, 50, 40), -1)
+
+
 def moving_disc_frames(n: int, width: int = 160, height: int = 120, seed: int = 0) -> list[np.ndarray]:
-    """RGB frames: a textured background with a red disc moving right."""
-    rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8), (width, height), interpolation=cv2.INTER_CUBIC)
-    frames = []
-    for i in range(n):
-        img = base.copy()
-        cv2.circle(img, (width // 3 + 2 * i, height // 2), height // 4, (230, 50, 40), -1)
-        frames.append(img)
-    return frames
+    """RGB frames: a textured background with a red disc moving right (the benchmarks' generator)."""
+    return synthetic_frames(n, width, height, seed, grid=(6, 8), draw=_disc)
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,20 +20,39 @@ if TYPE_CHECKING:
     from greenscreen_cam.config import ModelSettings
 
 
-def synthetic_frames(n: int, width: int = 1280, height: int = 720, seed: int = 0) -> list[np.ndarray]:
-    """A textured background with a moving, slowly deforming ellipse (``(height, width, 3)`` uint8 RGB).
+def _ellipse(img: np.ndarray, i: int, n: int) -> None:
+    height, width = img.shape[:2]
+    cx = int(width * (0.35 + 0.3 * (i / max(1, n - 1))))
+    cv2.ellipse(img, (cx, height // 2), (width // 8, height // 3 + (i % 5)), 0, 0, 360, (230, 80, 40), -1)
+
+
+def synthetic_frames(
+    n: int,
+    width: int = 1280,
+    height: int = 720,
+    seed: int = 0,
+    *,
+    grid: tuple[int, int] = (18, 32),
+    draw: Callable[[np.ndarray, int, int], None] = _ellipse,
+) -> list[np.ndarray]:
+    """``n`` frames (``(height, width, 3)`` uint8 RGB): a textured background and a moving subject.
+
+    Args:
+        grid: ``(rows, cols)`` of seeded random colours, smoothly scaled up into the background.
+        draw: ``draw(image, i, n)`` paints frame ``i``'s subject in place; the default is an
+            ellipse moving right and slowly deforming.
 
     Example:
         >>> [f.shape for f in synthetic_frames(2, 64, 36)]
         [(36, 64, 3), (36, 64, 3)]
     """
     rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.integers(0, 255, (18, 32, 3), dtype=np.uint8), (width, height), interpolation=cv2.INTER_CUBIC)
+    cells = rng.integers(0, 255, (*grid, 3), dtype=np.uint8)
+    base = cv2.resize(cells, (width, height), interpolation=cv2.INTER_CUBIC)
     frames = []
     for i in range(n):
         img = base.copy()
-        cx = int(width * (0.35 + 0.3 * (i / max(1, n - 1))))
-        cv2.ellipse(img, (cx, height // 2), (width // 8, height // 3 + (i % 5)), 0, 0, 360, (230, 80, 40), -1)
+        draw(img, i, n)
         frames.append(img)
     return frames
 
