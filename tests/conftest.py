@@ -19,6 +19,36 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
 
 
+def _hardware_missing(marker: str) -> str | None:
+    """Why a test marked ``marker`` cannot run on this machine (None: it can)."""
+    if marker == "gpu":
+        import torch
+
+        return None if torch.cuda.is_available() else "needs a CUDA GPU (torch.cuda.is_available() is False)"
+    sysfs = Path("/sys/class/video4linux")
+    names = [(d / "name").read_text().strip().lower() for d in sysfs.glob("video*") if (d / "name").is_file()]
+    if marker == "vcam":
+        loopback = any("loopback" in n or "greencam" in n for n in names)
+        return None if loopback else "needs a v4l2loopback virtual camera (sudo modprobe v4l2loopback ...)"
+    if marker == "camera":
+        real = any("loopback" not in n and "greencam" not in n for n in names)
+        return None if real else "needs a physical webcam (none under /sys/class/video4linux)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu``, ``camera`` or ``vcam`` skip with the reason when the hardware is absent."""
+    reasons: dict[str, str | None] = {}
+    for item in items:
+        for marker in ("gpu", "camera", "vcam"):
+            if item.get_closest_marker(marker) is None:
+                continue
+            if marker not in reasons:
+                reasons[marker] = _hardware_missing(marker)
+            if reasons[marker]:
+                item.add_marker(pytest.mark.skip(reason=reasons[marker]))
+
+
 def shared_data(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test when the data is absent (e.g. a user's machine)."""
     path = SHARED_DATA.joinpath(*parts)
