@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from greenscreen_cam.app import run_serve
+from greenscreen_cam.config import ServeSettings
 from greenscreen_cam.core import Frame
 from greenscreen_cam.core import MaskResult as TrackerResult
 from greenscreen_cam.link.client import RemoteTracker
@@ -30,7 +32,7 @@ from greenscreen_cam.link.protocol import (
     LinkUnreachableError,
     RemoteMask,
 )
-from greenscreen_cam.link.server import ServeOptions, run_server
+from greenscreen_cam.link.server import ServeLimits
 from greenscreen_cam.prompt import Prompt
 from greenscreen_cam.sources import VideoFileSource
 from tests.conftest import REPO, moving_disc_frames, write_video
@@ -54,9 +56,10 @@ def loopback_ice() -> Iterator[None]:
 class ServerThread:
     """run_server on a thread, with its event lines and a stop switch."""
 
-    def __init__(self, model: Any, **kw: Any) -> None:
-        opts = {"port": 0, "token": TOKEN, "model": "tiny", "device": "cpu", "min_fps": 0, "idle_timeout": 2.0}
-        self.opts = ServeOptions(**{**opts, **kw})
+    def __init__(self, model: Any, limits: ServeLimits | None = None, **kw: Any) -> None:
+        opts = {"port": 0, "token": TOKEN, "model": "tiny", "device": "cpu", "resolution": 256, "min_fps": 0}
+        self.opts = ServeSettings(**{**opts, **kw})
+        self.limits = limits or ServeLimits(idle_timeout=2.0)
         self.events: list[str] = []
         self.stop = threading.Event()
         self._ready = threading.Event()
@@ -65,7 +68,10 @@ class ServerThread:
 
         def target() -> None:
             try:
-                run_server(self.opts, on_event=self.events.append, ready=self._on_ready, stop=self.stop, model=model)
+                run_serve(
+                    self.opts, say=self.events.append, ready=self._on_ready, stop=self.stop, model=model,
+                    limits=self.limits,
+                )  # fmt: skip
             except BaseException as e:  # noqa: BLE001 - reported by the test
                 self.error = e
                 self._ready.set()
@@ -389,7 +395,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_tls_serves_https_and_untrusted_certificates_are_refused(tiny_model, tmp_path) -> None:
     cert, key = _self_signed(tmp_path)
-    tls = ServerThread(tiny_model, cert_file=cert, key_file=key)
+    tls = ServerThread(tiny_model, cert_file=str(cert), key_file=str(key))
     try:
         assert tls.url.startswith("https://")
         with pytest.raises(LinkTLSError, match="TLS"):

@@ -51,12 +51,13 @@ pytestmark = pytest.mark.timeout(600)
 
 SERVER_SCRIPT = """
 import sys
-from greenscreen_cam.link.server import ServeOptions, run_server
+from greenscreen_cam.app import run_serve
+from greenscreen_cam.config import ServeSettings
 
-run_server(
-    ServeOptions(port=int(sys.argv[1]), token=sys.argv[2], random_weights=True, resolution=256, device="cpu",
-                 min_fps=0, max_sessions=4),
-    on_event=lambda line: print("event:", line, file=sys.stderr, flush=True),
+run_serve(
+    ServeSettings(port=int(sys.argv[1]), token=sys.argv[2], resolution=256, device="cpu", min_fps=0, max_sessions=4),
+    random_weights=True,
+    say=lambda line: print("event:", line, file=sys.stderr, flush=True),
     ready=lambda url: print("READY", url, flush=True),
 )
 """
