@@ -583,3 +583,21 @@ def test_offline_tracking_carries_on_through_a_server_restart(tiny_model, tmp_pa
         s.close()
     assert [m.frame_index for m in masks] == [f.index for f in frames]
     assert all(m.state in ("tracking", "lost") and m.logits is not None for m in masks)  # the prompt was re-sent
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def test_every_peer_connection_is_built_from_the_settings() -> None:
+    """aiortc's ``RTCPeerConnection()`` with no configuration asks Google's STUN server: only link/rtc builds one."""
+    import ast
+
+    calls = []
+    for path in sorted((REPO / "greenscreen_cam").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                if name == "RTCPeerConnection":
+                    calls.append((path.relative_to(REPO).as_posix(), len(node.args) + len(node.keywords)))
+    assert calls == [("greenscreen_cam/link/rtc.py", 1)]

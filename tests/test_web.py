@@ -612,6 +612,8 @@ def test_whep_viewer_gets_video_and_masks_and_is_cleaned_up() -> None:
             frame = await asyncio.wait_for(tracks[0].recv(), 20)
             assert frame.width > 0 and frame.height > 0
             viewer = next(iter(hub.viewers.values()))
+            # Built from the (empty) ICE settings, not aiortc's default that asks Google's STUN server.
+            assert viewer.pc._RTCPeerConnection__configuration.iceServers == []
             await _until(lambda: viewer.channel is not None and viewer.channel.readyState == "open", 10, "channel open")
             assert len(session.listeners) == 1
             prob = (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)
