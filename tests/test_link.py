@@ -601,3 +601,152 @@ def test_every_peer_connection_is_built_from_the_settings() -> None:
                 if name == "RTCPeerConnection":
                     calls.append((path.relative_to(REPO).as_posix(), len(node.args) + len(node.keywords)))
     assert calls == [("greenscreen_cam/link/rtc.py", 1)]
+
+
+# --------------------------------------------------------------------------- hostile input (issue 18)
+
+TURN_SECRET = "turn-secret-4242-abcdef"
+
+
+class AppThread:
+    """The embeddable API as a host would use it: create_app + serve_app on a loop of its own thread."""
+
+    def __init__(self, model: Any, limits: ServeLimits | None = None, **kw: Any) -> None:
+        import asyncio
+
+        from greenscreen_cam.link.server import REGISTRY, create_app, serve_app
+
+        opts = {"port": 0, "token": TOKEN, "model": "tiny", "device": "cpu", "resolution": 256, "min_fps": 0}
+        settings = ServeSettings(**{**opts, "turn_password": TURN_SECRET, **kw})
+        self.events: list[str] = []
+        self.app = create_app(settings, token=TOKEN, model=model, limits=limits, on_event=self.events.append)
+        self.registry = self.app[REGISTRY]
+        self.loop = asyncio.new_event_loop()
+        self._done = asyncio.Event()
+        ready = threading.Event()
+        self.url = ""
+
+        def on_ready(url: str) -> None:
+            self.url = url
+            ready.set()
+
+        def run() -> None:
+            self.loop.run_until_complete(serve_app(self.app, "127.0.0.1", 0, ready=on_ready, until=self._done.wait()))
+            self.loop.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(30), "server did not start"
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def health(self, timeout: float = 5.0) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/health", timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self._done.set)
+        self.thread.join(20)
+        assert not self.thread.is_alive(), "server did not stop"
+
+    def __enter__(self) -> AppThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh TCP connection and read until the server closes it (or ``timeout``)."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"\r\n\r\n" in out and b"Content-Length: " in out:
+                head, _, body = out.partition(b"\r\n\r\n")
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                if len(body) >= length:
+                    break
+    return out
+
+
+def wait_for_events(app: AppThread, count: int, timeout: float = 5.0) -> list[str]:
+    wait_for(lambda: len(app.events) >= count, timeout, f"{count} event lines")
+    time.sleep(0.2)  # and no more than that
+    return list(app.events)
+
+
+def one_offer() -> str:
+    """A real aiortc offer (video + the greencam data channel), gathered on loopback."""
+    import asyncio
+
+    from greenscreen_cam.link.rtc import new_peer_connection
+
+    async def make() -> str:
+        pc = new_peer_connection()
+        pc.addTransceiver("video", direction="sendonly")
+        pc.createDataChannel("greencam")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    return asyncio.run(make())
+
+
+def parallel_offers(url: str, offer: str, n: int) -> list[tuple[int, str]]:
+    """``n`` authorised ``POST /whip`` at once: ``[(status, Location or body)]``."""
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> list[tuple[int, str]]:
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/sdp"}
+        async with aiohttp.ClientSession() as http:
+
+            async def one() -> tuple[int, str]:
+                async with http.post(url + "/whip", data=offer, headers=headers) as r:
+                    return r.status, r.headers.get("Location") or await r.text()
+
+            return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))), 120)
+
+    return asyncio.run(run())
+
+
+def test_parallel_offers_never_make_more_sessions_than_max_sessions(tiny_model) -> None:
+    offer = one_offer()
+    with AppThread(tiny_model, max_sessions=4, limits=ServeLimits(idle_timeout=60)) as app:
+        results = parallel_offers(app.url, offer, 30)
+        statuses = sorted(s for s, _ in results)
+        assert statuses == [201] * 4 + [503] * 26, statuses
+        assert all("server full" in text for s, text in results if s == 503)
+        assert app.health()["sessions"] == 4
+        for status, location in results:
+            if status == 201:
+                assert _request(app.url + location, "DELETE", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+        assert app.health()["sessions"] == 0
+        # A failed offer gives its reserved slot back.
+        bad = _request(
+            app.url + "/whip",
+            body=b"v=0\r\nm=video 9 x\r\n",
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/sdp"},
+        )
+        assert bad[0] == 400
+        assert sorted(s for s, _ in parallel_offers(app.url, offer, 6)) == [201] * 4 + [503] * 2
+
+
+def test_parallel_offers_respect_the_min_fps_floor(tiny_model) -> None:
+    offer = one_offer()
+    with AppThread(tiny_model, max_sessions=20, min_fps=3, limits=ServeLimits(idle_timeout=60)) as app:
+        app.registry.worker.step_times = {1: 0.2}  # 5 masks/s alone, 2.5 each with two sessions
+        results = parallel_offers(app.url, offer, 30)
+        assert sorted(s for s, _ in results) == [201] + [503] * 29
+        assert all("fps floor" in text for s, text in results if s == 503)
+        assert app.health()["sessions"] == 1
