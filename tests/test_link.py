@@ -750,3 +750,133 @@ def test_parallel_offers_respect_the_min_fps_floor(tiny_model) -> None:
         assert sorted(s for s, _ in results) == [201] + [503] * 29
         assert all("fps floor" in text for s, text in results if s == 503)
         assert app.health()["sessions"] == 1
+
+
+HOSTILE = [
+    # (name, raw request, expected status) -- issue 18 items 2, 3, 4 and 6
+    ("over-long request line with the token", b"GET /health?token=" + TOKEN.encode() + b"x" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # noqa: E501
+    ("over-long Authorization header", b"GET /health HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer " + TOKEN.encode() + b"y" * 9000 + b"\r\n\r\n", 400),  # noqa: E501
+    ("negative Content-Length", b"POST /whip HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n", 400),
+    ("Content-Length and chunked", b"POST /whip HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),  # noqa: E501
+    ("NUL in a header", b"GET /health HTTP/1.1\r\nHost: a\r\nX-A: b\x00c\r\n\r\n", 400),
+    ("space in a header name", b"GET /health HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n", 400),
+    ("lines without CRLF", b"GET /health HTTP/1.1\nHost: a\n\n", 400),
+    ("raw ESC in the URL", b"GET /\x1b[2J HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("a forged log line", b"GET /%1b%5b31mX%0agreencam:%20session%20FAKE%20started HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    ("terminal escapes, the token in the path", b"GET /%1b%5b2J" + TOKEN.encode() + b" HTTP/1.1\r\nHost: a\r\n\r\n", 404),  # noqa: E501
+    ("the TURN password in the path", b"GET /" + TURN_SECRET.encode() + b" HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    ("a token in a query", b"GET /nothing?token=" + TOKEN.encode() + b" HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    ("a long file name under /web/", b"GET /web/" + b"a" * 5000 + b".js HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    ("a wrong token that contains the real one", b"POST /whip HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x" + TOKEN.encode() + b"\r\nContent-Length: 0\r\n\r\n", 401),  # noqa: E501
+]  # fmt: skip
+
+
+def test_hostile_requests_get_a_4xx_one_clean_line_and_never_the_token(tiny_model, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secrets_ = (TOKEN, TOKEN[:12], TURN_SECRET)
+    server_path = str(REPO)
+    with AppThread(tiny_model) as app:
+        for name, data, status in HOSTILE:
+            before = len(app.events)
+            reply = raw_exchange(app.port, data, timeout=5)
+            head = reply.split(b"\r\n", 1)[0].decode("latin-1")
+            assert head.split()[1:2] == [str(status)], (name, reply[:300])
+            lines = wait_for_events(app, before + 1)[before:]
+            assert len(lines) == 1, (name, lines)
+            line = lines[0]
+            assert line.startswith(str(status)), (name, line)
+            assert not any(s in line for s in secrets_), (name, line)
+            assert not any(ord(c) < 32 or ord(c) == 127 for c in line), (name, line)  # no ESC, no newline
+            assert server_path not in line and "Traceback" not in line, (name, line)
+            text = reply.decode("latin-1")
+            assert not any(s in text for s in secrets_) and server_path not in text, (name, text[:300])
+        health = json.dumps(app.health())
+        assert TOKEN not in health and TURN_SECRET not in health
+    for record in caplog.records:  # nothing from aiohttp or anyone else: no traceback, no secret
+        assert record.exc_info is None, record.getMessage()
+        assert not any(s in record.getMessage() for s in secrets_), record.getMessage()
+    assert not any("session FAKE started" in line.split(": ", 1)[0] for line in app.events)
+
+
+def test_half_open_connections_are_closed_and_health_stays_fast(tiny_model) -> None:
+    limits = ServeLimits(header_timeout=2.0, max_unauthenticated=32)
+    with AppThread(tiny_model, limits=limits) as app:
+        socks: list[socket.socket] = []
+        try:
+            started = time.monotonic()
+            for _ in range(300):
+                s = socket.create_connection(("127.0.0.1", app.port), timeout=5)
+                s.sendall(b"GET /hea")
+                socks.append(s)
+            worst = 0.0
+            for _ in range(5):  # /health answers at once while they hang
+                t0 = time.monotonic()
+                assert app.health(timeout=2)["status"] == "ok"
+                worst = max(worst, time.monotonic() - t0)
+            assert worst < 1.0, f"/health took {worst:.2f} s"
+            open_ = set(range(len(socks)))
+            deadline = started + limits.header_timeout + 8.0
+            import select
+
+            while open_ and time.monotonic() < deadline:
+                readable, _, _ = select.select([socks[i] for i in open_], [], [], 0.5)
+                for s in readable:
+                    try:
+                        data = s.recv(4096)
+                    except (ConnectionResetError, TimeoutError):
+                        data = b""
+                    if not data:
+                        open_.discard(socks.index(s))
+            elapsed = time.monotonic() - started
+            assert not open_, f"{len(open_)} of 300 half-open connections still open after {elapsed:.1f} s"
+        finally:
+            for s in socks:
+                s.close()
+        assert app.health()["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("plain", "plain"),
+        ("a\x1b[2Jb", "a\\x1b[2Jb"),
+        ("line\nforged: session FAKE started", "line\\x0aforged: session FAKE started"),
+        ("nul\x00del\x7fc1\x9b", "nul\\x00del\\x7fc1\\x9b"),
+        ("x" * 400, "x" * 300 + "…"),
+    ],
+)
+def test_escape_writes_control_characters_visibly(text: str, expected: str) -> None:
+    from greenscreen_cam.link.auth import escape
+
+    assert escape(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (f"GET /?token={TOKEN}&x=1", "GET /?token=***&x=1"),
+        ("GET /?token=someone-elses&x=1", "GET /?token=***&x=1"),
+        ("Authorization: Bearer abc.def", "Authorization: Bearer ***"),
+        (f"path /{TOKEN}/x and {TURN_SECRET}", "path /***/x and ***"),
+        ("a secret=s1 and password=p2", "a secret=*** and password=***"),
+        ("nothing here", "nothing here"),
+    ],
+)
+def test_redactor_hides_known_and_likely_secrets(line: str, expected: str) -> None:
+    from greenscreen_cam.link.auth import Redactor
+
+    assert Redactor([TOKEN, TURN_SECRET, None, ""]).redact(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [("Bearer abc", "abc"), ("bearer   abc ", "abc"), ("BEARER abc", "abc"), ("Basic abc", None), ("Bearer", None),
+     ("Bearer ", None), ("", None), (None, None)],
+)  # fmt: skip
+def test_one_bearer_parser(header: str | None, token: str | None) -> None:
+    from greenscreen_cam.link.auth import bearer_header, bearer_token
+
+    assert bearer_token(header) == token
+    assert bearer_token(bearer_header("t0k")["Authorization"]) == "t0k"

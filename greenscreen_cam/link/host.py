@@ -129,7 +129,7 @@ def _handler_class(guard: ConnectionGuard) -> type[RequestHandler]:
             self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
         ) -> web.StreamResponse:
             reason = getattr(exc, "message", None) or message or (type(exc).__name__ if exc else "error")
-            reason = escape(str(reason).splitlines()[0] if str(reason) else "error", 160)
+            reason = escape(" ".join(p.strip() for p in str(reason).splitlines() if p.strip()) or "error", 160)
             guard.emit(f"{status} bad HTTP request from {request.remote}: {reason}")
             if request.writer.output_size > 0:
                 raise ConnectionError("response already sent; cannot send the error")
