@@ -317,7 +317,8 @@ class SessionRegistry:
             @pc.on("connectionstatechange")
             async def on_state() -> None:
                 if pc.connectionState in ("failed", "closed") and session.id in self.sessions:
-                    await self.close_session(session.id, f"connection {pc.connectionState}")
+                    with contextlib.suppress(ServeNotFound):  # closed meanwhile
+                        await self.close_session(session.id, f"connection {pc.connectionState}")
 
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
