@@ -54,7 +54,7 @@ def loopback_ice() -> Iterator[None]:
 
 
 class ServerThread:
-    """run_server on a thread, with its event lines and a stop switch."""
+    """app.run_serve (the CLI's host) on a thread, with its event lines and a stop switch."""
 
     def __init__(self, model: Any, limits: ServeLimits | None = None, **kw: Any) -> None:
         opts = {"port": 0, "token": TOKEN, "model": "tiny", "device": "cpu", "resolution": 256, "min_fps": 0}
@@ -880,3 +880,42 @@ def test_one_bearer_parser(header: str | None, token: str | None) -> None:
 
     assert bearer_token(header) == token
     assert bearer_token(bearer_header("t0k")["Authorization"]) == "t0k"
+
+
+def test_the_session_operations_need_no_http(tiny_model) -> None:
+    """What a second front end (an ASGI ingress) would call: plain async methods, domain errors."""
+    import asyncio
+
+    from greenscreen_cam.errors import ServeBadRequest, ServeBusy, ServeNotFound
+    from greenscreen_cam.link.server import ModelWorker, SessionRegistry, status_of
+
+    offer = one_offer()
+
+    async def scenario() -> None:
+        worker = ModelWorker(tiny_model, model_name="tiny", device="cpu", resolution=256)
+        registry = SessionRegistry(ServeSettings(max_sessions=1), TOKEN, worker)
+        await registry.start()
+        try:
+            session, answer = await registry.open_session(offer)
+            assert answer.startswith("v=0") and "m=video" in answer
+            assert registry.health()["sessions"] == 1
+            with pytest.raises(ServeBusy, match="server full") as busy:
+                await registry.open_session(offer)
+            registry.set_prompt(session.id, {"type": "prompt", "box": [10, 10, 50, 50], "width": 160, "height": 120})
+            with pytest.raises(LinkProtocolError, match="width"):
+                registry.set_prompt(session.id, {"type": "prompt", "box": [10, 10, 50, 50]})
+            with pytest.raises(ServeNotFound) as missing:
+                registry.set_prompt("nope", None)
+            await registry.close_session(session.id, "test")
+            with pytest.raises(ServeNotFound):
+                await registry.close_session(session.id, "again")
+            with pytest.raises(ServeBadRequest) as bad:
+                await registry.open_session("hello")
+            assert [status_of(e.value) for e in (busy, missing, bad)] == [503, 404, 400]
+            assert registry.health()["sessions"] == 0
+        finally:
+            await registry.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    with pytest.raises(ValueError, match="token is required"):
+        SessionRegistry(ServeSettings(), "", ModelWorker(None, model_name="tiny", device="cpu", resolution=256))

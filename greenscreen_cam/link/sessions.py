@@ -58,6 +58,17 @@ class ServeLimits:
     tick: float = 1.0
 
 
+def check_offer(sdp: str, *, viewer: bool) -> None:
+    """Refuse an SDP offer that cannot be answered, with ServeBadRequest and a short reason.
+
+    The one place every offer is checked before it is answered: a publisher's (``POST /whip``)
+    and a viewer's (``POST /whep``, ``viewer=True``).
+    """
+    if "v=0" not in sdp or "m=video" not in sdp:
+        what = "a viewer's offer" if viewer else "the offer"
+        raise ServeBadRequest(f"{what} is not SDP or has no video (m=video) section")
+
+
 class Session:
     """One connected camera: its peer connection, data channel and frame reader.
 
@@ -279,11 +290,6 @@ class SessionRegistry:
                 )
         return None
 
-    def check_offer(self, offer_sdp: str) -> None:
-        """Refuse an offer that cannot make a session (ServeBadRequest); the one place offers are checked."""
-        if "m=video" not in offer_sdp:
-            raise ServeBadRequest("the offer has no video (m=video) section")
-
     # -------------------------------------------------------------- session operations
     async def open_session(self, offer_sdp: str) -> tuple[Session, str]:
         """Create a session from an SDP offer: ``(session, answer SDP)``.
@@ -301,7 +307,7 @@ class SessionRegistry:
             raise ServeBusy(refusal)
         self._opening += 1  # no await between the check and this line
         try:
-            self.check_offer(offer_sdp)
+            check_offer(offer_sdp, viewer=False)
             pc = self.new_peer_connection()
             session = Session(self, pc)
 

@@ -49,6 +49,7 @@ from greenscreen_cam.errors import (
 )
 from greenscreen_cam.link import rtc
 from greenscreen_cam.link.auth import bearer_token, escape, same_token, status_of
+from greenscreen_cam.link.sessions import check_offer
 
 logger = logging.getLogger(__name__)
 
@@ -257,8 +258,7 @@ class ViewerHub:
             ServeNotFound, ServeUnauthorized, ServeBadRequest, ServeBusy.
         """
         session_id, session = self._check_viewer(route, token)
-        if "m=video" not in sdp or "v=0" not in sdp:
-            raise ServeBadRequest("the offer is not an SDP offer with a video section")
+        check_offer(sdp, viewer=True)
         if sum(1 for v in self.viewers.values() if v.session_id == session_id) >= MAX_VIEWERS_PER_SESSION:
             raise ServeBusy(f"this session already has {MAX_VIEWERS_PER_SESSION} viewers (each costs a video encode)")
         try:
