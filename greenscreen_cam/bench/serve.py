@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from greenscreen_cam.config import ServeSettings
 from greenscreen_cam.core import percentile
 
 if TYPE_CHECKING:
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
 TOKEN = "bench-token-not-secret"
 
 
-def _serve_child(opts: Any, urls: Any, stop: Any) -> None:
-    """The server process: run_server until the parent sets ``stop``."""
+def _serve_child(opts: ServeSettings, urls: Any, stop: Any, random_weights: bool, batch: bool) -> None:
+    """The server process: ``greencam serve``'s host until the parent sets ``stop``."""
     stop_local = threading.Event()
 
     def watch() -> None:
@@ -34,9 +35,9 @@ def _serve_child(opts: Any, urls: Any, stop: Any) -> None:
         stop_local.set()
 
     threading.Thread(target=watch, daemon=True).start()
-    from greenscreen_cam.link.server import run_server
+    from greenscreen_cam.app import run_serve
 
-    run_server(opts, ready=urls.put, stop=stop_local)
+    run_serve(opts, say=lambda line: None, ready=urls.put, stop=stop_local, random_weights=random_weights, batch=batch)
 
 
 def _proc_cpu_seconds(pid: int) -> float | None:
@@ -90,26 +91,23 @@ def bench_link(
         down) and their means, and the server's CPU use (% of one core), RSS and peak RSS (MiB).
     """
     from greenscreen_cam.link.client import RemoteTracker
-    from greenscreen_cam.link.server import ServeOptions
     from greenscreen_cam.prompt import Prompt
     from greenscreen_cam.sources import VideoFileSource
 
     say = on_event or (lambda line: None)
-    opts = ServeOptions(
+    opts = ServeSettings(
         port=0,
         token=TOKEN,
         model=settings.model,
         resolution=settings.resolution,
         device=settings.device,
-        checkpoint=Path(settings.checkpoint) if settings.checkpoint else None,
-        random_weights=random_weights,
+        checkpoint=str(settings.checkpoint) if settings.checkpoint else None,
         max_sessions=max(sessions, 1),
         min_fps=0.0,
-        batch=batch,
     )
     ctx = mp.get_context("spawn")
     urls, stop = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=_serve_child, args=(opts, urls, stop), daemon=True)
+    proc = ctx.Process(target=_serve_child, args=(opts, urls, stop, random_weights, batch), daemon=True)
     proc.start()
     clients: list[Any] = []
     try:
