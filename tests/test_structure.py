@@ -43,17 +43,12 @@ def test_the_bench_package_imports_its_parts_statically():
         assert "importlib.import_module" not in path.read_text(encoding="utf-8"), path.name
 
 
-# Still over the limit while its split is under way (issue 19 section 2); remove it from here when it lands.
-SPLIT_PENDING = {"link/server.py"}
-
-
 def test_no_module_is_over_800_lines():
     lines = {
         p.relative_to(PACKAGE).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
         for p in PACKAGE.rglob("*.py")
     }
-    assert {name: n for name, n in lines.items() if n > 800}.keys() <= SPLIT_PENDING
-    assert all(lines.get(name, 0) > 800 for name in SPLIT_PENDING), "split done: empty SPLIT_PENDING"
+    assert {name: n for name, n in lines.items() if n > 800} == {}
 
 
 def test_no_import_cycles():
