@@ -560,8 +560,9 @@ def bench(
     small: Annotated[bool, typer.Option("--small", help="With --suite: tiny settings (a CPU smoke run).")] = False,
     clip: Annotated[str | None, typer.Option(help="With --suite: video to cut the 720p/1080p clips from.")] = None,
     suite_models: Annotated[
-        str, typer.Option("--models", help="With --suite: models to run, comma-separated.")
-    ] = "tiny,small,base-plus,large",
+        str | None,
+        typer.Option("--models", help="With --suite: models to run, comma-separated (default: tiny to large)."),
+    ] = None,
     budget: Annotated[
         float, typer.Option(help="With --suite: seconds after which optional steps are skipped.")
     ] = 360.0,
@@ -587,7 +588,7 @@ def bench(
                 out_dir=out_dir,
                 small=small,
                 clip=clip,
-                models_to_run=tuple(m for m in suite_models.split(",") if m),
+                models_to_run=tuple(m for m in suite_models.split(",") if m) if suite_models else b.SUITE_MODELS,
                 budget_s=budget,
             )
             sys.stdout.write(b.suite_markdown(result))

@@ -39,6 +39,7 @@ def _scan(frames: list[np.ndarray]) -> list[tuple[int, int, int, int] | None]:
         ("bedroom.mp4", 76, 90),  # torsos and a bed corner
     ],
 )
+@pytest.mark.slow
 def test_false_faces_on_real_clips_are_rejected(name, start, stop):
     boxes = _scan(_frames(name, start, stop))
     assert boxes == [None] * len(boxes)
@@ -55,6 +56,7 @@ def test_raw_cascade_does_fire_on_pingpong():
     assert [finder.observe(frame), FaceFinder().subject_box(frame)] == [None, None]
 
 
+@pytest.mark.slow
 def test_a_real_face_is_selected_once_confirmed():
     frames = _frames("default_juggle.mp4", 26, 34)  # the juggler's face (about 69 px) is found at 28, 29, 31
     boxes = _scan(frames)

@@ -19,6 +19,7 @@ from .conftest import REPO
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.slow
 def test_make_bench_gpu_runs_on_the_cpu_with_small_settings(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run(
@@ -50,6 +51,7 @@ def test_make_bench_gpu_runs_on_the_cpu_with_small_settings(tmp_path):
     assert set(result["step_seconds"]) >= {"tiny@256 eager", "live 720p", "live 1080p", "e2e 720p", "compositor"}
 
 
+@pytest.mark.slow
 def test_tracker_bench_stages_account_for_the_frame_time_and_the_official_run_is_timed(tmp_path):
     result = bench.bench_tracker(
         ModelSettings(model="tiny", resolution=256, device="cpu"),
@@ -132,6 +134,7 @@ def test_configure_threads_sets_policy_per_mode_and_keeps_the_users(mode, preset
         torch.set_num_threads(torch_before)
 
 
+@pytest.mark.slow
 def test_configure_threads_before_torch_sets_the_environment():
     from greenscreen_cam.threads import live_torch_threads
 

@@ -89,6 +89,7 @@ def test_start_help_has_examples():
     assert "greencam start --bbox" in result.output and "--matte-output" in result.output
 
 
+@pytest.mark.slow
 def test_file_to_file_end_to_end(env, tmp_path):
     frames = moving_disc_frames(10)
     src = write_video(tmp_path / "in.mp4", frames)
@@ -107,6 +108,7 @@ def test_file_to_file_end_to_end(env, tmp_path):
         assert np.abs(img[bg].astype(int) - np.array(KEY_COLOR)).mean() < 6
 
 
+@pytest.mark.slow
 def test_virtual_camera_end_to_end(env, tmp_path, vcam_backend):
     src = write_jpeg_folder(tmp_path / "in", moving_disc_frames(6))
     result = start("--source", str(src), "--bbox", "30,25,60,70", "--virtual-backend", "greencam-test", "--fps", "60")
@@ -116,6 +118,7 @@ def test_virtual_camera_end_to_end(env, tmp_path, vcam_backend):
     assert "sending to virtual camera /dev/video-test" in result.output
 
 
+@pytest.mark.slow
 def test_matte_matches_official_predictor(env, tmp_path, tiny_checkpoint):
     """start --refine none --matte-output gives the official SAM2VideoPredictor's masks (IoU >= 0.99).
 
@@ -264,6 +267,7 @@ def test_bad_config_file_via_start(env, tmp_path, clip):
     assert result.exit_code == 2 and "smooth must be a number" in result.output
 
 
+@pytest.mark.slow
 def test_config_file_drives_start(env, tmp_path, clip):
     cfg = tmp_path / "c.toml"
     out = tmp_path / "o.mp4"
@@ -276,6 +280,7 @@ def test_config_file_drives_start(env, tmp_path, clip):
     assert len(frames) == 3
 
 
+@pytest.mark.slow
 def test_auto_with_no_face_sends_the_key_and_says_so(env, clip, tmp_path):
     out = tmp_path / "o.mp4"
     result = start("--source", str(clip[0]), "--output", str(out))
@@ -286,6 +291,7 @@ def test_auto_with_no_face_sends_the_key_and_says_so(env, clip, tmp_path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.slow
 def test_signal_exits_cleanly(checkpoint_dir, tmp_path, signum):
     """A running `greencam start` gets Ctrl-C or SIGTERM: exit 0, summary printed, no traceback."""
     frames = moving_disc_frames(4)
@@ -339,6 +345,7 @@ def test_signal_exits_cleanly(checkpoint_dir, tmp_path, signum):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
 
 
+@pytest.mark.slow
 def test_bench_command_runs_small(env):
     result = runner.invoke(
         app,

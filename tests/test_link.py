@@ -37,6 +37,8 @@ from greenscreen_cam.prompt import Prompt
 from greenscreen_cam.sources import VideoFileSource
 from tests.conftest import REPO, moving_disc_frames, write_video
 
+pytestmark = pytest.mark.slow  # every test here runs a real server and real model steps
+
 TOKEN = "test-token-0123456789"
 DISC_BOX = Prompt(box=(25.0, 28.0, 66.0, 64.0))  # the red disc of moving_disc_frames at 160x120
 CORNER_BOX = Prompt(box=(110.0, 2.0, 48.0, 40.0))  # background, top right

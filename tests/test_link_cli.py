@@ -12,8 +12,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from tests.conftest import REPO, moving_disc_frames, write_video
+
+pytestmark = pytest.mark.slow  # runs greencam serve and greencam start as processes
 
 TOKEN = "cli-test-token-0123456789"
 BOX = "25,28,66,64"

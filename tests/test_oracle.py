@@ -165,6 +165,7 @@ SEQUENCES = ("lucia", "hike", "tennis")
 
 
 @pytest.mark.parametrize("seq", SEQUENCES)
+@pytest.mark.slow
 def test_davis_goals(seq: str) -> None:
     """The issue's goals on the shared DAVIS sequences (deterministic, so asserted exactly)."""
     root = shared_data("davis", seq)

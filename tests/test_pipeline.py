@@ -72,6 +72,7 @@ class _FakeCamera:
 
 
 @pytest.mark.parametrize("sync", ["off", "on"])
+@pytest.mark.slow
 def test_live_output_keeps_the_source_rate_while_the_tracker_is_slower(tiny_model, tmp_path, vcam_backend, sync):
     folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(45))
     source = ImageFolderSource(folder, fps=30.0, realtime=True)  # a 1.5 s "camera" at 30 fps
@@ -113,6 +114,7 @@ def test_live_output_keeps_the_source_rate_while_the_tracker_is_slower(tiny_mode
         assert 0 < summary["delay_p50_ms"] <= summary["delay_p95_ms"] <= 1000 + 50
 
 
+@pytest.mark.slow
 def test_offline_is_deterministic(tiny_model, tmp_path):
     folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(6))
     runs = []
@@ -184,6 +186,7 @@ def _run_occluded(
     return rec.frames
 
 
+@pytest.mark.slow
 def test_lost_subject_sends_key_then_recovers(tiny_model, tmp_path):
     events: list[str] = []
     frames = _run_occluded(tiny_model, tmp_path, {3, 4, 5}, 0.0, events)
@@ -194,6 +197,7 @@ def test_lost_subject_sends_key_then_recovers(tiny_model, tmp_path):
     assert "subject is back" in events and not (frames[-1] == KEY_COLOR).all()
 
 
+@pytest.mark.slow
 def test_short_occlusion_within_lost_after_keeps_the_last_mask(tiny_model, tmp_path):
     """--lost-after 0.3 at 10 fps = 3 frames of grace: a 2-frame occlusion never blanks the picture."""
     events: list[str] = []
@@ -211,6 +215,7 @@ def test_short_occlusion_within_lost_after_keeps_the_last_mask(tiny_model, tmp_p
     assert sum("subject lost" in e for e in events) == 1
 
 
+@pytest.mark.slow
 def test_tracker_failure_in_live_mode_ends_the_run_with_one_error(tiny_model, tmp_path):
     from greenscreen_cam.errors import TrackerError
 
@@ -232,6 +237,7 @@ def test_tracker_failure_in_live_mode_ends_the_run_with_one_error(tiny_model, tm
     assert time.perf_counter() - start < 5.0
 
 
+@pytest.mark.slow
 def test_stop_from_another_thread_ends_a_live_run(tiny_model, tmp_path):
     folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(4) * 200)
     source = ImageFolderSource(folder, fps=30.0, realtime=True)
@@ -257,6 +263,7 @@ def test_stop_from_another_thread_ends_a_live_run(tiny_model, tmp_path):
     assert 20 <= summary["frames_out"] < 20 + 30, "it stopped within a second of 30 fps frames"
 
 
+@pytest.mark.slow
 def test_matte_and_output_stay_in_step(tiny_model, tmp_path):
     folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(5))
     rec = _Recorder()
@@ -272,6 +279,7 @@ def test_matte_and_output_stay_in_step(tiny_model, tmp_path):
     assert len(rec.frames) == 5 == len(list((tmp_path / "m").glob("*.png")))
 
 
+@pytest.mark.slow
 def test_camera_lost_mid_stream_ends_the_run_with_a_clear_error(tiny_model, vcam_backend):
     from greenscreen_cam.errors import CameraLostError
 
@@ -291,6 +299,7 @@ def test_camera_lost_mid_stream_ends_the_run_with_a_clear_error(tiny_model, vcam
     assert len(vcam_backend.instances[0].frames) == 5
 
 
+@pytest.mark.slow
 def test_preview_hotkeys(tiny_model, tmp_path):
     """The preview's keys change the loop's state: pass-through, mask view, help, auto re-select, quit."""
     frames = moving_disc_frames(3)
@@ -360,6 +369,7 @@ def test_status_lines_in_a_log():
     assert buf.getvalue().splitlines()[-1] == "greencam: subject lost"
 
 
+@pytest.mark.slow
 def test_output_keeps_flowing_while_the_camera_reconnects(tiny_model, vcam_backend):
     """A camera that goes away for 0.6 s: the virtual camera keeps receiving frames, the status says
     "reconnecting", and keyed frames resume when the camera is back."""

@@ -18,6 +18,8 @@ from greenscreen_cam.segmenter import Prompt, StreamingTracker
 
 from .conftest import moving_disc_frames, write_jpeg_folder
 
+pytestmark = pytest.mark.slow  # real SAM 2 runs, most against the official predictor
+
 N_FRAMES = 24  # past the 7-frame memory window and the 16-pointer window
 
 

@@ -28,6 +28,7 @@ def _run(model, frames: list[np.ndarray], *, cached: bool, reprompt_at: int) -> 
     return logits, entries
 
 
+@pytest.mark.slow
 def test_cached_memory_attention_is_bit_exact_over_rollover_and_reprompt(tiny_model):
     # 30 frames: past the 7-frame spatial window and the 16-pointer window, re-prompted on frame 20
     # (which must drop every cached key/value of the old subject), then 9 more frames.
@@ -42,6 +43,7 @@ def test_cached_memory_attention_is_bit_exact_over_rollover_and_reprompt(tiny_mo
     assert not torch.equal(reference[5], reference[6])
 
 
+@pytest.mark.slow
 def test_cache_is_bounded_and_dropped_with_the_memory(tiny_model):
     tracker = StreamingTracker(tiny_model)
     frames = moving_disc_frames(24)

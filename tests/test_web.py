@@ -47,7 +47,7 @@ try:
 except ImportError:  # the browser tests skip; the in-process WHEP test still runs
     sync_api = None
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 SERVER_SCRIPT = """
 import sys
