@@ -447,9 +447,12 @@ def show_config(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of TOML.")] = False,
     defaults: Annotated[bool, typer.Option("--defaults", help="Print every setting at its default.")] = False,
     path: Annotated[bool, typer.Option("--path", help="Print where your own config file is read from.")] = False,
+    show_secrets: Annotated[
+        bool, typer.Option("--show-secrets", help="Print token and turn_password in clear (masked by default).")
+    ] = False,
 ) -> None:
-    """Print the effective settings (defaults < configs/default.toml < your file)."""
-    from greenscreen_cam.config import user_config_file
+    """Print the effective settings (defaults < configs/default.toml < your file); credentials are masked."""
+    from greenscreen_cam.config import masked, user_config_file
 
     with user_errors():
         if path:
@@ -459,6 +462,8 @@ def show_config(
             sys.stdout.write(defaults_toml())
             return
         settings = load_settings(config)
+        if not show_secrets:
+            settings = masked(settings)
         if as_json:
             out.print_json(json.dumps(settings.to_dict()))
         else:

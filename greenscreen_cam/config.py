@@ -530,5 +530,17 @@ def defaults_toml() -> str:
     return "\n".join(parts) + "\n"
 
 
+SECRET_SETTINGS = ("token", "turn_password")
+"""Settings that are credentials: ``greencam config`` masks them unless ``--show-secrets``."""
+
+MASK = "********"
+
+
+def masked(settings: Any) -> Any:
+    """A copy of ``settings`` whose credentials that are set read :data:`MASK` (nothing else changes)."""
+    hidden = {k: MASK for k in SECRET_SETTINGS if hasattr(settings, k) and getattr(settings, k)}
+    return dataclasses.replace(settings, **hidden)
+
+
 def _quote(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
