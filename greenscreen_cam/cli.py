@@ -41,6 +41,10 @@ from greenscreen_cam.config import (
 )
 from greenscreen_cam.errors import ConfigError, GreencamError
 
+# greencam reports every file and camera problem in its own one line: FFmpeg's messages inside
+# OpenCV ("moov atom not found") stay quiet unless the user asks for them (OPENCV_FFMPEG_LOGLEVEL=24).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
 app = typer.Typer(
     name="greencam",
     help=(
@@ -208,6 +212,7 @@ def start(
     """Key the webcam (or a file) live and send it to the virtual camera."""
     from greenscreen_cam.app import open_pipeline
 
+    _quiet_opencv_warnings()
     with user_errors(), StatusLine(err, settings) as status:
         with (
             open_pipeline(
@@ -217,6 +222,20 @@ def start(
         ):
             summary = pipeline.run()
         status.summary(summary)
+
+
+def _quiet_opencv_warnings() -> None:
+    """OpenCV's own warnings ("write FFmpeg: Failed to write frame") duplicate greencam's errors: errors only.
+
+    ``OPENCV_LOG_LEVEL`` set by the user wins.
+    """
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        return
+    import cv2
+
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is not None:
+        logging.setLogLevel(logging.LOG_LEVEL_ERROR)
 
 
 class StatusLine:

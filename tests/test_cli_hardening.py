@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -46,3 +45,88 @@ def test_config_leaves_unset_secrets_unset(no_env):
     shown = runner.invoke(app, ["config"])
     assert shown.exit_code == 0
     assert "# token = (not set)" in shown.output and "********" not in shown.output
+
+
+# --------------------------------------------------------------------------- item 9: a full disk
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real 150 KB file system (tmpfs) at ``tmp_path/full``; skipped where mounting is not permitted."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: cannot make a small file system")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(folder)], capture_output=True, text=True, timeout=10
+    )
+    if done.returncode != 0:
+        pytest.skip(f"mounting a 150 KB tmpfs is not permitted here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True, timeout=10)
+
+
+def noise_frames(n: int, width: int = 320, height: int = 240, seed: int = 1):
+    """Frames that do not compress: a few of them do not fit in 150 KB."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (height, width, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_video_sink_on_a_full_disk_fails_and_leaves_nothing(small_disk):
+    from greenscreen_cam.errors import SinkError
+    from greenscreen_cam.sinks import VideoFileSink
+
+    target = small_disk / "x.mp4"
+    sink = VideoFileSink(target, 320, 240, 30.0)
+    with pytest.raises(SinkError, match=r"cannot write video file .*x\.mp4: no space left on device") as info, sink:
+        for frame in noise_frames(20):
+            sink.send(frame)
+    assert "\n" not in str(info.value)
+    assert list(small_disk.iterdir()) == [], "neither the output nor its temporary file may remain"
+
+
+def test_video_read_back_check(tmp_path):
+    """The check done before the rename: a whole file passes, a truncated one and a short one do not."""
+    from greenscreen_cam.sinks import video_problem
+
+    from .conftest import write_video
+
+    path = write_video(tmp_path / "v.mp4", noise_frames(6, 64, 48))
+    assert video_problem(path, 6) is None
+    assert "holds 6 of the 7 frames" in (video_problem(path, 7) or "")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    assert "does not open" in (video_problem(cut, 6) or "")
+
+
+def test_start_on_a_full_disk_exits_5_with_one_line(small_disk, checkpoint_dir, tmp_path, monkeypatch):
+    import cv2
+
+    from .conftest import write_jpeg_folder
+
+    monkeypatch.setenv("GREENCAM_CHECKPOINTS", str(checkpoint_dir))
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+    frames = noise_frames(8)
+    source = write_jpeg_folder(tmp_path / "src", frames)
+    background = tmp_path / "noise.png"  # the keyed picture stays noise wherever the mask falls
+    cv2.imwrite(str(background), frames[0])
+    target = small_disk / "x.mp4"
+    result = runner.invoke(
+        app,
+        ["start", "--device", "cpu", "--resolution", "256", "--source", str(source), "--bbox", "40,40,200,150",
+         "--background", str(background), "--output", str(target)],
+    )  # fmt: skip
+    assert result.exit_code == 5, result.output
+    errors = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(errors) == 1 and str(target) in result.output.replace("\n", "")
+    assert "no space left on device" in result.output
+    assert "done:" not in result.output and "Traceback" not in result.output
+    assert list(small_disk.iterdir()) == []
