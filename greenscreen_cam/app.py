@@ -128,7 +128,8 @@ def open_pipeline(
 
     Leaving the block releases every device. File outputs are kept only when
     the pipeline's run completed (``pipeline.stats.completed``): an interrupted
-    or failed run leaves any earlier file untouched and no partial file.
+    or failed run leaves any earlier file untouched and no partial file (telling
+    the user is the caller's part).
 
     Raises:
         GreencamError: any problem the user can fix, before anything slow happens where possible.
@@ -213,12 +214,10 @@ def open_pipeline(
         if remote is not None and prompt is not None:
             remote.reselect(prompt)
         yield pipeline
-        if not pipeline.stats.completed:
+        if not pipeline.stats.completed:  # the caller says so (greencam start: "interrupted after ...")
             sink.abort()
             if matte is not None:
                 matte.abort()
-            if file_outputs(s) or matte is not None:
-                say("the run did not complete: output files were not written (any earlier file is unchanged)")
 
 
 @contextmanager

@@ -218,10 +218,31 @@ def start(
             open_pipeline(
                 settings, virtual_backend=virtual_backend, on_event=status.event, on_status=status.show
             ) as pipeline,
-            stop_on_signals(pipeline.stop),
+            stop_on_signals(pipeline.stop) as signals,
         ):
             summary = pipeline.run()
+            offline = not pipeline.source.live
+            total = expected_frames(getattr(pipeline.source, "frame_count", None), settings.max_frames)
+        if offline and not summary["completed"]:
+            # An offline job that was stopped (Ctrl-C, SIGTERM, q) did not do its work: no success exit.
+            status.interrupted(summary, total, unwritten_outputs(settings))
+            raise typer.Exit(128 + (signals[0] if signals else signal.SIGINT))
         status.summary(summary)
+
+
+def expected_frames(frame_count: int | None, max_frames: int | None) -> int | None:
+    """How many frames an offline job will output: the source's length, capped by ``--max-frames``."""
+    if frame_count is None:
+        return max_frames
+    return min(frame_count, max_frames) if max_frames else frame_count
+
+
+def unwritten_outputs(settings: Settings) -> list[str]:
+    """The file outputs (``--output`` files, ``--matte-output``) an interrupted offline job did not write."""
+    names = [str(o) for o in settings.outputs if o != "virtual"]
+    if settings.matte_output:
+        names.append(str(settings.matte_output).rstrip("/") + "/")
+    return names
 
 
 def _quiet_opencv_warnings() -> None:
@@ -283,6 +304,15 @@ class StatusLine:
         """A one-line message; thread-safe, and never garbles the status line."""
         self.console.print(f"greencam: {message}", soft_wrap=True, markup=False)
 
+    def interrupted(self, s: dict[str, Any], total: int | None, unwritten: list[str]) -> None:
+        """The one line of an offline job that was stopped before the end."""
+        self.__exit__()
+        done = f"{s['frames_out']} of {total}" if total else f"{s['frames_out']}"
+        line = f"greencam: interrupted after {done} frames"
+        if unwritten:
+            line += f"; {_join_and(unwritten)} not written"
+        self.console.print(line, soft_wrap=True, markup=False)
+
     def summary(self, s: dict[str, Any]) -> None:
         self.__exit__()
         self.console.print(
@@ -296,15 +326,22 @@ class StatusLine:
         )
 
 
+def _join_and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 @contextmanager
-def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the loop to stop and release the devices; a second Ctrl-C exits at once."""
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[list[int]]:
+    """SIGINT/SIGTERM ask the loop to stop and release the devices; a second Ctrl-C exits at once.
+
+    Yields the list of the signal numbers received (empty while none came).
+    """
     previous: dict[int, Any] = {}
-    hits = [0]
+    hits: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
-        hits[0] += 1
-        if hits[0] == 1:
+        hits.append(signum)
+        if len(hits) == 1:
             stop()
             return
         os.write(2, b"\ngreencam: interrupted again: exiting now\n")
@@ -314,7 +351,7 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
         with suppress(ValueError):  # not the main thread (e.g. some test runners)
             previous[sig] = signal.signal(sig, handler)
     try:
-        yield
+        yield hits
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)

@@ -130,3 +130,58 @@ def test_start_on_a_full_disk_exits_5_with_one_line(small_disk, checkpoint_dir, 
     assert "no space left on device" in result.output
     assert "done:" not in result.output and "Traceback" not in result.output
     assert list(small_disk.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- item 10: Ctrl-C
+
+
+def _greencam(checkpoint_dir, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    env = dict(
+        os.environ, GREENCAM_CHECKPOINTS=str(checkpoint_dir), PYTHONUNBUFFERED="1", XDG_CONFIG_HOME="/nonexistent"
+    )
+    env.pop("GREENCAM_TOKEN", None)
+    env.pop("GREENCAM_SERVER", None)
+    cmd = [sys.executable, "-m", "greenscreen_cam", "start", "--device", "cpu", "--resolution", "256", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+
+
+def _interrupt_when(proc, ready, what: str, limit: float = 120.0) -> str:
+    import signal
+    import time
+
+    try:
+        deadline = time.time() + limit
+        while time.time() < deadline and not ready() and proc.poll() is None:
+            time.sleep(0.2)
+        assert ready(), f"greencam did not start {what}: {proc.stderr.read() if proc.poll() is not None else ''}"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return stderr
+
+
+def test_ctrl_c_on_a_live_run_is_a_clean_finish_and_keeps_the_recording(checkpoint_dir, tmp_path):
+    """A live run (here --realtime) has no end: Ctrl-C is how it finishes, exit 0, the recording is kept."""
+    import re
+
+    from .conftest import moving_disc_frames, write_jpeg_folder
+    from .test_cli import read_video
+
+    folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(4) * 150)  # 600 frames at 30 fps: 20 s
+    out = tmp_path / "rec.mp4"
+    mattes = tmp_path / "m"
+    proc = _greencam(checkpoint_dir, "--source", str(folder), "--realtime", "--bbox", "30,25,60,70",
+                     "--output", str(out), "--matte-output", str(mattes))  # fmt: skip
+    stderr = _interrupt_when(proc, lambda: len(list(tmp_path.glob(".m.greencam-tmp-*/*.png"))) >= 5, "live frames")
+    assert proc.returncode == 0, stderr
+    assert "interrupted after" not in stderr and "Traceback" not in stderr
+    done = re.search(r"done: (\d+) frames out of", stderr)
+    assert done, stderr
+    assert len(read_video(out)) == int(done.group(1)) == len(list(mattes.glob("*.png")))
