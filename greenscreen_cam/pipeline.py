@@ -164,7 +164,8 @@ class Pipeline:
         auto: Find the subject with the face detector while there is no prompt.
         matte: Optional writer for each output frame's alpha (``(H, W)`` uint8).
         preview: Optional preview window (hotkeys, drag-to-select).
-        max_frames: Stop after this many output frames.
+        max_frames: Stop after exactly this many output frames (live: frames the key scheduler
+            still holds and keep-alive repeats count too).
         sync: ``auto``, ``on`` or ``off``: how live frames wait for their own mask (see :mod:`greenscreen_cam.sync`).
         max_delay: Most seconds a live frame may be held for its mask.
         flow: With ``sync="off"``, warp the newest mask to the current frame with optical flow.
@@ -326,6 +327,8 @@ class Pipeline:
     # ------------------------------------------------------------------ output
     def _emit(self, frame: Frame, logits: np.ndarray | None, *, own: bool = True) -> None:
         """Key ``frame`` with ``logits`` and send it everywhere; then status, hotkeys and the frame limit."""
+        if self._limit_reached():  # frames the scheduler still held when the limit was reached
+            return
         start = time.perf_counter()
         out, alpha = self._compose(frame, logits)
         self.stats.compose_times.append(time.perf_counter() - start)
@@ -377,9 +380,13 @@ class Pipeline:
         if now - self._last_status >= 0.5:
             self._last_status = now
             self.on_status(self.stats.snapshot())
-        if self.max_frames is not None and self.stats.frames_out >= self.max_frames:
+        if self._limit_reached():
             self.stats.completed = True
             self.stop()
+
+    def _limit_reached(self) -> bool:
+        """Whether ``max_frames`` frames went out (keep-alive repeats count: the sinks got them too)."""
+        return self.max_frames is not None and self.stats.frames_out + self.stats.filler >= self.max_frames
 
     def _hotkey(self, key: int) -> None:
         if key in (ord("q"), 27):
@@ -479,6 +486,8 @@ class Pipeline:
 
     def _keep_alive(self, reader: LatestFrameReader) -> None:
         """No camera frame for a while: say why, and send the last picture again (or the key colour)."""
+        if self._limit_reached():
+            return
         if reader.reconnecting:
             self.stats.subject = "reconnecting"
         if self._last_out is None:

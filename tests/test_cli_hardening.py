@@ -185,3 +185,26 @@ def test_ctrl_c_on_a_live_run_is_a_clean_finish_and_keeps_the_recording(checkpoi
     done = re.search(r"done: (\d+) frames out of", stderr)
     assert done, stderr
     assert len(read_video(out)) == int(done.group(1)) == len(list(mattes.glob("*.png")))
+
+
+# --------------------------------------------------------------------------- item 11: --max-frames on live sources
+
+
+@pytest.mark.parametrize("sync", ["on", "auto", "off"])
+def test_max_frames_is_exact_on_a_live_source(checkpoint_dir, tmp_path, monkeypatch, sync):
+    """The scheduler holds frames while the first (slow) mask is computed: they must not overshoot the limit."""
+    from .conftest import moving_disc_frames, write_video
+    from .test_cli import read_video
+
+    monkeypatch.setenv("GREENCAM_CHECKPOINTS", str(checkpoint_dir))
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+    source = write_video(tmp_path / "src.mp4", moving_disc_frames(4) * 30)  # 120 frames at 30 fps
+    out = tmp_path / "o.mp4"
+    result = runner.invoke(
+        app,
+        ["start", "--device", "cpu", "--resolution", "256", "--source", str(source), "--realtime",
+         "--sync", sync, "--max-delay", "1000", "--bbox", "30,25,60,70", "--max-frames", "10", "--output", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "done: 10 frames" in result.output
+    assert len(read_video(out)) == 10
