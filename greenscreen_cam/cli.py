@@ -102,7 +102,9 @@ _CONFIG_PARAM = inspect.Parameter(
     default=None,
     annotation=Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="Settings file (TOML or YAML); flags override it.", show_default=False),
+        typer.Option(
+            "--config", "-c", help="Settings file (TOML, YAML or JSON); flags override it.", show_default=False
+        ),
     ],
 )
 
@@ -119,6 +121,8 @@ def _option(f: Any, hint: Any) -> inspect.Parameter:
         flags = (flag_of(f),)
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     shown = "" if default in (None, [], "") else f" (default: {_fmt_default(default)})"
+    if meta.get("shown_default"):
+        shown = f" (default: {meta['shown_default']})"
     option = typer.Option(
         *flags,
         help=meta.get("help", "") + shown,
@@ -499,7 +503,7 @@ def download(
     "  greencam config --defaults > my.toml\n\n  greencam config --path",
 )
 def show_config(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Settings file (TOML or YAML).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Settings file (TOML, YAML or JSON).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of TOML.")] = False,
     defaults: Annotated[bool, typer.Option("--defaults", help="Print every setting at its default.")] = False,
     path: Annotated[bool, typer.Option("--path", help="Print where your own config file is read from.")] = False,

@@ -208,3 +208,119 @@ def test_max_frames_is_exact_on_a_live_source(checkpoint_dir, tmp_path, monkeypa
     assert result.exit_code == 0, result.output
     assert "done: 10 frames" in result.output
     assert len(read_video(out)) == 10
+
+
+# --------------------------------------------------------------------------- item 15: messages that mislead
+
+
+def test_empty_bbox_is_a_malformed_bbox(no_env):
+    from greenscreen_cam.errors import PromptError
+    from greenscreen_cam.prompt import build_prompt
+
+    with pytest.raises(PromptError, match=r"malformed --bbox '': expected x,y,w,h"):
+        build_prompt("")
+    result = runner.invoke(app, ["start", "--bbox", "", "--output", "o.mp4"])
+    assert result.exit_code == 2 and "malformed --bbox ''" in result.output
+    assert "--negative-point" not in result.output
+
+
+def test_token_file_wins_over_the_environment(tmp_path, monkeypatch):
+    from greenscreen_cam.app import read_token
+    from greenscreen_cam.config import ServeSettings, load_settings
+    from greenscreen_cam.errors import ConfigError
+
+    token_file = tmp_path / "token.txt"
+    token_file.write_text("from-the-file\n")
+    monkeypatch.setenv("GREENCAM_TOKEN", "from-the-environment")
+    # What `greencam serve --token-file token.txt` builds with GREENCAM_TOKEN set (Typer fills token from it).
+    s = load_settings(None, {"token": "from-the-environment", "token_file": str(token_file)}, cls=ServeSettings,
+                      defaults_file=None, user_file=None)  # fmt: skip
+    s.validate()
+    assert read_token(s) == "from-the-file"
+    s.token = "from-the-flag"  # --token and --token-file both on the command line
+    with pytest.raises(ConfigError, match="use either --token or --token-file, not both"):
+        read_token(s)
+
+
+def test_a_folder_given_as_config_is_called_a_folder(no_env, tmp_path):
+    result = runner.invoke(app, ["config", "--config", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is a folder" in result.output and "not found" not in result.output
+
+
+def test_json_config_is_read_as_json(no_env, tmp_path):
+    good = tmp_path / "c.json"
+    good.write_text(json.dumps({"model": "small", "smooth": 0.2, "outputs": ["virtual", "o.mp4"]}))
+    result = runner.invoke(app, ["config", "--config", str(good), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert (data["model"], data["smooth"], data["outputs"]) == ("small", 0.2, ["virtual", "o.mp4"])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": "small",}')
+    result = runner.invoke(app, ["config", "--config", str(bad)])
+    assert result.exit_code == 2 and "is not valid JSON" in result.output and "TOML" not in result.output
+    other = tmp_path / "c.ini"
+    other.write_text("[x]\n")
+    result = runner.invoke(app, ["config", "--config", str(other)])
+    assert result.exit_code == 2 and "unknown format '.ini'" in result.output
+
+
+def test_greencam_config_json_round_trips(no_env, tmp_path):
+    """`greencam config --json > my.json` gives a file `--config my.json` reads back unchanged."""
+    first = runner.invoke(app, ["config", "--json"])
+    saved = tmp_path / "my.json"
+    saved.write_text(first.output)
+    again = runner.invoke(app, ["config", "--json", "--config", str(saved)])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output) == json.loads(first.output)
+
+
+@pytest.mark.parametrize("url", ["not a url", "http://bad host:8470", "http://gpu_box!:1"])
+def test_a_malformed_server_url_is_refused_at_once(no_env, clip, url):
+    result = runner.invoke(app, ["start", "--source", str(clip[0]), "--server", url, "--token", "t",
+                                 "--bbox", "10,10,20,20", "--output", "o.mp4"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "is not an http(s)://host:port URL" in result.output
+    assert "connecting to" not in result.output  # refused before anything opens or resolves
+
+
+def test_https_to_a_plain_http_port_says_so(no_env, clip, tmp_path):
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    server.timeout = 1
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}"
+        result = runner.invoke(app, ["start", "--source", str(clip[0]), "--server", url, "--token", "t",
+                                     "--bbox", "10,10,20,20", "--output", str(tmp_path / "o.mp4")])  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 8, result.output
+    assert "SSLContext" not in result.output and "object at 0x" not in result.output
+    assert f"the server speaks plain HTTP there; use http://127.0.0.1:{server.server_address[1]}" in result.output
+
+
+def test_a_broken_video_gives_only_greencams_line(checkpoint_dir, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"garbage" * 100)
+    proc = _greencam(checkpoint_dir, "--source", str(bad), "--bbox", "1,1,5,5", "--output", str(tmp_path / "o.mp4"))
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 4
+    assert "moov atom" not in stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [
+        line for line in stderr.splitlines() if line.startswith("greencam: error: cannot read video")
+    ], stderr
+    assert stderr.strip()
+
+
+def test_start_help_says_what_auto_does_by_default():
+    import re
+
+    result = runner.invoke(app, ["start", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    text = re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", result.output))
+    assert "(default: on when no --bbox or --point is given)" in text
+    assert not re.search(r"--auto\b[^(]*\(default: off\)", text)
