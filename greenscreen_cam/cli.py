@@ -232,6 +232,11 @@ def start(
             status.interrupted(summary, total, unwritten_outputs(settings))
             raise typer.Exit(128 + (signals[0] if signals else signal.SIGINT))
         status.summary(summary)
+        if summary["frames_out"] and not summary.get("keyed_frames", 1):
+            status.event(
+                "warning: no subject was found in any frame, so every frame is the plain key colour; "
+                "select one with --bbox X,Y,W,H or --point X,Y (or face the camera for --auto)"
+            )
 
 
 def expected_frames(frame_count: int | None, max_frames: int | None) -> int | None:

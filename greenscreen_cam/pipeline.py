@@ -73,6 +73,8 @@ class Stats:
     track_times: deque[float] = field(default_factory=lambda: deque(maxlen=600))
     compose_times: deque[float] = field(default_factory=lambda: deque(maxlen=600))
     own_masks: int = 0
+    keyed: int = 0
+    """Output frames keyed with a mask of the subject (0 at the end: the subject was never found)."""
     mask_age: float = 0.0
     subject: str = "waiting"
     sync: str = "exact"
@@ -103,6 +105,7 @@ class Stats:
             "delay_p50_ms": ms(self.delays, 50),
             "delay_p95_ms": ms(self.delays, 95),
             "own_mask_share": self.own_masks / self.frames_out if self.frames_out else 0.0,
+            "keyed_frames": self.keyed,
             "mask_age_ms": self.mask_age * 1000.0,
             "track_ms": ms(self.track_times, 50),
             "compose_ms": ms(self.compose_times, 50),
@@ -335,6 +338,7 @@ class Pipeline:
         self._send(out, alpha)
         self.stats.frames_out += 1
         self.stats.own_masks += int(own and logits is not None)
+        self.stats.keyed += int(logits is not None)
         self.stats.latencies.append(time.perf_counter() - frame.timestamp)
         self._after_send()
 
