@@ -224,9 +224,11 @@ def start(
             ) as pipeline,
             stop_on_signals(pipeline.stop) as signals,
         ):
-            summary = pipeline.run()
             offline = not pipeline.source.live
             total = expected_frames(getattr(pipeline.source, "frame_count", None), settings.max_frames)
+            if offline:
+                status.begin_job(total)
+            summary = pipeline.run()
         if offline and not summary["completed"]:
             # An offline job that was stopped (Ctrl-C, SIGTERM, q) did not do its work: no success exit.
             status.interrupted(summary, total, unwritten_outputs(settings))
@@ -268,8 +270,29 @@ def _quiet_opencv_warnings() -> None:
         logging.setLogLevel(logging.LOG_LEVEL_ERROR)
 
 
+def format_duration(seconds: float) -> str:
+    """``12.3 s``, ``2 min 05 s`` or ``1 h 02 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def _clock(seconds: float) -> str:
+    whole = max(0, round(seconds))
+    h, rest = divmod(whole, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
 class StatusLine:
-    """One live status line on a terminal (Rich keeps event lines above it); a line every ``every`` s in logs."""
+    """One live status line on a terminal (Rich keeps event lines above it); a line every ``every`` s in logs.
+
+    An offline job (see :meth:`begin_job`) shows its progress instead: on a terminal a bar
+    with frames done of the total, elapsed time and time left; in a log the same figures
+    at the start of each line.
+    """
 
     def __init__(self, console: Console, settings: Any, *, interactive: bool | None = None, every: float = 5.0):
         self.console = console
@@ -278,6 +301,9 @@ class StatusLine:
         self.where = settings.server or f"{settings.model}@{settings.resolution or 'auto'} {settings.device}"
         self._last = float("-inf")
         self._live: Any = None
+        self._job = False
+        self._total: int | None = None
+        self._task: Any = None
 
     def __enter__(self) -> StatusLine:
         if self.interactive:
@@ -289,9 +315,37 @@ class StatusLine:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._task = None
         if self._live is not None:
             self._live.stop()
             self._live = None
+
+    def begin_job(self, total: int | None) -> None:
+        """The run is an offline job of ``total`` frames (None: unknown): show its progress from now on."""
+        self._job, self._total = True, total
+        if not self.interactive:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn
+        from rich.table import Column
+
+        self.__exit__()
+        self._live = Progress(
+            BarColumn(bar_width=20),
+            TextColumn("{task.fields[status]}", table_column=Column(no_wrap=True)),
+            console=self.console,
+            transient=True,
+        )
+        self._task = self._live.add_task("greencam", total=total, status="starting")
+        self._live.start()
+
+    def progress(self, s: dict[str, Any]) -> str:
+        """``36 of 120 frames (30%), elapsed 0:12, left 0:28`` (what is known of it)."""
+        done, secs = s["frames_out"], s["seconds"]
+        if not self._total:
+            return f"{done} frames, elapsed {_clock(secs)}"
+        left = secs / done * max(0, self._total - done) if done else None
+        text = f"{done} of {self._total} frames ({done / self._total:.0%}), elapsed {_clock(secs)}"
+        return text + (f", left {_clock(left)}" if left is not None else "")
 
     def line(self, s: dict[str, Any]) -> str:
         return (
@@ -301,13 +355,19 @@ class StatusLine:
         )
 
     def show(self, s: dict[str, Any]) -> None:
-        if self._live is not None:
+        if self._task is not None:
+            short = f"{self.progress(s)} | tracker {s['tracker_fps']:.1f} fps | {s['subject']} | {self.where}"
+            room = max(12, self.console.width - 22)  # the bar keeps its 20 columns; the text is cut at the end
+            short = short if len(short) <= room else short[: room - 1] + "…"
+            self._live.update(self._task, completed=s["frames_out"], status=short)
+        elif self._live is not None:
             from rich.text import Text
 
             self._live.update(Text(self.line(s)))
         elif not self.interactive and s["seconds"] - self._last >= self.every:
             self._last = s["seconds"]
-            self.console.print(f"greencam: {self.line(s)}", soft_wrap=True, markup=False)
+            head = f"{self.progress(s)} | " if self._job else ""
+            self.console.print(f"greencam: {head}{self.line(s)}", soft_wrap=True, markup=False)
 
     def event(self, message: str) -> None:
         """A one-line message; thread-safe, and never garbles the status line."""
@@ -325,7 +385,7 @@ class StatusLine:
     def summary(self, s: dict[str, Any]) -> None:
         self.__exit__()
         self.console.print(
-            f"greencam: done: {s['frames_out']} frames out of {s['frames_in']} in {s['seconds']:.1f} s "
+            f"greencam: done: {s['frames_out']} frames out of {s['frames_in']} in {format_duration(s['seconds'])} "
             f"(output {s['output_fps']:.1f} fps, tracker {s['tracker_fps']:.1f} fps, {s['dropped']} dropped, "
             f"latency p50 {s['latency_p50_ms']:.0f} ms / p95 {s['latency_p95_ms']:.0f} ms, "
             f"sync {s['sync']} added delay p50 {s['delay_p50_ms']:.0f} ms / p95 {s['delay_p95_ms']:.0f} ms, "

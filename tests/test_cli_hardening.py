@@ -324,3 +324,83 @@ def test_start_help_says_what_auto_does_by_default():
     text = re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", result.output))
     assert "(default: on when no --bbox or --point is given)" in text
     assert not re.search(r"--auto\b[^(]*\(default: off\)", text)
+
+
+# --------------------------------------------------------------------------- item 12: progress of offline jobs
+
+_SNAP = {
+    "frames_in": 0,
+    "frames_out": 0,
+    "tracked": 0,
+    "dropped": 0,
+    "input_fps": 3.0,
+    "output_fps": 3.0,
+    "tracker_fps": 3.0,
+    "latency_p50_ms": 300.0,
+    "latency_p95_ms": 350.0,
+    "delay_p50_ms": 0.0,
+    "delay_p95_ms": 0.0,
+    "own_mask_share": 1.0,
+    "keyed_frames": 1,
+    "sync": "exact",
+    "subject": "tracking",
+    "seconds": 0.0,
+}
+
+
+def _status(interactive: bool, width: int = 200):
+    import io
+
+    from rich.console import Console
+
+    from greenscreen_cam.cli import StatusLine
+    from greenscreen_cam.config import Settings
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, force_terminal=interactive, color_system=None)
+    return buf, StatusLine(console, Settings(device="cpu", resolution=256), interactive=interactive)
+
+
+def test_offline_progress_in_a_log_every_5_s():
+    buf, status = _status(interactive=False)
+    with status:
+        status.begin_job(120)
+        for done, t in ((3, 1.0), (15, 5.0), (20, 6.0), (36, 12.0), (120, 40.0)):
+            status.show(dict(_SNAP, frames_out=done, frames_in=done, seconds=t))
+        status.summary(dict(_SNAP, frames_out=120, frames_in=120, seconds=125.0))
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("greencam: 3 of 120 frames (2%), elapsed 0:01, left 0:39 | in ")
+    assert lines[1].startswith("greencam: 20 of 120 frames (17%), elapsed 0:06, left 0:30 | ")  # 5 s after 0:01
+    assert lines[2].startswith("greencam: 36 of 120 frames (30%), elapsed 0:12, left 0:28 | ")
+    assert lines[3].startswith("greencam: 120 of 120 frames (100%), elapsed 0:40, left 0:00 | ")
+    assert lines[4].startswith("greencam: done: 120 frames out of 120 in 2 min 05 s ")
+    assert len(lines) == 5
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_offline_progress_bar_on_a_terminal(width):
+    buf, status = _status(interactive=True, width=width)
+    with status:
+        status.begin_job(120)
+        status.show(dict(_SNAP, frames_out=36, frames_in=36, seconds=12.0))
+        status._live.refresh()
+        shown = buf.getvalue()
+    assert "━" in shown  # the bar
+    assert "36 of 120 frames (30%), elapsed 0:12, left 0:28 | tracker" in shown
+
+
+def test_progress_without_a_known_length():
+    buf, status = _status(interactive=False)
+    with status:
+        status.begin_job(None)
+        status.show(dict(_SNAP, frames_out=7, seconds=65.0))
+    assert buf.getvalue().startswith("greencam: 7 frames, elapsed 1:05 | in ")
+
+
+@pytest.mark.parametrize(
+    "seconds, text", [(3.25, "3.2 s"), (59.9, "59.9 s"), (125.0, "2 min 05 s"), (3725.0, "1 h 02 min")]
+)
+def test_durations(seconds, text):
+    from greenscreen_cam.cli import format_duration
+
+    assert format_duration(seconds) == text
