@@ -348,10 +348,12 @@ class StatusLine:
         return text + (f", left {_clock(left)}" if left is not None else "")
 
     def line(self, s: dict[str, Any]) -> str:
+        edges = " (edges lag)" if s["sync"] == "capped" else ""  # held to --max-delay: lip sync before edges
         return (
             f"in {s['input_fps']:5.1f} fps | out {s['output_fps']:5.1f} fps | tracker {s['tracker_fps']:5.1f} fps | "
             f"latency p50 {s['latency_p50_ms']:.0f} ms p95 {s['latency_p95_ms']:.0f} ms | "
-            f"sync {s['sync']} +{s['delay_p50_ms']:.0f}/{s['delay_p95_ms']:.0f} ms | {s['subject']} | {self.where}"
+            f"sync {s['sync']} +{s['delay_p50_ms']:.0f}/{s['delay_p95_ms']:.0f} ms{edges} | {s['subject']} | "
+            f"{self.where}"
         )
 
     def show(self, s: dict[str, Any]) -> None:
@@ -656,7 +658,7 @@ def bench(
     ] = None,
     tracker_ms: Annotated[float, typer.Option(help="With --oracle: simulated tracker time per frame.")] = 250.0,
     fps: Annotated[float, typer.Option(help="With --oracle: simulated camera rate.")] = 24.0,
-    max_delay: Annotated[float, typer.Option(help="With --oracle: --max-delay in ms.")] = 300.0,
+    max_delay: Annotated[float, typer.Option(help="With --oracle: --max-delay in ms (start's default).")] = 90.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as one JSON object.")] = False,
 ) -> None:
     """Measure speed, memory and keying accuracy of the tracker, the pipeline or the compositor."""

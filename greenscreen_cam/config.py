@@ -290,8 +290,9 @@ class Settings(KeyingSettings, ModelSettings, NetworkSettings):
         check=_one_of("auto", "on", "off"),
     )
     max_delay: float = setting(
-        300.0,
-        "Most milliseconds the picture may be delayed for frame-accurate keying.",
+        90.0,
+        "Most milliseconds --sync auto may delay the picture; 90 keeps lip sync with audio greencam cannot "
+        "delay (ITU-R BT.1359); raise it, or use --sync on, when the audio is delayed too (OBS).",
         group="Live loop",
         check=_between(0, 5000, unit=" ms"),
     )

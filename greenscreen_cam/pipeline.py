@@ -192,7 +192,7 @@ class Pipeline:
         preview: PreviewSink | None = None,
         max_frames: int | None = None,
         sync: str = "auto",
-        max_delay: float = 0.3,
+        max_delay: float = 0.09,
         flow: bool = False,
         lost_after: float = 1.0,
         remote: RemoteTracking | None = None,
@@ -223,6 +223,7 @@ class Pipeline:
         self._auto = auto or prompt is None
         self._face_finder: Any = None
         self._said_searching = False
+        self._said_capped = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._paused = False
@@ -527,6 +528,13 @@ class Pipeline:
         for keyed in scheduler.pop_ready(time.perf_counter()):
             self._emit_keyed(keyed)
         self.stats.sync = scheduler.mode_in_force()
+        if self.stats.sync == "capped" and not self._said_capped:
+            self._said_capped = True
+            self.on_event(
+                f"the tracker is slower than --max-delay {self.max_delay * 1000:g} ms allows: frames wait at most "
+                "that long (lip sync is kept) and are keyed with the nearest mask moved by optical flow, so the "
+                "edges trail fast motion; for a recording or OBS (with its audio sync offset) use --sync on"
+            )
 
     def _emit_keyed(self, keyed: Keyed) -> None:
         self.stats.delays.append(keyed.delay)

@@ -404,3 +404,40 @@ def test_durations(seconds, text):
     from greenscreen_cam.cli import format_duration
 
     assert format_duration(seconds) == text
+
+
+# --------------------------------------------------------------------------- item 14: the live default keeps lip sync
+
+
+def test_live_default_adds_at_most_90_ms_and_says_edges_suffer(checkpoint_dir, tmp_path, monkeypatch):
+    """A CPU tracker (seconds per step here) cannot keep up: the picture waits at most --max-delay 90 ms."""
+    import re
+
+    from greenscreen_cam.config import Settings
+
+    from .conftest import moving_disc_frames, write_video
+
+    assert Settings().sync == "auto" and Settings().max_delay == 90.0
+    monkeypatch.setenv("GREENCAM_CHECKPOINTS", str(checkpoint_dir))
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+    source = write_video(tmp_path / "src.mp4", moving_disc_frames(4) * 15)  # 60 frames at 30 fps: 2 s
+    result = runner.invoke(
+        app,
+        ["start", "--device", "cpu", "--resolution", "256", "--source", str(source), "--realtime",
+         "--bbox", "30,25,60,70", "--output", str(tmp_path / "o.mp4")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.count("the tracker is slower than --max-delay 90 ms allows") == 1
+    assert "edges trail fast motion" in result.output and "use --sync on" in result.output
+    delay = re.search(r"sync capped added delay p50 (\d+) ms / p95 (\d+) ms", result.output)
+    assert delay, result.output
+    assert 80 <= int(delay.group(1)) <= 120, "the cap, not 300 ms"
+
+
+def test_status_line_says_when_edges_suffer():
+    buf, status = _status(interactive=False)
+    with status:
+        status.show(dict(_SNAP, sync="capped", delay_p50_ms=90.0, delay_p95_ms=91.0, seconds=1.0))
+        status.show(dict(_SNAP, sync="own", delay_p50_ms=20.0, delay_p95_ms=22.0, seconds=7.0))
+    capped, own = buf.getvalue().splitlines()
+    assert "sync capped +90/91 ms (edges lag)" in capped and "edges lag" not in own
