@@ -579,7 +579,7 @@ def show_config(
     ] = False,
 ) -> None:
     """Print the effective settings (defaults < configs/default.toml < your file); credentials are masked."""
-    from greenscreen_cam.config import masked, user_config_file
+    from greenscreen_cam.config import MASK, SECRET_SETTINGS, masked, user_config_file
 
     with user_errors():
         if path:
@@ -593,8 +593,15 @@ def show_config(
             settings = masked(settings)
         if as_json:
             out.print_json(json.dumps(settings.to_dict()))
-        else:
-            sys.stdout.write(to_toml(settings))
+            return
+        text = to_toml(settings)
+        if not show_secrets:  # a saved copy must not carry the mask as a value
+            hidden = {f'{key} = "{MASK}"' for key in SECRET_SETTINGS}
+            text = "".join(
+                f"# {line.rstrip()} (hidden: --show-secrets prints it)\n" if line.rstrip() in hidden else line
+                for line in text.splitlines(keepends=True)
+            )
+        sys.stdout.write(text)
 
 
 # --------------------------------------------------------------------------- bench

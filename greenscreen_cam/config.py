@@ -463,6 +463,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
         key = str(raw_key).replace("-", "_")
         if key not in names:
             raise ConfigError(f"config file {path}: unknown setting {raw_key!r}")
+        if key in SECRET_SETTINGS and value == MASK:
+            raise ConfigError(
+                f"config file {path}: {key} is the mask `greencam config` prints; "
+                "write the real value (greencam config --show-secrets shows it)"
+            )
         out[key] = _coerce(key, value, f"config file {path}")
     return out
 

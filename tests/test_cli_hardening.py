@@ -41,6 +41,21 @@ def test_config_masks_secrets_unless_asked(no_env, tmp_path, as_json):
     assert clear.exit_code == 0 and SECRET in clear.output and TURN_SECRET in clear.output
 
 
+def test_a_saved_masked_config_does_not_carry_the_mask(no_env, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'server = "http://127.0.0.1:9"\ntoken = "{SECRET}"\n')
+    shown = runner.invoke(app, ["config", "--config", str(cfg)])
+    assert '# token = "********" (hidden: --show-secrets prints it)' in shown.output
+    saved = tmp_path / "saved.toml"
+    saved.write_text(shown.output)
+    again = runner.invoke(app, ["config", "--config", str(saved), "--show-secrets", "--json"])
+    assert again.exit_code == 0 and json.loads(again.output)["token"] is None  # not the mask
+    as_json = tmp_path / "saved.json"
+    as_json.write_text(runner.invoke(app, ["config", "--config", str(cfg), "--json"]).output)
+    refused = runner.invoke(app, ["config", "--config", str(as_json)])
+    assert refused.exit_code == 2 and "token is the mask" in refused.output
+
+
 def test_config_leaves_unset_secrets_unset(no_env):
     shown = runner.invoke(app, ["config"])
     assert shown.exit_code == 0
