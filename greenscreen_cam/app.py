@@ -13,6 +13,7 @@ outputs are committed only when the run completed (see
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -108,6 +109,10 @@ def check_start(s: Settings) -> tuple[Prompt | None, ModelChoice | None]:
 
     s.validate()
     prompt = build_prompt(s.bbox, s.points, s.negative_points)
+    if s.server:
+        from greenscreen_cam.link.client import base_url
+
+        base_url(s.server)  # a malformed --server is refused here, not after a DNS look-up
     choice = None if s.server else resolve_model(s)
     check_outputs(
         file_outputs(s),
@@ -130,7 +135,8 @@ def open_pipeline(
 
     Leaving the block releases every device. File outputs are kept only when
     the pipeline's run completed (``pipeline.stats.completed``): an interrupted
-    or failed run leaves any earlier file untouched and no partial file.
+    or failed run leaves any earlier file untouched and no partial file (telling
+    the user is the caller's part).
 
     Raises:
         GreencamError: any problem the user can fix, before anything slow happens where possible.
@@ -215,12 +221,10 @@ def open_pipeline(
         if remote is not None and prompt is not None:
             remote.reselect(prompt)
         yield pipeline
-        if not pipeline.stats.completed:
+        if not pipeline.stats.completed:  # the caller says so (greencam start: "interrupted after ...")
             sink.abort()
             if matte is not None:
                 matte.abort()
-            if file_outputs(s) or matte is not None:
-                say("the run did not complete: output files were not written (any earlier file is unchanged)")
 
 
 @contextmanager
@@ -250,9 +254,15 @@ def _open_remote(s: Settings, width: int, height: int, say: Notify) -> Iterator[
 
 
 def read_token(s: ServeSettings) -> str | None:
-    """The server token: ``--token``, the first line of ``--token-file``, or None (one is generated)."""
+    """The server token: ``--token``, the first line of ``--token-file``, or None (one is generated).
+
+    ``--token-file`` wins over a token from ``GREENCAM_TOKEN`` (a flag overrides the environment);
+    ``--token`` and ``--token-file`` together are refused.
+    """
     if s.token_file is None:
         return s.token
+    if s.token and s.token != os.environ.get("GREENCAM_TOKEN"):
+        raise ConfigError("use either --token or --token-file, not both")
     path = Path(s.token_file).expanduser()
     try:
         token = path.read_text(encoding="utf-8").strip().splitlines()[0].strip()

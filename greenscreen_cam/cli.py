@@ -42,6 +42,10 @@ from greenscreen_cam.config import (
 )
 from greenscreen_cam.errors import ConfigError, GreencamError
 
+# greencam reports every file and camera problem in its own one line: FFmpeg's messages inside
+# OpenCV ("moov atom not found") stay quiet unless the user asks for them (OPENCV_FFMPEG_LOGLEVEL=24).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
 app = typer.Typer(
     name="greencam",
     help=(
@@ -99,7 +103,9 @@ _CONFIG_PARAM = inspect.Parameter(
     default=None,
     annotation=Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="Settings file (TOML or YAML); flags override it.", show_default=False),
+        typer.Option(
+            "--config", "-c", help="Settings file (TOML, YAML or JSON); flags override it.", show_default=False
+        ),
     ],
 )
 
@@ -116,6 +122,8 @@ def _option(f: Any, hint: Any) -> inspect.Parameter:
         flags = (flag_of(f),)
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     shown = "" if default in (None, [], "") else f" (default: {_fmt_default(default)})"
+    if meta.get("shown_default"):
+        shown = f" (default: {meta['shown_default']})"
     option = typer.Option(
         *flags,
         help=meta.get("help", "") + shown,
@@ -209,19 +217,83 @@ def start(
     """Key the webcam (or a file) live and send it to the virtual camera."""
     from greenscreen_cam.app import open_pipeline
 
+    _quiet_opencv_warnings()
     with user_errors(), StatusLine(err, settings) as status:
         with (
             open_pipeline(
                 settings, virtual_backend=virtual_backend, on_event=status.event, on_status=status.show
             ) as pipeline,
-            stop_on_signals(pipeline.stop),
+            stop_on_signals(pipeline.stop) as signals,
         ):
+            offline = not pipeline.source.live
+            total = expected_frames(getattr(pipeline.source, "frame_count", None), settings.max_frames)
+            if offline:
+                status.begin_job(total)
             summary = pipeline.run()
+        if offline and not summary["completed"]:
+            # An offline job that was stopped (Ctrl-C, SIGTERM, q) did not do its work: no success exit.
+            status.interrupted(summary, total, unwritten_outputs(settings))
+            raise typer.Exit(128 + (signals[0] if signals else signal.SIGINT))
         status.summary(summary)
+        if summary["frames_out"] and not summary.get("keyed_frames", 1):
+            status.event(
+                "warning: no subject was found in any frame, so every frame is the plain key colour; "
+                "select one with --bbox X,Y,W,H or --point X,Y (or face the camera for --auto)"
+            )
+
+
+def expected_frames(frame_count: int | None, max_frames: int | None) -> int | None:
+    """How many frames an offline job will output: the source's length, capped by ``--max-frames``."""
+    if frame_count is None:
+        return max_frames
+    return min(frame_count, max_frames) if max_frames else frame_count
+
+
+def unwritten_outputs(settings: Settings) -> list[str]:
+    """The file outputs (``--output`` files, ``--matte-output``) an interrupted offline job did not write."""
+    names = [str(o) for o in settings.outputs if o != "virtual"]
+    if settings.matte_output:
+        names.append(str(settings.matte_output).rstrip("/") + "/")
+    return names
+
+
+def _quiet_opencv_warnings() -> None:
+    """OpenCV's own warnings ("write FFmpeg: Failed to write frame") duplicate greencam's errors: errors only.
+
+    ``OPENCV_LOG_LEVEL`` set by the user wins.
+    """
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        return
+    import cv2
+
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is not None:
+        logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+
+
+def format_duration(seconds: float) -> str:
+    """``12.3 s``, ``2 min 05 s`` or ``1 h 02 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def _clock(seconds: float) -> str:
+    whole = max(0, round(seconds))
+    h, rest = divmod(whole, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
 class StatusLine:
-    """One live status line on a terminal (Rich keeps event lines above it); a line every ``every`` s in logs."""
+    """One live status line on a terminal (Rich keeps event lines above it); a line every ``every`` s in logs.
+
+    An offline job (see :meth:`begin_job`) shows its progress instead: on a terminal a bar
+    with frames done of the total, elapsed time and time left; in a log the same figures
+    at the start of each line.
+    """
 
     def __init__(self, console: Console, settings: Any, *, interactive: bool | None = None, every: float = 5.0):
         self.console = console
@@ -230,6 +302,9 @@ class StatusLine:
         self.where = settings.server or f"{settings.model}@{settings.resolution or 'auto'} {settings.device}"
         self._last = float("-inf")
         self._live: Any = None
+        self._job = False
+        self._total: int | None = None
+        self._task: Any = None
 
     def __enter__(self) -> StatusLine:
         if self.interactive:
@@ -241,34 +316,79 @@ class StatusLine:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._task = None
         if self._live is not None:
             self._live.stop()
             self._live = None
 
+    def begin_job(self, total: int | None) -> None:
+        """The run is an offline job of ``total`` frames (None: unknown): show its progress from now on."""
+        self._job, self._total = True, total
+        if not self.interactive:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn
+        from rich.table import Column
+
+        self.__exit__()
+        self._live = Progress(
+            BarColumn(bar_width=20),
+            TextColumn("{task.fields[status]}", table_column=Column(no_wrap=True)),
+            console=self.console,
+            transient=True,
+        )
+        self._task = self._live.add_task("greencam", total=total, status="starting")
+        self._live.start()
+
+    def progress(self, s: dict[str, Any]) -> str:
+        """``36 of 120 frames (30%), elapsed 0:12, left 0:28`` (what is known of it)."""
+        done, secs = s["frames_out"], s["seconds"]
+        if not self._total:
+            return f"{done} frames, elapsed {_clock(secs)}"
+        left = secs / done * max(0, self._total - done) if done else None
+        text = f"{done} of {self._total} frames ({done / self._total:.0%}), elapsed {_clock(secs)}"
+        return text + (f", left {_clock(left)}" if left is not None else "")
+
     def line(self, s: dict[str, Any]) -> str:
+        edges = " (edges lag)" if s["sync"] == "capped" else ""  # held to --max-delay: lip sync before edges
         return (
             f"in {s['input_fps']:5.1f} fps | out {s['output_fps']:5.1f} fps | tracker {s['tracker_fps']:5.1f} fps | "
             f"latency p50 {s['latency_p50_ms']:.0f} ms p95 {s['latency_p95_ms']:.0f} ms | "
-            f"sync {s['sync']} +{s['delay_p50_ms']:.0f}/{s['delay_p95_ms']:.0f} ms | {s['subject']} | {self.where}"
+            f"sync {s['sync']} +{s['delay_p50_ms']:.0f}/{s['delay_p95_ms']:.0f} ms{edges} | {s['subject']} | "
+            f"{self.where}"
         )
 
     def show(self, s: dict[str, Any]) -> None:
-        if self._live is not None:
+        if self._task is not None:
+            short = f"{self.progress(s)} | tracker {s['tracker_fps']:.1f} fps | {s['subject']} | {self.where}"
+            room = max(12, self.console.width - 22)  # the bar keeps its 20 columns; the text is cut at the end
+            short = short if len(short) <= room else short[: room - 1] + "…"
+            self._live.update(self._task, completed=s["frames_out"], status=short)
+        elif self._live is not None:
             from rich.text import Text
 
             self._live.update(Text(self.line(s)))
         elif not self.interactive and s["seconds"] - self._last >= self.every:
             self._last = s["seconds"]
-            self.console.print(f"greencam: {self.line(s)}", soft_wrap=True, markup=False)
+            head = f"{self.progress(s)} | " if self._job else ""
+            self.console.print(f"greencam: {head}{self.line(s)}", soft_wrap=True, markup=False)
 
     def event(self, message: str) -> None:
         """A one-line message; thread-safe, and never garbles the status line."""
         self.console.print(f"greencam: {message}", soft_wrap=True, markup=False)
 
+    def interrupted(self, s: dict[str, Any], total: int | None, unwritten: list[str]) -> None:
+        """The one line of an offline job that was stopped before the end."""
+        self.__exit__()
+        done = f"{s['frames_out']} of {total}" if total else f"{s['frames_out']}"
+        line = f"greencam: interrupted after {done} frames"
+        if unwritten:
+            line += f"; {_join_and(unwritten)} not written"
+        self.console.print(line, soft_wrap=True, markup=False)
+
     def summary(self, s: dict[str, Any]) -> None:
         self.__exit__()
         self.console.print(
-            f"greencam: done: {s['frames_out']} frames out of {s['frames_in']} in {s['seconds']:.1f} s "
+            f"greencam: done: {s['frames_out']} frames out of {s['frames_in']} in {format_duration(s['seconds'])} "
             f"(output {s['output_fps']:.1f} fps, tracker {s['tracker_fps']:.1f} fps, {s['dropped']} dropped, "
             f"latency p50 {s['latency_p50_ms']:.0f} ms / p95 {s['latency_p95_ms']:.0f} ms, "
             f"sync {s['sync']} added delay p50 {s['delay_p50_ms']:.0f} ms / p95 {s['delay_p95_ms']:.0f} ms, "
@@ -278,15 +398,22 @@ class StatusLine:
         )
 
 
+def _join_and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 @contextmanager
-def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the loop to stop and release the devices; a second Ctrl-C exits at once."""
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[list[int]]:
+    """SIGINT/SIGTERM ask the loop to stop and release the devices; a second Ctrl-C exits at once.
+
+    Yields the list of the signal numbers received (empty while none came).
+    """
     previous: dict[int, Any] = {}
-    hits = [0]
+    hits: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
-        hits[0] += 1
-        if hits[0] == 1:
+        hits.append(signum)
+        if len(hits) == 1:
             stop()
             return
         os.write(2, b"\ngreencam: interrupted again: exiting now\n")
@@ -296,7 +423,7 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
         with suppress(ValueError):  # not the main thread (e.g. some test runners)
             previous[sig] = signal.signal(sig, handler)
     try:
-        yield
+        yield hits
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
@@ -441,13 +568,16 @@ def download(
     "  greencam config --defaults > my.toml\n\n  greencam config --path",
 )
 def show_config(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Settings file (TOML or YAML).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Settings file (TOML, YAML or JSON).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of TOML.")] = False,
     defaults: Annotated[bool, typer.Option("--defaults", help="Print every setting at its default.")] = False,
     path: Annotated[bool, typer.Option("--path", help="Print where your own config file is read from.")] = False,
+    show_secrets: Annotated[
+        bool, typer.Option("--show-secrets", help="Print token and turn_password in clear (masked by default).")
+    ] = False,
 ) -> None:
-    """Print the effective settings (defaults < configs/default.toml < your file)."""
-    from greenscreen_cam.config import user_config_file
+    """Print the effective settings (defaults < configs/default.toml < your file); credentials are masked."""
+    from greenscreen_cam.config import MASK, SECRET_SETTINGS, masked, user_config_file
 
     with user_errors():
         if path:
@@ -457,10 +587,19 @@ def show_config(
             sys.stdout.write(defaults_toml())
             return
         settings = load_settings(config)
+        if not show_secrets:
+            settings = masked(settings)
         if as_json:
             out.print_json(json.dumps(settings.to_dict()))
-        else:
-            sys.stdout.write(to_toml(settings))
+            return
+        text = to_toml(settings)
+        if not show_secrets:  # a saved copy must not carry the mask as a value
+            hidden = {f'{key} = "{MASK}"' for key in SECRET_SETTINGS}
+            text = "".join(
+                f"# {line.rstrip()} (hidden: --show-secrets prints it)\n" if line.rstrip() in hidden else line
+                for line in text.splitlines(keepends=True)
+            )
+        sys.stdout.write(text)
 
 
 # --------------------------------------------------------------------------- bench
@@ -536,7 +675,7 @@ def bench(
     fps: Annotated[
         float | None, typer.Option(help="Camera rate: with --oracle (default 24), with --capacity (default 30).")
     ] = None,
-    max_delay: Annotated[float, typer.Option(help="With --oracle: --max-delay in ms.")] = 300.0,
+    max_delay: Annotated[float, typer.Option(help="With --oracle: --max-delay in ms (start's default).")] = 90.0,
     process: Annotated[
         bool, typer.Option("--process", help="Whole greencam start processes vs the official predictor's script.")
     ] = False,

@@ -6,7 +6,8 @@ derived from these fields: the ``greencam start`` / ``serve`` / ``bench`` option
 (``greenscreen_cam.cli``), the keys a config file may hold, ``greencam config``,
 and ``configs/default.toml`` (a test checks the file says what the code does).
 
-A config file is TOML (``.toml``) or YAML (``.yaml``/``.yml``) holding a flat
+A config file is TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON (``.json``, e.g. the
+output of ``greencam config --json``) holding a flat
 table whose keys are field names (the long CLI flag with dashes turned into
 underscores, e.g. ``virtual_device``). Unknown keys, wrong types and invalid
 values are a :class:`~greenscreen_cam.errors.ConfigError`.
@@ -17,6 +18,7 @@ Standard library only: ``greencam --help`` must not import torch or OpenCV.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import tomllib
 from collections.abc import Callable, Iterable
@@ -42,6 +44,7 @@ def setting(
     check: Check | None = None,
     envvar: str | None = None,
     metavar: str | None = None,
+    shown_default: str | None = None,
 ) -> Any:
     """Declare one setting (a dataclass field with its help, CLI flags and validation).
 
@@ -53,8 +56,17 @@ def setting(
         check: Validator, see :data:`Check`; None values (not set) are never checked.
         envvar: Environment variable that sets it (between config file and flag).
         metavar: Placeholder shown in ``--help``.
+        shown_default: What ``--help`` says the default is, where the value alone would mislead.
     """
-    meta = {"help": help, "group": group, "flags": flags, "check": check, "envvar": envvar, "metavar": metavar}
+    meta = {
+        "help": help,
+        "group": group,
+        "flags": flags,
+        "check": check,
+        "envvar": envvar,
+        "metavar": metavar,
+        "shown_default": shown_default,
+    }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -267,8 +279,9 @@ class Settings(KeyingSettings, ModelSettings, NetworkSettings):
     )
     auto: bool = setting(
         False,
-        "Find the largest face and select head and shoulders (also used when nothing is selected).",
+        "Find the largest face and select head and shoulders.",
         group="Subject",
+        shown_default="on when no --bbox or --point is given",
     )
     lost_after: float = setting(
         1.0,
@@ -301,8 +314,9 @@ class Settings(KeyingSettings, ModelSettings, NetworkSettings):
         check=_one_of(*SYNC_MODES),
     )
     max_delay: float = setting(
-        300.0,
-        "Most milliseconds the picture may be delayed for frame-accurate keying.",
+        90.0,
+        "Most milliseconds --sync auto may delay the picture; 90 keeps lip sync with audio greencam cannot "
+        "delay (ITU-R BT.1359); raise it, or use --sync on, when the audio is delayed too (OBS).",
         group="Live loop",
         check=_between(0, 5000, unit=" ms"),
     )
@@ -375,8 +389,7 @@ class ServeSettings(ModelSettings, NetworkSettings):
         check_fields(self)
         if bool(self.cert_file) != bool(self.key_file):
             raise ConfigError("--cert-file and --key-file go together")
-        if self.token and self.token_file:
-            raise ConfigError("use either --token or --token-file, not both")
+        # --token with --token-file is refused by app.read_token, which can tell GREENCAM_TOKEN from the flag.
         if self.token is not None and not self.token.strip():
             raise ConfigError("--token is empty")
 
@@ -442,24 +455,35 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
 
 
+_CONFIG_FORMATS = {"": "TOML", ".toml": "TOML", ".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
+"""Config file extension -> the format it is parsed as."""
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse a TOML/YAML config file into a validated ``{field: value}`` dict."""
+    """Parse a TOML, YAML or JSON config file (by its extension; TOML without one) into ``{field: value}``."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a .toml, .yaml or .json file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    kind = _CONFIG_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError(f"config file {path}: unknown format {path.suffix!r}; use .toml, .yaml/.yml or .json")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     try:
-        if path.suffix.lower() in (".yaml", ".yml"):
+        if kind == "YAML":
             import yaml
 
             data = yaml.safe_load(text) or {}
+        elif kind == "JSON":
+            data = json.loads(text)
         else:
             data = tomllib.loads(text)
-    except Exception as e:  # tomllib.TOMLDecodeError, yaml.YAMLError
+    except Exception as e:  # tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {first}") from None
+        raise ConfigError(f"config file {path} is not valid {kind}: {first}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table of settings")
     names = set(_HINTS)
@@ -468,6 +492,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
         key = str(raw_key).replace("-", "_")
         if key not in names:
             raise ConfigError(f"config file {path}: unknown setting {raw_key!r}")
+        if key in SECRET_SETTINGS and value == MASK:
+            raise ConfigError(
+                f"config file {path}: {key} is the mask `greencam config` prints; "
+                "write the real value (greencam config --show-secrets shows it)"
+            )
         out[key] = _coerce(key, value, f"config file {path}")
     return out
 
@@ -557,6 +586,18 @@ def defaults_toml() -> str:
         parts.append(f"\n# [{group}]")
         parts += [rendered[name] for name in rendered if group_of[name] == group]
     return "\n".join(parts) + "\n"
+
+
+SECRET_SETTINGS = ("token", "turn_password")
+"""Settings that are credentials: ``greencam config`` masks them unless ``--show-secrets``."""
+
+MASK = "********"
+
+
+def masked(settings: Any) -> Any:
+    """A copy of ``settings`` whose credentials that are set read :data:`MASK` (nothing else changes)."""
+    hidden = {k: MASK for k in SECRET_SETTINGS if hasattr(settings, k) and getattr(settings, k)}
+    return dataclasses.replace(settings, **hidden)
 
 
 def _quote(value: Any) -> str:

@@ -73,6 +73,8 @@ class Stats:
     track_times: deque[float] = field(default_factory=lambda: deque(maxlen=600))
     compose_times: deque[float] = field(default_factory=lambda: deque(maxlen=600))
     own_masks: int = 0
+    keyed: int = 0
+    """Output frames keyed with a mask of the subject (0 at the end: the subject was never found)."""
     mask_age: float = 0.0
     subject: str = "waiting"
     sync: str = "exact"
@@ -103,6 +105,7 @@ class Stats:
             "delay_p50_ms": ms(self.delays, 50),
             "delay_p95_ms": ms(self.delays, 95),
             "own_mask_share": self.own_masks / self.frames_out if self.frames_out else 0.0,
+            "keyed_frames": self.keyed,
             "mask_age_ms": self.mask_age * 1000.0,
             "track_ms": ms(self.track_times, 50),
             "compose_ms": ms(self.compose_times, 50),
@@ -164,7 +167,8 @@ class Pipeline:
         auto: Find the subject with the face detector while there is no prompt.
         matte: Optional writer for each output frame's alpha (``(H, W)`` uint8).
         preview: Optional preview window (hotkeys, drag-to-select).
-        max_frames: Stop after this many output frames.
+        max_frames: Stop after exactly this many output frames (live: frames the key scheduler
+            still holds and keep-alive repeats count too).
         sync: ``auto``, ``on`` or ``off``: how live frames wait for their own mask (see :mod:`greenscreen_cam.sync`).
         max_delay: Most seconds a live frame may be held for its mask.
         flow: With ``sync="off"``, warp the newest mask to the current frame with optical flow.
@@ -188,7 +192,7 @@ class Pipeline:
         preview: PreviewSink | None = None,
         max_frames: int | None = None,
         sync: str = "auto",
-        max_delay: float = 0.3,
+        max_delay: float = 0.09,
         flow: bool = False,
         lost_after: float = 1.0,
         remote: RemoteTracking | None = None,
@@ -219,6 +223,7 @@ class Pipeline:
         self._auto = auto or prompt is None
         self._face_finder: Any = None
         self._said_searching = False
+        self._said_capped = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._paused = False
@@ -326,12 +331,15 @@ class Pipeline:
     # ------------------------------------------------------------------ output
     def _emit(self, frame: Frame, logits: np.ndarray | None, *, own: bool = True) -> None:
         """Key ``frame`` with ``logits`` and send it everywhere; then status, hotkeys and the frame limit."""
+        if self._limit_reached():  # frames the scheduler still held when the limit was reached
+            return
         start = time.perf_counter()
         out, alpha = self._compose(frame, logits)
         self.stats.compose_times.append(time.perf_counter() - start)
         self._send(out, alpha)
         self.stats.frames_out += 1
         self.stats.own_masks += int(own and logits is not None)
+        self.stats.keyed += int(logits is not None)
         self.stats.latencies.append(time.perf_counter() - frame.timestamp)
         self._after_send()
 
@@ -377,9 +385,13 @@ class Pipeline:
         if now - self._last_status >= 0.5:
             self._last_status = now
             self.on_status(self.stats.snapshot())
-        if self.max_frames is not None and self.stats.frames_out >= self.max_frames:
+        if self._limit_reached():
             self.stats.completed = True
             self.stop()
+
+    def _limit_reached(self) -> bool:
+        """Whether ``max_frames`` frames went out (keep-alive repeats count: the sinks got them too)."""
+        return self.max_frames is not None and self.stats.frames_out + self.stats.filler >= self.max_frames
 
     def _hotkey(self, key: int) -> None:
         if key in (ord("q"), 27):
@@ -479,6 +491,8 @@ class Pipeline:
 
     def _keep_alive(self, reader: LatestFrameReader) -> None:
         """No camera frame for a while: say why, and send the last picture again (or the key colour)."""
+        if self._limit_reached():
+            return
         if reader.reconnecting:
             self.stats.subject = "reconnecting"
         if self._last_out is None:
@@ -514,6 +528,13 @@ class Pipeline:
         for keyed in scheduler.pop_ready(time.perf_counter()):
             self._emit_keyed(keyed)
         self.stats.sync = scheduler.mode_in_force()
+        if self.stats.sync == "capped" and not self._said_capped:
+            self._said_capped = True
+            self.on_event(
+                f"the tracker is slower than --max-delay {self.max_delay * 1000:g} ms allows: frames wait at most "
+                "that long (lip sync is kept) and are keyed with the nearest mask moved by optical flow, so the "
+                "edges trail fast motion; for a recording or OBS (with its audio sync offset) use --sync on"
+            )
 
     def _emit_keyed(self, keyed: Keyed) -> None:
         self.stats.delays.append(keyed.delay)

@@ -84,7 +84,7 @@ def build_prompt(bbox: str | None, points: Sequence[str] = (), negative: Sequenc
     """The prompt given by ``--bbox``, ``--point`` and ``--negative-point`` texts, or None when none is given."""
     if bbox is None and not points and not negative:
         return None
-    box = parse_numbers(bbox, 4, "--bbox") if bbox else None
+    box = parse_numbers(bbox, 4, "--bbox") if bbox is not None else None  # "" is a malformed box, not none
     pts = [parse_numbers(p, 2, "--point") for p in points]
     neg = [parse_numbers(p, 2, "--negative-point") for p in negative]
     if box is None and not pts:

@@ -242,8 +242,11 @@ class VideoFileSink(_Closing):
     Frames go to a hidden temporary file in the same folder
     (``.NAME.greencam-tmp-XXXXXXXX.mp4``, same extension so OpenCV picks the
     container), which replaces ``path`` only on a clean :meth:`close` after at
-    least one frame. :meth:`abort` (also ``__exit__`` with an exception) deletes
-    it: an existing file is never touched by a run that did not finish.
+    least one frame, and only after the finished file was read back: it must
+    open and hold every frame written. A full disk ends the run at the frame that
+    did not fit (:class:`~greenscreen_cam.errors.SinkError`, exit 5). :meth:`abort`
+    (also ``__exit__`` with an exception) deletes it: an existing file is never
+    touched by a run that did not finish.
 
     Args:
         path: The output file.
@@ -285,9 +288,22 @@ class VideoFileSink(_Closing):
             )
         self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         self.frames_written += 1
+        # OpenCV's write returns nothing and only logs "Failed to write frame": a full disk is noticed here.
+        assert self.tmp_path is not None
+        if disk_full(self.tmp_path.parent):
+            self.abort()
+            raise SinkError(
+                f"cannot write video file {self.path}: no space left on device "
+                f"(after {self.frames_written} frames); nothing was written under that name"
+            )
 
     def close(self) -> None:
-        """Finish the file and move it onto :attr:`path` (nothing is replaced when no frame was written)."""
+        """Finish the file, read it back, and move it onto :attr:`path` (nothing is replaced with no frame).
+
+        Raises:
+            SinkError: the finished file does not open or holds fewer frames than were written
+                (a full disk, an I/O error); the temporary file is deleted and :attr:`path` is untouched.
+        """
         writer, self._writer = self._writer, None
         if writer is None:
             return
@@ -297,6 +313,12 @@ class VideoFileSink(_Closing):
         if self.frames_written == 0:
             tmp.unlink(missing_ok=True)
             return
+        problem = video_problem(tmp, self.frames_written)
+        if problem is not None:
+            tmp.unlink(missing_ok=True)
+            if disk_full(tmp.parent):
+                problem = "no space left on device"
+            raise SinkError(f"cannot write video file {self.path}: {problem}; nothing was written under that name")
         try:
             os.replace(tmp, self.path)
         except OSError as e:
@@ -310,6 +332,38 @@ class VideoFileSink(_Closing):
             writer.release()
         if self.tmp_path is not None:
             self.tmp_path.unlink(missing_ok=True)
+
+
+def disk_full(folder: Path) -> bool:
+    """Whether the file system holding ``folder`` has no free block left (for this user) at all."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs (Windows): the read-back check in close still runs
+        return False
+    free = st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail
+    return free == 0
+
+
+def video_problem(path: Path, frames: int) -> str | None:
+    """What is wrong with a finished video file that should hold ``frames`` frames, or None when it is whole.
+
+    The container's frame count is read first; only when it disagrees are the frames
+    counted one by one (some containers only estimate it).
+    """
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return "the finished file does not open (it is truncated or broken)"
+        if int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == frames:
+            return None
+        counted = 0
+        while counted <= frames and cap.grab():
+            counted += 1
+        if counted != frames:
+            return f"the finished file holds {counted} of the {frames} frames written"
+        return None
+    finally:
+        cap.release()
 
 
 def has_display() -> bool:

@@ -23,6 +23,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import re
 import ssl
 import threading
 import time
@@ -88,13 +89,27 @@ def _send_size(width: int, height: int, resolution: int) -> tuple[int, int]:
     return w, h
 
 
+_HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?")
+"""A host name, an IPv4 address or an IPv6 address (urlsplit drops its brackets)."""
+
+
+def tls_failure(url: str, error: Exception) -> str:
+    """One line for a failed TLS handshake with ``url`` (aiohttp's own text names an ``<ssl.SSLContext …>``)."""
+    cause = getattr(error, "os_error", None) or getattr(error, "certificate_error", None) or error
+    reason = getattr(cause, "reason", None) or getattr(cause, "verify_message", None) or str(cause)
+    if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"):
+        plain = "http://" + url.split("://", 1)[-1]
+        return f"TLS to {url} failed: the server speaks plain HTTP there; use {plain}"
+    return f"TLS to {url} failed: {reason}; check the certificate (--cafile)"
+
+
 def base_url(url: str) -> str:
     """Normalise ``URL`` (``http(s)://host[:port]`` or ``host:port``) to a base URL without a trailing slash."""
     text = url.strip()
     if "://" not in text:
         text = "http://" + text
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname or not _HOST.fullmatch(parts.hostname):
         raise ConfigError(f"--server {url!r} is not an http(s)://host:port URL")
     try:
         parts.port  # noqa: B018 - validates the port
@@ -558,7 +573,7 @@ class RemoteTracker:
                 text = await resp.text(errors="replace")
                 return resp.status, text, resp.headers
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
-            raise LinkTLSError(f"TLS to {self.url} failed: {e}; check the certificate (--cafile)") from None
+            raise LinkTLSError(tls_failure(self.url, e)) from None
         except aiohttp.ClientConnectorError as e:
             raise LinkUnreachableError(
                 f"cannot reach {self.url}: {e.os_error or e}; is greencam serve running?"
