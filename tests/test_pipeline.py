@@ -342,8 +342,8 @@ def test_status_lines_in_a_log():
 
     from rich.console import Console
 
-    from greenscreen_cam.cli import StatusLine
     from greenscreen_cam.config import Settings
+    from greenscreen_cam.status import StatusLine
 
     buf = io.StringIO()
     status = StatusLine(Console(file=buf, width=300), Settings(device="cpu", resolution=256), interactive=False)
