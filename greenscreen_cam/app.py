@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from greenscreen_cam.config import ServeSettings, Settings
 from greenscreen_cam.errors import ConfigError
 from greenscreen_cam.prompt import Prompt, build_prompt
-from greenscreen_cam.tracking import LoadOptions, ModelChoice, Tracker, load_model, resolve_model
+from greenscreen_cam.tracking import AsyncTracking, LoadOptions, ModelChoice, Tracker, load_model, resolve_model
 
 __all__ = ["ModelChoice", "check_start", "load_tracker", "open_pipeline", "resolve_model", "run_serve"]
 
@@ -149,13 +149,12 @@ def open_pipeline(
             if s.matte_output
             else None
         )
-        tracker = None
-        remote = None
+        tracker: Tracker | AsyncTracking
         if choice is not None:
             say(f"loading {choice.describe()} ...")
             tracker = load_tracker(choice)
         else:
-            remote = stack.enter_context(_open_remote(s, src.width, src.height, say))
+            tracker = stack.enter_context(_open_remote(s, src.width, src.height, say))
         pipeline = Pipeline(
             src,
             tracker,
@@ -172,12 +171,9 @@ def open_pipeline(
             max_delay=s.max_delay / 1000.0,
             flow=s.flow,
             lost_after=s.lost_after,
-            remote=remote,
             on_status=on_status,
             on_event=say,
         )
-        if remote is not None and prompt is not None:
-            remote.reselect(prompt)
         yield pipeline
         if not pipeline.stats.completed:
             sink.abort()
@@ -188,7 +184,7 @@ def open_pipeline(
 
 
 @contextmanager
-def _open_remote(s: Settings, width: int, height: int, say: Notify) -> Iterator[Any]:
+def _open_remote(s: Settings, width: int, height: int, say: Notify) -> Iterator[AsyncTracking]:
     """Connect to ``greencam serve`` at ``s.server``; the remote tracker is closed on exit."""
     from greenscreen_cam.link.client import RemoteTracker
 

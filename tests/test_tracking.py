@@ -247,3 +247,107 @@ def test_async_and_plain_trackers_are_told_apart():
 
     assert not tracking.is_async(BoxTracker())
     assert tracking.is_async(RemoteTracker("http://127.0.0.1:1", "t" * 16, width=4, height=4))
+
+
+# ----------------------------------------------------------------- the pipeline takes one tracker object
+class OwnTimeTracker:
+    """An :class:`~greenscreen_cam.tracking.AsyncTracking` on a thread of its own that takes its
+    prompts itself, as the remote tracker of ``start --server`` does."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from greenscreen_cam.sync import ThreadedTracker
+
+        self.inner = BoxTracker()
+        self.prompts: list[Prompt | None] = []
+        self._pending: list[Prompt | None] = []
+        self._lock = threading.Lock()
+        self._thread = ThreadedTracker(self._step)
+        self.closed = False
+
+    def _step(self, frame):
+        from greenscreen_cam.core import MaskResult
+
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for p in pending:
+            self.inner.reset()
+            if p is not None:
+                self.inner.box = p.box
+        if not self.inner.is_prompted:
+            return None
+        out = self.inner.track(frame.image)
+        return MaskResult(frame.index, frame.timestamp, out.low_res_numpy(), out.visible, out.object_score)
+
+    def submit(self, frame) -> None:
+        self._thread.submit(frame)
+
+    def poll(self):
+        return self._thread.poll()
+
+    @property
+    def busy(self) -> bool:
+        return self._thread.busy
+
+    def reselect(self, prompt: Prompt | None) -> None:
+        self.prompts.append(prompt)
+        with self._lock:
+            self._pending.append(prompt)
+
+    def track_sync(self, frame, timeout: float = 60.0):
+        from greenscreen_cam.core import MaskResult
+
+        result = self._step(frame)
+        return result or MaskResult(frame.index, frame.timestamp, None, False, 0.0, selected=False)
+
+    def close(self) -> None:
+        self.closed = True
+        self._thread.close()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+
+    def send(self, frame: np.ndarray) -> None:
+        self.frames.append(frame)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("realtime", [False, True])
+def test_a_tracker_of_its_own_time_is_one_argument_and_gets_the_prompt(tmp_path, realtime):
+    from greenscreen_cam import KEY_COLOR
+    from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.pipeline import Pipeline
+    from greenscreen_cam.sources import ImageFolderSource
+
+    from .conftest import write_jpeg_folder
+
+    folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(6 if not realtime else 20))
+    tracker = OwnTimeTracker()
+    assert tracking.is_async(tracker)
+    rec = _Recorder()
+    box = Prompt(box=(0, 0, 80, 120))
+    pipe = Pipeline(
+        ImageFolderSource(folder, fps=30.0, realtime=realtime),
+        tracker,
+        Compositor(CompositorSettings(smooth=0)),
+        rec,
+        prompt=box,
+        sync="off",
+    )
+    assert tracker.prompts == [box], "the pipeline hands the initial prompt to a tracker that owns its prompt"
+    summary = pipe.run()
+    assert summary["tracked"] >= 1 and rec.frames
+    last = rec.frames[-1]
+    assert (last[:, 100:] == KEY_COLOR).all(), "right of the box: keyed out"
+    assert not (last[:, :70] == KEY_COLOR).all(axis=-1).any(), "inside the box: the picture"
+    if not realtime:
+        assert len(rec.frames) == 6 and summary["tracked"] == 6
+    else:
+        assert tracker.closed, "a live run closes the tracker it drove"
+    pipe.reselect(None)
+    assert tracker.prompts == [box, None]
