@@ -62,8 +62,23 @@ def configure_threads(mode: str) -> None:
 
 
 def file_outputs(s: Settings) -> list[Path]:
-    """The ``--output`` targets that are files (everything but ``virtual``)."""
-    return [Path(o).expanduser() for o in s.outputs if o != "virtual"]
+    """The ``--output`` targets that write a file (see :mod:`greenscreen_cam.outputs`).
+
+    Raises:
+        SinkError: an ``--output SCHEME://...`` that no registered output handles.
+    """
+    from greenscreen_cam import outputs
+
+    return [t.path for t in outputs.parse_outputs(s.outputs) if t.path is not None and outputs.writes_file(t)]
+
+
+def sink_policy(mode: str) -> str:
+    """How each output takes frames in a run of ``mode`` (see :mod:`greenscreen_cam.outputs`).
+
+    ``block`` offline (every frame reaches every output, files included), ``drop`` live (each
+    output takes the newest frame on its own thread; what it cannot take is dropped and counted).
+    """
+    return "block" if mode == "offline" else "drop"
 
 
 def check_start(s: Settings) -> tuple[Prompt | None, ModelChoice | None]:
@@ -72,9 +87,10 @@ def check_start(s: Settings) -> tuple[Prompt | None, ModelChoice | None]:
 
     s.validate()
     prompt = build_prompt(s.bbox, s.points, s.negative_points)
+    files = file_outputs(s)  # an --output no registered kind handles is refused here
     choice = None if s.server else resolve_model(s)
     check_outputs(
-        file_outputs(s),
+        files,
         Path(s.matte_output).expanduser() if s.matte_output else None,
         overwrite=s.overwrite,
         sources=[s.source],
@@ -99,13 +115,16 @@ def open_pipeline(
     Raises:
         GreencamError: any problem the user can fix, before anything slow happens where possible.
     """
+    from greenscreen_cam import outputs
     from greenscreen_cam.compositor import Compositor, make_background
     from greenscreen_cam.pipeline import Pipeline
-    from greenscreen_cam.sinks import MatteWriter, MultiSink, PreviewSink, VideoFileSink, VirtualCameraSink
+    from greenscreen_cam.sinks import MatteWriter, MultiSink, PreviewSink
     from greenscreen_cam.sources import open_source
 
     say = on_event or (lambda m: None)
-    configure_threads(run_mode(s))  # before torch is imported (check_start resolves the device)
+    mode = run_mode(s)
+    configure_threads(mode)  # before torch is imported (check_start resolves the device)
+    policy: Any = sink_policy(mode)
     prompt, choice = check_start(s)
     with ExitStack() as stack:
         bg = make_background(s.background, s.rgb)
@@ -134,18 +153,26 @@ def open_pipeline(
         # Every output opens before the slow model load, so a missing device is reported at once.
         sinks: list[Any] = []
         sink = stack.enter_context(MultiSink(sinks))  # owns every output opened below, even if a later one fails
-        for target in s.outputs:
-            if target == "virtual":
-                vcam = VirtualCameraSink(
-                    src.width, src.height, src.fps, device=s.virtual_device, backend=virtual_backend
-                )
-                sinks.append(vcam)
-                say(f"sending to virtual camera {vcam.device} ({src.width}x{src.height} @ {src.fps:g} fps)")
-            else:
-                path = Path(target).expanduser()
-                sinks.append(VideoFileSink(path, src.width, src.height, src.fps, overwrite=s.overwrite))
+        ctx = outputs.OutputContext(
+            src.width,
+            src.height,
+            src.fps,
+            overwrite=s.overwrite,
+            virtual_device=s.virtual_device,
+            virtual_backend=virtual_backend,
+            say=say,
+        )
+        for target in outputs.parse_outputs(s.outputs):
+            opened = outputs.open_output(target, ctx)
+            sinks.append(outputs.ThreadedSink(opened, name=target.text, policy=policy))
         matte = (
-            stack.enter_context(MatteWriter(Path(s.matte_output).expanduser(), overwrite=s.overwrite))
+            stack.enter_context(
+                outputs.ThreadedSink(
+                    MatteWriter(Path(s.matte_output).expanduser(), overwrite=s.overwrite),
+                    name="matte",
+                    policy=policy,
+                )
+            )
             if s.matte_output
             else None
         )

@@ -35,6 +35,7 @@ import numpy as np
 from greenscreen_cam.compositor import Compositor
 from greenscreen_cam.core import Frame, MaskResult
 from greenscreen_cam.errors import GreencamError, TrackerError
+from greenscreen_cam.outputs import sink_counts
 from greenscreen_cam.prompt import Prompt
 from greenscreen_cam.sinks import Sink
 from greenscreen_cam.sources import LatestFrameReader, PrefetchReader, Source
@@ -71,6 +72,8 @@ class Stats:
     sync: str = "exact"
     completed: bool = False
     stopped: float | None = None
+    sinks: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per output on a thread of its own: frames ``sent`` and ``dropped`` (see :mod:`greenscreen_cam.outputs`)."""
 
     def elapsed(self) -> float:
         return (self.stopped or time.perf_counter()) - self.started
@@ -103,6 +106,8 @@ class Stats:
             "sync": self.sync,
             "completed": self.completed,
             "seconds": secs,
+            "sink_dropped": sum(c["dropped"] for c in self.sinks.values()),
+            "sinks": {name: dict(c) for name, c in self.sinks.items()},
         }
 
 
@@ -371,6 +376,7 @@ class Pipeline:
         now = time.perf_counter()
         if now - self._last_status >= 0.5:
             self._last_status = now
+            self._count_sinks()
             self.on_status(self.stats.snapshot())
         if self.max_frames is not None and self.stats.frames_out >= self.max_frames:
             self.stats.completed = True
@@ -408,7 +414,14 @@ class Pipeline:
                 self._run_offline()
         finally:
             self.stats.stopped = time.perf_counter()
+            self._count_sinks()
         return self.stats.snapshot()
+
+    def _count_sinks(self) -> None:
+        counts = sink_counts(self.sink)
+        if self.matte is not None:
+            counts.update(sink_counts(self.matte))
+        self.stats.sinks = counts
 
     def _run_offline(self) -> None:
         reader = PrefetchReader(self.source)  # decode frame i+1 while frame i is tracked
