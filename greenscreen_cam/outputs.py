@@ -28,6 +28,7 @@ from __future__ import annotations
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,16 +278,17 @@ class ThreadedSink(_Closing):
     def _finish(self, timeout: float) -> bool:
         """Let the pending frames go out and stop the thread; False when it did not stop in ``timeout`` s."""
         self._closed = True
+        deadline = time.monotonic() + timeout
         if self.policy == "drop":
             self._slot.close()
         else:
-            while self._thread.is_alive():
+            while self._thread.is_alive() and time.monotonic() < deadline:
                 try:
                     self._queue.put(_END, timeout=0.1)
                     break
                 except queue.Full:
                     continue
-        self._thread.join(timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         return not self._thread.is_alive()
 
     def close(self) -> None:

@@ -208,3 +208,14 @@ def test_a_sink_bug_becomes_one_sink_error():
     with pytest.raises(SinkError, match=r"output x.mp4 failed: ValueError: bad frame shape"):
         threaded.send(np.zeros((2, 2, 3), np.uint8))
     threaded.abort()
+
+
+def test_abort_of_a_hung_output_returns_promptly():
+    stuck = Stuck()
+    threaded = ThreadedSink(stuck, name="stuck", policy="block", depth=1)
+    for _ in range(2):  # one in the hung send, one filling the queue
+        threaded.send(np.zeros((2, 2, 3), np.uint8))
+    start = time.perf_counter()
+    threaded.abort()
+    assert time.perf_counter() - start < 3.0 and stuck.aborted
+    stuck.release.set()
