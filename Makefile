@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 MODEL  ?= tiny
 
-.PHONY: install test lint format bench bench-gpu checkpoints clean
+.PHONY: install test test-fast lint format bench bench-gpu checkpoints clean
 
 install: $(VENV)/.installed
 
@@ -21,8 +21,13 @@ $(VENV)/.installed: pyproject.toml Makefile requirements/sam2.txt
 	$(PIP) install --quiet --no-build-isolation -e ".[dev]"
 	touch $@
 
+# Every test (tests needing a GPU, a webcam or a virtual camera device skip with a reason when absent).
 test: install
 	$(PY) -m pytest -q
+
+# The fast subset (about 2 minutes on 2 CPU cores): everything not marked slow.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check greenscreen_cam tests

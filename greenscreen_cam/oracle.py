@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from greenscreen_cam.core import Frame, MaskResult
+from greenscreen_cam.core import Frame, LatestSlot, MaskResult, percentile
 from greenscreen_cam.errors import ConfigError, SourceError
 from greenscreen_cam.sources import IMAGE_SUFFIXES
 from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler
@@ -77,10 +77,14 @@ class OracleTracker:
         self.tracker_s = tracker_s
         self.scale = scale
         self._current: tuple[Frame, float] | None = None  # frame, finish time
-        self._pending: Frame | None = None
+        self._pending: LatestSlot[Frame] = LatestSlot()  # the frame to track next (replaced, never queued)
         self._done: list[MaskResult] = []
-        self.dropped = 0
         self.tracked = 0
+
+    @property
+    def dropped(self) -> int:
+        """Frames replaced in the pending slot before tracking started."""
+        return self._pending.dropped
 
     def _logits(self, index: int) -> np.ndarray:
         mask = self.masks[index]
@@ -98,27 +102,27 @@ class OracleTracker:
             self._done.append(MaskResult(frame.index, frame.timestamp, self._logits(frame.index), True, 10.0))
             self.tracked += 1
             self._current = None
-            if self._pending is not None:
-                self._current = (self._pending, finish + self._duration())
-                self._pending = None
+            if (pending := self._pending.take_nowait()) is not None:
+                self._current = (pending, finish + self._duration(pending))
 
-    def _duration(self) -> float:
+    def _duration(self, frame: Frame) -> float:
+        """Simulated seconds ``frame`` takes (``inf``: the tracker stalls on it for good)."""
         if self.jitter == 0.0:
             return self.tracker_s
         return self.tracker_s * (1.0 + float(self._rng.uniform(-self.jitter, self.jitter)))
 
     def next_done(self) -> float | None:
-        """Simulated time at which the frame being tracked completes (None: idle)."""
-        return self._current[1] if self._current is not None else None
+        """Simulated time at which the frame being tracked completes (None: idle, or stalled for good)."""
+        if self._current is None or not math.isfinite(self._current[1]):
+            return None
+        return self._current[1]
 
     def submit(self, frame: Frame) -> None:
         self._advance()
         if self._current is None:
-            self._current = (frame, self.clock() + self._duration())
+            self._current = (frame, self.clock() + self._duration(frame))
             return
-        if self._pending is not None:
-            self.dropped += 1
-        self._pending = frame
+        self._pending.put(frame)
 
     def poll(self) -> list[MaskResult]:
         self._advance()
@@ -128,7 +132,7 @@ class OracleTracker:
     @property
     def busy(self) -> bool:
         self._advance()
-        return self._current is not None or self._pending is not None
+        return self._current is not None or self._pending.pending
 
 
 def _natural_key(path: Path) -> list[object]:
@@ -248,6 +252,7 @@ def replay(
     *,
     until: float | None = None,
     flush: bool = True,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[Keyed]:
     """Drive ``scheduler`` and ``tracker`` like the live loop, with frame ``i`` captured at ``i / fps`` s.
 
@@ -264,6 +269,8 @@ def replay(
         until: Stop at this simulated time (as if the user quit), whatever is still in flight.
         flush: On stopping, hand out the frames still held (as a stopping loop does); False leaves
             them in the scheduler.
+        on_step: Called after each event with the number of frames captured so far (e.g. to
+            record the scheduler's state as the run goes).
 
     Returns:
         The output frames in output order.
@@ -292,6 +299,8 @@ def replay(
         if submission is not None:
             tracker.submit(submission)
         out.extend(scheduler.pop_ready(clock.now))
+        if on_step is not None:
+            on_step(i)
     if flush:
         out.extend(scheduler.flush(clock.now))
     return out
@@ -313,8 +322,8 @@ def summarize(keyed: Sequence[Keyed], masks: Sequence[np.ndarray]) -> dict[str, 
     return {
         "mean_iou": round(float(ious.mean()), 4) if ious.size else 0.0,
         "min_iou": round(float(ious.min()), 4) if ious.size else 0.0,
-        "delay_ms_p50": round(float(np.percentile(delays, 50)), 1) if delays.size else 0.0,
-        "delay_ms_p95": round(float(np.percentile(delays, 95)), 1) if delays.size else 0.0,
+        "delay_ms_p50": round(percentile(delays, 50), 1),
+        "delay_ms_p95": round(percentile(delays, 95), 1),
         "delay_ms_max": round(float(delays.max()), 1) if delays.size else 0.0,
         "own_mask_share": round(sources["own"] / len(keyed), 4) if keyed else 0.0,
         "mean_iou_after_first_mask": round(float(steady.mean()), 4) if steady.size else 0.0,

@@ -201,7 +201,7 @@ def resolve_model(s: ModelSettings, *, random_weights: Path | None = None) -> Mo
     if random_weights is not None:
         path = models.save_random_checkpoint(spec, random_weights / spec.filename)
     else:
-        path = models.resolve_checkpoint(spec, Path(s.checkpoint) if s.checkpoint else None)
+        path = models.resolve_checkpoint(spec, Path(s.checkpoint).expanduser() if s.checkpoint else None)
     return ModelChoice(spec, dev, res, path)
 
 

@@ -11,10 +11,42 @@ import cv2
 import numpy as np
 import pytest
 
+from greenscreen_cam.bench.common import synthetic_frames
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
+
+
+def _hardware_missing(marker: str) -> str | None:
+    """Why a test marked ``marker`` cannot run on this machine (None: it can)."""
+    if marker == "gpu":
+        import torch
+
+        return None if torch.cuda.is_available() else "needs a CUDA GPU (torch.cuda.is_available() is False)"
+    sysfs = Path("/sys/class/video4linux")
+    names = [(d / "name").read_text().strip().lower() for d in sysfs.glob("video*") if (d / "name").is_file()]
+    if marker == "vcam":
+        loopback = any("loopback" in n or "greencam" in n for n in names)
+        return None if loopback else "needs a v4l2loopback virtual camera (sudo modprobe v4l2loopback ...)"
+    if marker == "camera":
+        real = any("loopback" not in n and "greencam" not in n for n in names)
+        return None if real else "needs a physical webcam (none under /sys/class/video4linux)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu``, ``camera`` or ``vcam`` skip with the reason when the hardware is absent."""
+    reasons: dict[str, str | None] = {}
+    for item in items:
+        for marker in ("gpu", "camera", "vcam"):
+            if item.get_closest_marker(marker) is None:
+                continue
+            if marker not in reasons:
+                reasons[marker] = _hardware_missing(marker)
+            if reasons[marker]:
+                item.add_marker(pytest.mark.skip(reason=reasons[marker]))
 
 
 def shared_data(*parts: str) -> Path:
@@ -25,16 +57,14 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def _disc(img: np.ndarray, i: int, n: int) -> None:
+    height, width = img.shape[:2]
+    cv2.circle(img, (width // 3 + 2 * i, height // 2), height // 4, (230, 50, 40), -1)
+
+
 def moving_disc_frames(n: int, width: int = 160, height: int = 120, seed: int = 0) -> list[np.ndarray]:
-    """RGB frames: a textured background with a red disc moving right."""
-    rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8), (width, height), interpolation=cv2.INTER_CUBIC)
-    frames = []
-    for i in range(n):
-        img = base.copy()
-        cv2.circle(img, (width // 3 + 2 * i, height // 2), height // 4, (230, 50, 40), -1)
-        frames.append(img)
-    return frames
+    """RGB frames: a textured background with a red disc moving right (the benchmarks' generator)."""
+    return synthetic_frames(n, width, height, seed, grid=(6, 8), draw=_disc)
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from greenscreen_cam import models, paths
+from greenscreen_cam.errors import CheckpointError
 
 from .conftest import REPO
 
@@ -71,8 +72,19 @@ def test_environment_override_wins(home, tmp_path, monkeypatch):
     assert paths.checkpoint_dir(package) == tmp_path / "src" / "checkpoints"
 
 
-def test_this_checkout_and_models_agree(home):
-    assert paths.checkpoint_dir() == REPO / "checkpoints" == models.default_checkpoint_dir()
+def test_this_checkout_keeps_its_checkpoints_in_its_own_folder(home):
+    assert paths.checkout_root() == REPO
+    assert paths.checkpoint_dir() == REPO / "checkpoints"
+
+
+def test_the_model_loader_looks_for_checkpoints_where_paths_says(home, tmp_path, monkeypatch):
+    spec = models.get_spec("tiny")
+    monkeypatch.setenv(paths.CHECKPOINTS_ENV, str(tmp_path / "weights"))
+    with pytest.raises(CheckpointError, match=f"at {tmp_path / 'weights' / spec.filename}; download it with"):
+        models.resolve_checkpoint(spec, None)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / spec.filename).write_bytes(b"weights")
+    assert models.resolve_checkpoint(spec, None) == tmp_path / "weights" / spec.filename
 
 
 @linux_only

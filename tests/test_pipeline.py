@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from greenscreen_cam import KEY_COLOR
 from greenscreen_cam.compositor import Compositor, CompositorSettings
+from greenscreen_cam.core import Frame
 from greenscreen_cam.pipeline import Pipeline
 from greenscreen_cam.segmenter import Prompt, StreamingTracker
 from greenscreen_cam.sinks import MatteWriter, MultiSink, VirtualCameraSink
@@ -21,14 +23,52 @@ from .conftest import moving_disc_frames, write_jpeg_folder
 
 
 class _Recorder:
-    def __init__(self) -> None:
+    def __init__(self, on_frame: Callable[[int], object] | None = None) -> None:
         self.frames: list[np.ndarray] = []
+        self.on_frame = on_frame
 
     def send(self, frame: np.ndarray) -> None:
         self.frames.append(frame)
+        if self.on_frame is not None:
+            self.on_frame(len(self.frames))
 
     def close(self) -> None:
         pass
+
+
+class _FakeCamera:
+    """A live 160x120 source delivering ``frames`` at 30 fps, as a camera does.
+
+    Before frame ``gap_at`` it is unplugged for ``gap_s`` s (``reconnecting`` is True meanwhile,
+    as :class:`~greenscreen_cam.sources.CameraSource` reports while reopening the device). After
+    the last frame it ends (None), or raises ``lost``.
+    """
+
+    width, height, fps, live = 160, 120, 30.0, True
+
+    def __init__(
+        self, frames: list[np.ndarray], *, gap_at: int | None = None, gap_s: float = 0.0, lost: Exception | None = None
+    ) -> None:
+        self.frames, self.gap_at, self.gap_s, self.lost = frames, gap_at, gap_s, lost
+        self.i = 0
+        self.reconnecting = False
+        self.closed = False
+
+    def read(self) -> Frame | None:
+        if self.i >= len(self.frames):
+            if self.lost is not None:
+                raise self.lost
+            return None
+        if self.i == self.gap_at:
+            self.reconnecting = True
+            time.sleep(self.gap_s)  # the simulated device is away: this is the camera's time, not a wait
+            self.reconnecting = False
+        time.sleep(1 / self.fps)
+        self.i += 1
+        return Frame(self.frames[self.i - 1], self.i - 1)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 @pytest.mark.parametrize("sync", ["off", "on"])
@@ -85,8 +125,13 @@ def test_offline_is_deterministic(tiny_model, tmp_path):
             rec,
             prompt=Prompt(box=(30, 25, 60, 70)),
         ).run()
-        runs.append(rec.frames)
-    assert len(runs[0]) == 6 and all(np.array_equal(a, b) for a, b in zip(*runs))
+        runs.append([f.reshape(120, 160, 3) for f in rec.frames])
+    assert len(runs[0]) == len(runs[1]) == 6 and all(np.array_equal(a, b) for a, b in zip(*runs))
+    # What repeats is real keying, not a constant: every frame keeps part of the picture and paints
+    # the rest the key colour, and the output follows the moving disc from frame to frame.
+    for out in runs[0]:
+        assert 0.02 < (out == KEY_COLOR).all(axis=-1).mean() < 0.98
+    assert not any(np.array_equal(a, b) for a, b in zip(runs[0], runs[0][1:]))
 
 
 @contextlib.contextmanager
@@ -190,18 +235,26 @@ def test_tracker_failure_in_live_mode_ends_the_run_with_one_error(tiny_model, tm
 def test_stop_from_another_thread_ends_a_live_run(tiny_model, tmp_path):
     folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(4) * 200)
     source = ImageFolderSource(folder, fps=30.0, realtime=True)
+    twenty_sent = threading.Event()
     pipe = Pipeline(
         source,
         StreamingTracker(tiny_model),
         Compositor(CompositorSettings()),
-        _Recorder(),
+        _Recorder(on_frame=lambda n: n == 20 and twenty_sent.set()),
         prompt=Prompt(box=(30, 25, 60, 70)),
     )
-    threading.Timer(0.8, pipe.stop).start()
-    start = time.perf_counter()
+    stopped: list[float] = []
+
+    def stop_after_twenty() -> None:
+        if twenty_sent.wait(60):
+            stopped.append(time.perf_counter())
+            pipe.stop()
+
+    threading.Thread(target=stop_after_twenty, daemon=True).start()
     summary = pipe.run()
-    assert time.perf_counter() - start < 2.0
-    assert 10 < summary["frames_out"] < 60
+    assert stopped, "the run ended before 20 frames were sent"
+    assert time.perf_counter() - stopped[0] < 1.0
+    assert 20 <= summary["frames_out"] < 20 + 30, "it stopped within a second of 30 fps frames"
 
 
 def test_matte_and_output_stay_in_step(tiny_model, tmp_path):
@@ -220,28 +273,10 @@ def test_matte_and_output_stay_in_step(tiny_model, tmp_path):
 
 
 def test_camera_lost_mid_stream_ends_the_run_with_a_clear_error(tiny_model, vcam_backend):
-    from greenscreen_cam.core import Frame
     from greenscreen_cam.errors import CameraLostError
 
-    class Unplugged:
-        width, height, fps, live = 160, 120, 30.0, True
-
-        def __init__(self) -> None:
-            self.frames = moving_disc_frames(5)
-            self.i = 0
-            self.closed = False
-
-        def read(self):
-            if self.i >= len(self.frames):
-                raise CameraLostError("camera 0 stopped delivering frames and did not come back within 3 s")
-            time.sleep(1 / 30)
-            self.i += 1
-            return Frame(self.frames[self.i - 1], self.i - 1)
-
-        def close(self) -> None:
-            self.closed = True
-
-    source = Unplugged()
+    lost = CameraLostError("camera 0 stopped delivering frames and did not come back within 3 s")
+    source = _FakeCamera(moving_disc_frames(5), lost=lost)
     with VirtualCameraSink(160, 120, 30.0, backend="greencam-test", pace=False) as vcam:
         pipe = Pipeline(
             source,
@@ -328,34 +363,10 @@ def test_status_lines_in_a_log():
 def test_output_keeps_flowing_while_the_camera_reconnects(tiny_model, vcam_backend):
     """A camera that goes away for 0.6 s: the virtual camera keeps receiving frames, the status says
     "reconnecting", and keyed frames resume when the camera is back."""
-    from greenscreen_cam.core import Frame
-
-    class Flaky:
-        width, height, fps, live = 160, 120, 30.0, True
-
-        def __init__(self) -> None:
-            self.frames = moving_disc_frames(30)
-            self.i = 0
-            self.reconnecting = False
-
-        def read(self):
-            if self.i >= len(self.frames):
-                return None
-            if self.i == 10:  # unplugged: the source is busy reopening the device
-                self.reconnecting = True
-                time.sleep(0.6)
-                self.reconnecting = False
-            time.sleep(1 / 30)
-            self.i += 1
-            return Frame(self.frames[self.i - 1], self.i - 1)
-
-        def close(self) -> None:
-            pass
-
     statuses: list[dict] = []
     with VirtualCameraSink(160, 120, 30.0, backend="greencam-test") as vcam:
         pipe = Pipeline(
-            Flaky(),
+            _FakeCamera(moving_disc_frames(30), gap_at=10, gap_s=0.6),
             StreamingTracker(tiny_model),
             Compositor(CompositorSettings()),
             vcam,

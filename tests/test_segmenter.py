@@ -21,12 +21,12 @@ from .conftest import moving_disc_frames, write_jpeg_folder
 N_FRAMES = 24  # past the 7-frame memory window and the 16-pointer window
 
 
-def official_masks(checkpoint: Path, folder: Path, n: int, **prompt) -> list[torch.Tensor]:
+def official_masks(checkpoint: Path, folder: Path, n: int, device: str = "cpu", **prompt) -> list[torch.Tensor]:
     from sam2.build_sam import build_sam2_video_predictor
 
     spec = models.get_spec("tiny")
     predictor = build_sam2_video_predictor(
-        spec.config, str(checkpoint), device="cpu", hydra_overrides_extra=["++model.image_size=256"]
+        spec.config, str(checkpoint), device=device, hydra_overrides_extra=["++model.image_size=256"]
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -74,6 +74,18 @@ def test_matches_official_predictor(tiny_model, tiny_checkpoint, jpeg_clip, prom
         # Same weights, same preprocessed frames: the logits themselves agree.
         torch.testing.assert_close(result.logits, reference[i], atol=1e-3, rtol=1e-4)
     assert reference[0].gt(0).any(), "the reference mask must not be empty for the test to mean anything"
+
+
+@pytest.mark.gpu
+def test_matches_official_predictor_on_cuda(tiny_checkpoint, jpeg_clip):
+    """Float32 on the GPU (no autocast): the same kernels on both sides, so the logits agree as on the CPU."""
+    folder, frames = jpeg_clip
+    reference = official_masks(tiny_checkpoint, folder, N_FRAMES, device="cuda", box=[30, 25, 90, 95])
+    net = models.load_model(models.get_spec("tiny"), tiny_checkpoint, device="cuda", resolution=256)
+    tracker = StreamingTracker(net, autocast=None)
+    for i, frame in enumerate(frames):
+        result = tracker.prompt(frame, Prompt(box=(30.0, 25.0, 60.0, 70.0))) if i == 0 else tracker.track(frame)
+        torch.testing.assert_close(result.logits.cpu(), reference[i].cpu(), atol=1e-3, rtol=1e-4)
 
 
 def test_memory_stays_bounded_over_300_frames(tiny_model):

@@ -12,7 +12,7 @@ import pytest
 
 from greenscreen_cam.core import Frame
 from greenscreen_cam.errors import ConfigError
-from greenscreen_cam.oracle import SimClock, replay
+from greenscreen_cam.oracle import OracleTracker, SimClock, replay
 from greenscreen_cam.sync import (
     FlowWarper,
     Keyed,
@@ -26,57 +26,28 @@ from tests.conftest import moving_disc_frames
 FPS = 30.0
 
 
-class FakeTracker:
-    """An AsyncTracker on a fake clock; frame ``i`` takes ``duration(i)`` s (``inf`` = stalls for good).
+class FakeTracker(OracleTracker):
+    """The oracle tracker with a duration per frame: frame ``i`` takes ``duration(i)`` s (``inf`` = stalls for good).
 
     Its logits are constant and equal to the tracked frame's index, so a test can tell whose mask
-    keyed a frame.
+    keyed a frame; :attr:`submitted` lists the indices it was given.
     """
 
     def __init__(self, clock: SimClock, duration: Callable[[int], float], shape: tuple[int, int] = (12, 16)) -> None:
-        self.clock = clock
+        super().__init__([], clock, 0.0)
         self.duration = duration
         self.shape = shape
-        self.current: tuple[Frame, float] | None = None
-        self.pending: Frame | None = None
-        self.done: list[MaskResult] = []
         self.submitted: list[int] = []
-        self.dropped = 0
 
-    def _advance(self) -> None:
-        while self.current is not None and self.current[1] <= self.clock() + 1e-12:
-            frame, finish = self.current
-            self.done.append(
-                MaskResult(frame.index, frame.timestamp, np.full(self.shape, float(frame.index), np.float32))
-            )
-            self.current = None
-            if self.pending is not None:
-                self.current = (self.pending, finish + self.duration(self.pending.index))
-                self.pending = None
+    def _duration(self, frame: Frame) -> float:
+        return self.duration(frame.index)
 
-    def next_done(self) -> float | None:
-        if self.current is None or not np.isfinite(self.current[1]):
-            return None
-        return self.current[1]
+    def _logits(self, index: int) -> np.ndarray:
+        return np.full(self.shape, float(index), np.float32)
 
     def submit(self, frame: Frame) -> None:
-        self._advance()
         self.submitted.append(frame.index)
-        if self.current is None:
-            self.current = (frame, self.clock() + self.duration(frame.index))
-        else:
-            self.dropped += self.pending is not None
-            self.pending = frame
-
-    def poll(self) -> list[MaskResult]:
-        self._advance()
-        done, self.done = self.done, []
-        return done
-
-    @property
-    def busy(self) -> bool:
-        self._advance()
-        return self.current is not None or self.pending is not None
+        super().submit(frame)
 
 
 def frames(n: int) -> list[np.ndarray]:
@@ -225,27 +196,12 @@ def test_auto_switches_when_the_tracker_slows_down() -> None:
     slow_from = 60
     tracker = FakeTracker(clock, lambda i: 0.01 if i < slow_from else 0.3)
     images = frames(150)
-    seen: dict[int, str] = {}
-    out: list[Keyed] = []
-    i = 0
-    for _ in range(5000):
-        events = [
-            t for t in (i / FPS if i < 150 else None, tracker.next_done(), scheduler.next_deadline()) if t is not None
-        ]
-        if (i >= 150 and scheduler.held == 0) or not events:
-            break
-        clock.now = max(clock.now, min(events))
-        for r in tracker.poll():
-            scheduler.add_result(r)
-        while i < 150 and i / FPS <= clock.now + 1e-12:
-            scheduler.push(Frame(images[i], i, i / FPS))
-            i += 1
-        sub = scheduler.take_submission(tracker.busy)
-        if sub is not None:
-            tracker.submit(sub)
-        out.extend(scheduler.pop_ready(clock.now))
-        seen[i] = scheduler.mode_in_force()
-    out.extend(scheduler.flush(clock.now))
+    seen: dict[int, str] = {}  # frames captured so far -> the mode in force then
+
+    def record(captured: int) -> None:
+        seen[captured] = scheduler.mode_in_force()
+
+    out = replay(images, scheduler, tracker, clock, FPS, on_step=record)
     assert seen[slow_from - 5] == "own"
     assert seen[149] in ("nearest", "capped")
     assert indices(out) == list(range(150))
@@ -408,7 +364,8 @@ def test_threaded_tracker_drives_the_scheduler() -> None:
             for r in tracker.poll():
                 scheduler.add_result(r)
             out.extend(scheduler.pop_ready(time.perf_counter()))
-            time.sleep(0.005)
+            wake.wait(0.05)  # a finished mask, or a held frame's deadline at most 50 ms on
+            wake.clear()
     finally:
         tracker.close()
     out.extend(scheduler.flush(time.perf_counter()))
