@@ -351,3 +351,21 @@ def test_a_tracker_of_its_own_time_is_one_argument_and_gets_the_prompt(tmp_path,
         assert tracker.closed, "a live run closes the tracker it drove"
     pipe.reselect(None)
     assert tracker.prompts == [box, None]
+
+
+def test_track_batch_is_a_drop_in_for_the_serve_workers_own(tiny_model):
+    """link/worker.py's track_batch can call tracking.track_batch: the same numbers, bit for bit."""
+    from greenscreen_cam.link.worker import track_batch as worker_track_batch
+    from greenscreen_cam.sam2_backend import wrap
+
+    loaded = wrap(tiny_model, "tiny", "cpu", 256)
+    frames = moving_disc_frames(3)
+    box = Prompt(box=(30, 25, 60, 70))
+    mine, theirs = [loaded.new_tracker(), loaded.new_tracker()], [loaded.new_tracker(), loaded.new_tracker()]
+    for i in range(3):
+        images = [frames[i], np.ascontiguousarray(frames[i][::-1])]
+        prompts = [box if i == 0 else None] * 2
+        a = tracking.track_batch(mine, images, prompts)
+        b = worker_track_batch(theirs, images, prompts)  # type: ignore[arg-type]
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x.low_res_logits, y.low_res_logits) and x.object_score == y.object_score  # type: ignore[union-attr]
