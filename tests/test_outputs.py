@@ -162,9 +162,9 @@ def test_a_blocked_output_never_stalls_keying_nor_the_other_outputs(tmp_path):
     summary = pipe.run()
     elapsed = time.perf_counter() - start
     try:
-        assert elapsed < 5.0, "the keying loop ran at the camera's pace, not the stuck output's"
+        assert elapsed < 8.0, "the keying loop ran at the camera's pace, not the stuck output's (10 s)"
         assert summary["frames_out"] == summary["frames_in"] >= 20
-        assert len(fine.frames) >= summary["frames_out"] - 3, "the other output got (nearly) every frame"
+        assert len(fine.frames) >= 0.8 * summary["frames_out"], "the other output got (nearly) every frame"
         assert summary["sinks"]["stuck"]["sent"] == 0
         assert summary["sinks"]["stuck"]["dropped"] >= summary["frames_out"] - 2
         assert summary["sink_dropped"] >= summary["sinks"]["stuck"]["dropped"]
