@@ -17,71 +17,37 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from greenscreen_cam.config import ModelSettings, ServeSettings, Settings
+from greenscreen_cam.config import ServeSettings, Settings
 from greenscreen_cam.errors import ConfigError
 from greenscreen_cam.prompt import Prompt, build_prompt
+from greenscreen_cam.tracking import AsyncTracking, LoadOptions, ModelChoice, Tracker, load_model, resolve_model
+
+__all__ = ["ModelChoice", "check_start", "load_tracker", "open_pipeline", "resolve_model", "run_serve"]
 
 if TYPE_CHECKING:
     from greenscreen_cam.link.sessions import ServeLimits
-    from greenscreen_cam.models import ModelSpec
     from greenscreen_cam.pipeline import Pipeline
-    from greenscreen_cam.segmenter import StreamingTracker
 
 Notify = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class ModelChoice:
-    """A checked model selection: registry entry, torch device, input size and checkpoint file."""
-
-    spec: ModelSpec
-    device: str
-    resolution: int
-    checkpoint: Path
-
-    def describe(self) -> str:
-        return f"SAM 2 {self.spec.name} at {self.resolution} px on {self.device}"
-
-
-def resolve_model(s: ModelSettings, *, random_weights: Path | None = None) -> ModelChoice:
-    """Check the model name, device, resolution and checkpoint file (fast: nothing is loaded).
-
-    With ``random_weights`` (a folder), a checkpoint of seeded random weights is
-    written there instead of looking for the real file (tests and benchmarks).
-    """
-    from greenscreen_cam import models
-
-    spec, dev, res = models.choose(s.model, s.device, s.resolution)
-    if random_weights is not None:
-        path = models.save_random_checkpoint(spec, random_weights / spec.filename)
-    else:
-        path = models.resolve_checkpoint(spec, Path(s.checkpoint) if s.checkpoint else None)
-    return ModelChoice(spec, dev, res, path)
-
-
-def load_tracker(choice: ModelChoice, *, profile: bool = False, compile_mode: bool | str = False) -> StreamingTracker:
-    """Load SAM 2 (slow) and wrap it in a StreamingTracker.
+def load_tracker(choice: ModelChoice, *, profile: bool = False, compile_mode: bool | str = False) -> Tracker:
+    """Load the model (slow) through the tracker backend registry and make one tracker over it.
 
     Args:
         choice: What :func:`resolve_model` checked.
         profile: Record per-stage times (benchmarks).
         compile_mode: ``torch.compile`` the image encoder: True, or a compile mode such as
             ``"reduce-overhead"`` (CUDA graphs).
+
+    Raises:
+        GreencamError: as :func:`greenscreen_cam.tracking.load_model`.
     """
-    from greenscreen_cam import models
-    from greenscreen_cam.segmenter import StreamingTracker
-
-    net = models.load_model(choice.spec, choice.checkpoint, device=choice.device, resolution=choice.resolution)
-    if compile_mode:
-        import torch
-
-        mode = compile_mode if isinstance(compile_mode, str) else None
-        net.image_encoder.forward = torch.compile(net.image_encoder.forward, dynamic=False, mode=mode)
-    return StreamingTracker(net, autocast=models.autocast_dtype(choice.device), profile=profile)
+    loaded = load_model(choice, options=LoadOptions(compile_mode=compile_mode))
+    return loaded.new_tracker(profile=profile)
 
 
 def run_mode(s: Settings) -> str:
@@ -99,8 +65,23 @@ def configure_threads(mode: str) -> None:
 
 
 def file_outputs(s: Settings) -> list[Path]:
-    """The ``--output`` targets that are files (everything but ``virtual``)."""
-    return [Path(o).expanduser() for o in s.outputs if o != "virtual"]
+    """The ``--output`` targets that write a file (see :mod:`greenscreen_cam.outputs`).
+
+    Raises:
+        SinkError: an ``--output SCHEME://...`` that no registered output handles.
+    """
+    from greenscreen_cam import outputs
+
+    return [t.path for t in outputs.parse_outputs(s.outputs) if t.path is not None and outputs.writes_file(t)]
+
+
+def sink_policy(mode: str) -> str:
+    """How each output takes frames in a run of ``mode`` (see :mod:`greenscreen_cam.outputs`).
+
+    ``block`` offline (every frame reaches every output, files included), ``drop`` live (each
+    output takes the newest frame on its own thread; what it cannot take is dropped and counted).
+    """
+    return "block" if mode == "offline" else "drop"
 
 
 def check_start(s: Settings) -> tuple[Prompt | None, ModelChoice | None]:
@@ -113,9 +94,10 @@ def check_start(s: Settings) -> tuple[Prompt | None, ModelChoice | None]:
         from greenscreen_cam.link.client import base_url
 
         base_url(s.server)  # a malformed --server is refused here, not after a DNS look-up
+    files = file_outputs(s)  # an --output no registered kind handles is refused here
     choice = None if s.server else resolve_model(s)
     check_outputs(
-        file_outputs(s),
+        files,
         Path(s.matte_output).expanduser() if s.matte_output else None,
         overwrite=s.overwrite,
         sources=[s.source],
@@ -141,13 +123,16 @@ def open_pipeline(
     Raises:
         GreencamError: any problem the user can fix, before anything slow happens where possible.
     """
+    from greenscreen_cam import outputs
     from greenscreen_cam.compositor import Compositor, make_background
     from greenscreen_cam.pipeline import Pipeline
-    from greenscreen_cam.sinks import MatteWriter, MultiSink, PreviewSink, VideoFileSink, VirtualCameraSink
+    from greenscreen_cam.sinks import MatteWriter, MultiSink, PreviewSink
     from greenscreen_cam.sources import open_source
 
     say = on_event or (lambda m: None)
-    configure_threads(run_mode(s))  # before torch is imported (check_start resolves the device)
+    mode = run_mode(s)
+    configure_threads(mode)  # before torch is imported (check_start resolves the device)
+    policy: Any = sink_policy(mode)
     prompt, choice = check_start(s)
     with ExitStack() as stack:
         bg = make_background(s.background, s.rgb)
@@ -176,28 +161,35 @@ def open_pipeline(
         # Every output opens before the slow model load, so a missing device is reported at once.
         sinks: list[Any] = []
         sink = stack.enter_context(MultiSink(sinks))  # owns every output opened below, even if a later one fails
-        for target in s.outputs:
-            if target == "virtual":
-                vcam = VirtualCameraSink(
-                    src.width, src.height, src.fps, device=s.virtual_device, backend=virtual_backend
-                )
-                sinks.append(vcam)
-                say(f"sending to virtual camera {vcam.device} ({src.width}x{src.height} @ {src.fps:g} fps)")
-            else:
-                path = Path(target).expanduser()
-                sinks.append(VideoFileSink(path, src.width, src.height, src.fps, overwrite=s.overwrite))
+        ctx = outputs.OutputContext(
+            src.width,
+            src.height,
+            src.fps,
+            overwrite=s.overwrite,
+            virtual_device=s.virtual_device,
+            virtual_backend=virtual_backend,
+            say=say,
+        )
+        for target in outputs.parse_outputs(s.outputs):
+            opened = outputs.open_output(target, ctx)
+            sinks.append(outputs.ThreadedSink(opened, name=target.text, policy=policy))
         matte = (
-            stack.enter_context(MatteWriter(Path(s.matte_output).expanduser(), overwrite=s.overwrite))
+            stack.enter_context(
+                outputs.ThreadedSink(
+                    MatteWriter(Path(s.matte_output).expanduser(), overwrite=s.overwrite),
+                    name="matte",
+                    policy=policy,
+                )
+            )
             if s.matte_output
             else None
         )
-        tracker = None
-        remote = None
+        tracker: Tracker | AsyncTracking
         if choice is not None:
             say(f"loading {choice.describe()} ...")
             tracker = load_tracker(choice)
         else:
-            remote = stack.enter_context(_open_remote(s, src.width, src.height, say))
+            tracker = stack.enter_context(_open_remote(s, src.width, src.height, say))
         pipeline = Pipeline(
             src,
             tracker,
@@ -214,12 +206,9 @@ def open_pipeline(
             max_delay=s.max_delay / 1000.0,
             flow=s.flow,
             lost_after=s.lost_after,
-            remote=remote,
             on_status=on_status,
             on_event=say,
         )
-        if remote is not None and prompt is not None:
-            remote.reselect(prompt)
         yield pipeline
         if not pipeline.stats.completed:  # the caller says so (greencam start: "interrupted after ...")
             sink.abort()
@@ -228,7 +217,7 @@ def open_pipeline(
 
 
 @contextmanager
-def _open_remote(s: Settings, width: int, height: int, say: Notify) -> Iterator[Any]:
+def _open_remote(s: Settings, width: int, height: int, say: Notify) -> Iterator[AsyncTracking]:
     """Connect to ``greencam serve`` at ``s.server``; the remote tracker is closed on exit."""
     from greenscreen_cam.link.client import RemoteTracker
 

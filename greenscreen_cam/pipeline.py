@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -35,24 +35,18 @@ import numpy as np
 from greenscreen_cam.compositor import Compositor
 from greenscreen_cam.core import Frame, MaskResult, percentile
 from greenscreen_cam.errors import GreencamError, TrackerError
+from greenscreen_cam.outputs import sink_counts
 from greenscreen_cam.prompt import Prompt
 from greenscreen_cam.sinks import Sink
 from greenscreen_cam.sources import LatestFrameReader, PrefetchReader, Source
 from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler, ThreadedTracker
+from greenscreen_cam.tracking import AsyncTracking, Tracker, is_async
 
 if TYPE_CHECKING:
-    from greenscreen_cam.segmenter import StreamingTracker
     from greenscreen_cam.sinks import PreviewSink
 
-
-class RemoteTracking(AsyncTracker, Protocol):
-    """A tracker on another machine (``greencam start --server``): it also takes prompts and is closed."""
-
-    def reselect(self, prompt: Prompt | None) -> None: ...
-
-    def track_sync(self, frame: Frame, timeout: float = 60.0) -> MaskResult: ...
-
-    def close(self) -> None: ...
+RemoteTracking = AsyncTracking
+"""The former name of :class:`greenscreen_cam.tracking.AsyncTracking` (a tracker that owns its prompt)."""
 
 
 HOTKEYS = "r re-select  a auto re-select  space pause keying  m mask view  h help  q/Esc quit"
@@ -80,6 +74,8 @@ class Stats:
     sync: str = "exact"
     completed: bool = False
     stopped: float | None = None
+    sinks: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per output on a thread of its own: frames ``sent`` and ``dropped`` (see :mod:`greenscreen_cam.outputs`)."""
 
     def elapsed(self) -> float:
         return (self.stopped or time.perf_counter()) - self.started
@@ -113,6 +109,8 @@ class Stats:
             "sync": self.sync,
             "completed": self.completed,
             "seconds": secs,
+            "sink_dropped": sum(c["dropped"] for c in self.sinks.values()),
+            "sinks": {name: dict(c) for name, c in self.sinks.items()},
         }
 
 
@@ -160,7 +158,10 @@ class Pipeline:
 
     Args:
         source: Where frames come from.
-        tracker: The local streaming SAM 2 tracker, or None with ``remote``.
+        tracker: The one tracker: a local :class:`~greenscreen_cam.tracking.Tracker` (the pipeline
+            prompts it, runs it inline offline and on a thread of its own live), or an
+            :class:`~greenscreen_cam.tracking.AsyncTracking` that works on its own time and takes
+            prompts through ``reselect`` (``greencam start --server``'s remote tracker).
         compositor: Mask -> keyed frame.
         sink: Where keyed frames go (usually a MultiSink).
         prompt: The user's selection (applied to the first frame), or None.
@@ -174,7 +175,6 @@ class Pipeline:
         flow: With ``sync="off"``, warp the newest mask to the current frame with optical flow.
         lost_after: Seconds (frames at the source's fps, offline) of low visibility before the
             subject counts as lost; the last visible mask is kept meanwhile.
-        remote: A tracker on another machine (``greencam start --server``) used instead of ``tracker``.
         on_status: Called about twice a second with :meth:`Stats.snapshot`.
         on_event: Called with one-line messages (subject found/lost, re-selection).
     """
@@ -182,7 +182,7 @@ class Pipeline:
     def __init__(
         self,
         source: Source,
-        tracker: StreamingTracker | None,
+        tracker: Tracker | AsyncTracking,
         compositor: Compositor,
         sink: Sink,
         *,
@@ -195,15 +195,13 @@ class Pipeline:
         max_delay: float = 0.09,
         flow: bool = False,
         lost_after: float = 1.0,
-        remote: RemoteTracking | None = None,
         on_status: Callable[[dict[str, Any]], None] | None = None,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
-        if tracker is None and remote is None:
-            raise ValueError("a pipeline needs a local tracker or a remote one")
         self.source = source
         self.tracker = tracker
-        self.remote = remote
+        self._async: AsyncTracking | None = tracker if is_async(tracker) else None  # type: ignore[assignment]
+        self._local: Tracker | None = None if self._async is not None else tracker  # type: ignore[assignment]
         self.compositor = compositor
         self.sink = sink
         self.matte = matte
@@ -235,6 +233,8 @@ class Pipeline:
         self._new_subject_at: int | None = None
         """Frame index of the latest (re-)selection: masks of earlier frames belong to another subject."""
         self.error: BaseException | None = None
+        if self._async is not None and prompt is not None:
+            self._async.reselect(prompt)  # it applies to the first frame it tracks
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -250,8 +250,8 @@ class Pipeline:
 
         Safe from any thread: the tracker itself is only touched by the thread that tracks.
         """
-        if self.remote is not None:
-            self.remote.reselect(prompt)
+        if self._async is not None:
+            self._async.reselect(prompt)
         with self._lock:
             self._pending_prompt = prompt
             self._auto = prompt is None
@@ -262,7 +262,7 @@ class Pipeline:
     # ------------------------------------------------------------------ tracking
     def _track(self, frame: Frame) -> MaskResult | None:
         """Run the local tracker on ``frame`` (prompting first if a prompt is pending); None = no subject yet."""
-        tracker = self.tracker
+        tracker = self._local
         assert tracker is not None
         with self._lock:
             prompt, self._pending_prompt = self._pending_prompt, None
@@ -302,10 +302,10 @@ class Pipeline:
         return MaskResult(frame.index, frame.timestamp, result.low_res_numpy(), result.visible, result.object_score)
 
     def _track_remote(self, frame: Frame) -> MaskResult | None:
-        """Offline over the link: send ``frame`` and wait for its own mask (files stay exact)."""
-        assert self.remote is not None
+        """Offline with a tracker of its own time (over the link): send ``frame`` and wait for its own mask."""
+        assert self._async is not None
         start = time.perf_counter()
-        result = self.remote.track_sync(frame)
+        result = self._async.track_sync(frame)
         self.stats.track_times.append(time.perf_counter() - start)
         self.stats.tracked += 1
         return result if result.selected else None
@@ -384,6 +384,7 @@ class Pipeline:
         now = time.perf_counter()
         if now - self._last_status >= 0.5:
             self._last_status = now
+            self._count_sinks()
             self.on_status(self.stats.snapshot())
         if self._limit_reached():
             self.stats.completed = True
@@ -425,7 +426,14 @@ class Pipeline:
                 self._run_offline()
         finally:
             self.stats.stopped = time.perf_counter()
+            self._count_sinks()
         return self.stats.snapshot()
+
+    def _count_sinks(self) -> None:
+        counts = sink_counts(self.sink)
+        if self.matte is not None:
+            counts.update(sink_counts(self.matte))
+        self.stats.sinks = counts
 
     def _run_offline(self) -> None:
         reader = PrefetchReader(self.source)  # decode frame i+1 while frame i is tracked
@@ -437,14 +445,14 @@ class Pipeline:
                     break
                 frame.timestamp = time.perf_counter()
                 self.stats.frames_in += 1
-                result = self._track(frame) if self.remote is None else self._track_remote(frame)
+                result = self._track(frame) if self._async is None else self._track_remote(frame)
                 self._emit(frame, self._shown(result, frame.index))
         finally:
             reader.stop()  # joined: the caller may close the source now
         self.stats.dropped = int(getattr(self.source, "dropped", 0))
 
     def _run_live(self) -> None:
-        tracker: RemoteTracking | ThreadedTracker = self.remote or ThreadedTracker(self._track)
+        tracker: AsyncTracking | ThreadedTracker = self._async or ThreadedTracker(self._track)
         scheduler = KeyScheduler(self.sync, max_delay=self.max_delay, flow=self.flow or None)
         interval = 1.0 / (self.source.fps or 30.0)
         reader = LatestFrameReader(self.source)
@@ -507,7 +515,7 @@ class Pipeline:
         self.stats.filler += 1
         self._after_send()
 
-    def _pump(self, tracker: AsyncTracker, scheduler: KeyScheduler) -> None:
+    def _pump(self, tracker: AsyncTracker | AsyncTracking, scheduler: KeyScheduler) -> None:
         """Take the tracker's results, hand it its next frame, and send the frames the scheduler releases."""
         try:
             results = tracker.poll()
@@ -518,6 +526,8 @@ class Pipeline:
             fresh, self._new_subject_at = self._new_subject_at, None
         if fresh is not None:
             scheduler.forget_masks(before=fresh)  # held frames must not get the old subject's mask
+        if self._async is not None:  # a local tracker counts its own steps in _track
+            self.stats.tracked += sum(1 for r in results if r.selected)
         for result in results:
             if result.selected:
                 result = replace(result, logits=self._shown(result, result.timestamp))

@@ -352,12 +352,11 @@ def bench_capacity(
     """How many ``greencam serve`` sessions one worker can step at ``fps`` (:func:`sessions_at_fps`) on this machine."""
     import tempfile
 
-    from greenscreen_cam import models
-    from greenscreen_cam.app import resolve_model
+    from greenscreen_cam.tracking import load_model, resolve_model
 
     with tempfile.TemporaryDirectory(prefix="greencam-bench-") as tmp:
         choice = resolve_model(settings, random_weights=Path(tmp) if random_weights else None)
-        model = models.load_model(choice.spec, choice.checkpoint, device=choice.device, resolution=choice.resolution)
+        model = load_model(choice).net  # the one factory of start, bench and serve
     result = sessions_at_fps(model, fps, batch=batch)
     result.update(kind="capacity", model=choice.spec.name, device=choice.device, resolution=choice.resolution)
     if choice.device.startswith("cuda"):
