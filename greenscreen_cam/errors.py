@@ -99,3 +99,7 @@ class LinkTLSError(LinkError):
 
 class LinkProtocolError(LinkError):
     """The server answered something that is not a greencam answer (bad status, SDP or message)."""
+
+
+class OfferError(LinkProtocolError):
+    """An SDP offer sent to ``greencam serve`` that cannot be answered (the server answers ``400``)."""
