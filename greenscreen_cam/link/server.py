@@ -393,6 +393,9 @@ class Session:
             self._reader.cancel()
         with contextlib.suppress(Exception):  # closing is best effort
             await asyncio.wait_for(self.pc.close(), 5.0)
+        from greenscreen_cam.link import interop  # whip: no relay task left pending
+
+        await interop.stop_relay(self._relay)
         self._listeners.clear()
 
 
@@ -597,10 +600,12 @@ class Server:
         """Create a session from an SDP offer: ``(session, answer SDP)``; raises LinkProtocolError on a bad offer."""
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
+        from greenscreen_cam.link import interop, sdp  # whip: standard WHIP clients (issue 18)
         from greenscreen_cam.segmenter import StreamingTracker
 
-        if "m=video" not in offer_sdp:
-            raise LinkProtocolError("the offer has no video (m=video) section")
+        offer = sdp.check_offer(offer_sdp, max_bytes=self.opts.max_body)  # OfferError -> 400
+        if not offer.sends_video():
+            raise LinkProtocolError("bad SDP offer: its video section does not send (sendonly or sendrecv)")
         pc = RTCPeerConnection(self._rtc_configuration())
         session = Session(self, pc, StreamingTracker(self.model, autocast=self.autocast))
 
@@ -620,6 +625,7 @@ class Server:
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            interop.prefer_dtls_server(pc, offer.setup)  # whip: a=setup:passive, RSA clients can connect
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:  # noqa: BLE001 - aiortc raises many types on malformed SDP
             session.closed = True
@@ -628,7 +634,7 @@ class Server:
             raise LinkProtocolError(f"bad SDP offer: {reason}") from None
         with self._cond:  # the worker iterates the sessions under this lock
             self.sessions[session.id] = session
-        return session, pc.localDescription.sdp
+        return session, sdp.fix_answer(pc.localDescription.sdp, offer)
 
     def _rtc_configuration(self) -> Any:
         from aiortc import RTCConfiguration, RTCIceServer
@@ -812,6 +818,7 @@ def create_app(server: Server) -> web.Application:
     """The aiohttp application of ``server``: WHIP signalling, health, and the browser pages."""
     from aiohttp import web
 
+    from greenscreen_cam.link import interop
     from greenscreen_cam.link import web as pages
 
     @web.middleware
@@ -833,6 +840,7 @@ def create_app(server: Server) -> web.Application:
     app.router.add_delete("/whip/{sid}", server.handle_delete)
     app.router.add_get("/health", server.handle_health)
     pages.add_routes(app, server)
+    interop.add_whip_http(app)  # whip: OPTIONS, CORS, WWW-Authenticate (RFC 9725)
     return app
 
 

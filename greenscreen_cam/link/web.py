@@ -36,6 +36,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from greenscreen_cam.errors import OfferError
+from greenscreen_cam.link import interop
+
 logger = logging.getLogger(__name__)
 
 MAX_OFFER_BYTES = 64 * 1024
@@ -193,9 +196,15 @@ class ViewerHub:
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != "application/sdp":
             raise web.HTTPUnsupportedMediaType(text="send the offer as application/sdp\n")
+        from greenscreen_cam.link import sdp as offers  # whip: check the offer first (issue 18)
+
         sdp = body.decode("utf-8", errors="replace")
-        if "m=video" not in sdp or "v=0" not in sdp:
-            raise web.HTTPBadRequest(text="the offer is not an SDP offer with a video section\n")
+        try:
+            offer = offers.check_offer(sdp, max_bytes=MAX_OFFER_BYTES)
+        except OfferError as e:
+            raise web.HTTPBadRequest(text=f"{e}\n") from None
+        if not offer.receives_video():
+            raise web.HTTPBadRequest(text="bad SDP offer: its video section does not receive (recvonly or sendrecv)\n")
         if sum(1 for v in self.viewers.values() if v.session_id == session_id) >= MAX_VIEWERS_PER_SESSION:
             raise web.HTTPServiceUnavailable(
                 text=f"this session already has {MAX_VIEWERS_PER_SESSION} viewers (each costs a video encode)\n"
@@ -205,7 +214,8 @@ class ViewerHub:
         except Exception as e:  # LinkError: the camera has sent no video yet
             raise web.HTTPServiceUnavailable(text=f"no video to view yet ({e}); retry in a moment\n") from None
         try:
-            viewer, answer = await self._answer(session, session_id, sdp, track)
+            viewer, answer = await self._answer(session, session_id, sdp, track, offer.setup)
+            answer = offers.fix_answer(answer, offer)
             viewer.route = route
         except ValueError as e:
             raise web.HTTPBadRequest(text=f"bad SDP offer: {e}\n") from None
@@ -216,7 +226,9 @@ class ViewerHub:
             headers={"Location": f"/whep/{route}/{viewer.id}"},
         )
 
-    async def _answer(self, session: Any, session_id: str, sdp: str, track: Any) -> tuple[Viewer, str]:
+    async def _answer(
+        self, session: Any, session_id: str, sdp: str, track: Any, setup: str = "actpass"
+    ) -> tuple[Viewer, str]:
         """Answer a viewer's offer with ``track`` (the session's relayed video) and its masks."""
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
@@ -273,6 +285,7 @@ class ViewerHub:
             for transceiver in pc.getTransceivers():
                 if transceiver.kind == "video":
                     transceiver.direction = "sendonly"
+            interop.prefer_dtls_server(pc, setup)  # whip: a=setup:passive, RSA players can connect
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:
             await self.close_viewer(viewer.id)
@@ -303,7 +316,10 @@ class ViewerHub:
             if self.server.sessions.get(viewer.session_id) is not viewer.session:
                 await self.close_viewer(viewer.id, "its session ended")
                 return
-            if time.monotonic() - viewer.last_seen > VIEWER_IDLE_S:
+            # whip: a player's RTCP reports count as activity too (a WHEP player may open no channel)
+            age = await interop.rtcp_age(viewer.pc)
+            reporting = age is not None and age < interop.RTCP_IDLE_S
+            if not reporting and time.monotonic() - viewer.last_seen > VIEWER_IDLE_S:
                 await self.close_viewer(viewer.id, f"silent for {VIEWER_IDLE_S:g} s")
                 return
 
