@@ -13,8 +13,9 @@ outputs are committed only when the run completed (see
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from greenscreen_cam.errors import ConfigError
 from greenscreen_cam.prompt import Prompt, build_prompt
 
 if TYPE_CHECKING:
+    from greenscreen_cam.link.sessions import ServeLimits
     from greenscreen_cam.models import ModelSpec
     from greenscreen_cam.pipeline import Pipeline
     from greenscreen_cam.segmenter import StreamingTracker
@@ -262,33 +264,72 @@ def read_token(s: ServeSettings) -> str | None:
     return token
 
 
-def run_serve(s: ServeSettings, *, stop: Any, say: Notify, random_weights: bool = False) -> None:
-    """``greencam serve``: load SAM 2 once and serve sessions until ``stop`` (a threading.Event) is set."""
-    from greenscreen_cam.link.server import ServeOptions, run_server
+def run_serve(
+    s: ServeSettings,
+    *,
+    say: Notify,
+    random_weights: bool = False,
+    model: Any = None,
+    ready: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+    limits: ServeLimits | None = None,
+    batch: bool = True,
+) -> None:
+    """``greencam serve``: a thin host around :func:`greenscreen_cam.link.http.create_app`.
+
+    Loads SAM 2 once and serves until SIGINT/SIGTERM (when called on the main thread) or until
+    ``stop`` is set from another thread, then closes every session and frees the model. When the
+    user gave no token, one is generated here and reported once through ``say``.
+
+    Args:
+        s: The settings.
+        say: One line per event (already escaped and redacted).
+        random_weights: Seeded random weights instead of a checkpoint (tests, benchmarks).
+        model: An already loaded model (tests, benchmarks).
+        ready: Called with the base URL once the server listens (default: a line through ``say``).
+        stop: Set it from any thread to stop serving.
+        limits: Server tunables (tests).
+        batch: Batch the image encoder over sessions.
+    """
+    import asyncio
+    import secrets
+    import signal
+
+    from greenscreen_cam.link.host import serve_app, ssl_context
+    from greenscreen_cam.link.http import create_app
 
     s.validate()
-    opts = ServeOptions(
-        host=s.host,
-        port=s.port,
-        token=read_token(s),
-        cert_file=Path(s.cert_file).expanduser() if s.cert_file else None,
-        key_file=Path(s.key_file).expanduser() if s.key_file else None,
-        max_sessions=s.max_sessions,
-        model=s.model,
-        checkpoint=Path(s.checkpoint).expanduser() if s.checkpoint else None,
-        resolution=s.resolution,
-        device=s.device,
-        random_weights=random_weights,
-        min_fps=s.min_fps,
-        ice_servers=tuple(s.ice_servers),
-        turn_username=s.turn_username,
-        turn_password=s.turn_password,
+    token = read_token(s)
+    tls = ssl_context(
+        s.cert_file and str(Path(s.cert_file).expanduser()), s.key_file and str(Path(s.key_file).expanduser())
+    )
+    if token is None:
+        token = secrets.token_urlsafe(24)
+        say(f"token (shown once; clients pass it with --token): {token}")
+    application = create_app(
+        s, token=token, model=model, random_weights=random_weights, limits=limits, batch=batch, on_event=say
     )
 
-    def ready(url: str) -> None:
+    def announce(url: str) -> None:
         say(
             f"serving on {url} (Ctrl-C to stop): cameras connect with `greencam start --server {url} --token TOKEN`,"
             f" browsers open {url}/?token=TOKEN"
         )
 
-    run_server(opts, on_event=say, ready=ready, stop=stop)
+    async def host() -> None:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, done.set)
+        if stop is not None:
+
+            def wake() -> None:
+                stop.wait()
+                with suppress(RuntimeError):  # the loop is gone already
+                    loop.call_soon_threadsafe(done.set)
+
+            threading.Thread(target=wake, name="greencam-serve-stop", daemon=True).start()
+        await serve_app(application, s.host, s.port, ssl_context=tls, ready=ready or announce, until=done.wait())
+
+    asyncio.run(host())

@@ -121,10 +121,8 @@ class Peer:
         bus = self.pipe.get_bus()
         bus.add_signal_watch()
         bus.connect("message::error", self._on_error)
-        if mode == "view":
-            caps = Gst.Caps.from_string("application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000")
-            self.w.emit("add-transceiver", GstWebRTC.WebRTCRTPTransceiverDirection.RECVONLY, caps)
-        else:
+        self.negotiating = False
+        if mode == "publish":
             for t in self._transceivers():
                 t.set_property("direction", GstWebRTC.WebRTCRTPTransceiverDirection.SENDONLY)
 
@@ -152,8 +150,15 @@ class Peer:
 
     # ------------------------------------------------------------------ signalling
     def _on_negotiation_needed(self, _w: object) -> None:
+        if self.negotiating:  # one offer with everything: made once the main loop runs (all is added by then)
+            return
+        self.negotiating = True
+        GLib.idle_add(self._create_offer)
+
+    def _create_offer(self) -> bool:
         promise = Gst.Promise.new_with_change_func(self._on_offer, None)
         self.w.emit("create-offer", None, promise)
+        return False
 
     def _on_offer(self, promise: Gst.Promise, _data: object) -> None:
         promise.wait()
@@ -310,6 +315,9 @@ class Peer:
         if self.want_channel:
             opts = Gst.Structure.new_from_string("application/data-channel,ordered=false,max-retransmits=0")
             self._channel(self.w.emit("create-data-channel", "greencam", opts))
+        if self.mode == "view":
+            caps = Gst.Caps.from_string("application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000")
+            self.w.emit("add-transceiver", GstWebRTC.WebRTCRTPTransceiverDirection.RECVONLY, caps)
         self.pipe.set_state(Gst.State.PLAYING)
         GLib.timeout_add(int(self.timeout * 1000), self.loop.quit)  # never connected: give up
         self.loop.run()

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from greenscreen_cam.errors import GreencamError, LinkProtocolError, OfferError
+from greenscreen_cam.errors import GreencamError, OfferError, ServeBadRequest
 from greenscreen_cam.link import sdp as S
 
 FP = "sha-256 " + ":".join(["AB"] * 32)
@@ -167,8 +167,11 @@ def test_offers_that_cannot_work_are_refused_with_a_reason(sdp: str, fragment: s
     assert len(message) < 200
 
 
-def test_the_error_is_a_link_protocol_error_so_the_server_answers_400() -> None:
-    assert issubclass(OfferError, LinkProtocolError) and issubclass(OfferError, GreencamError)
+def test_the_error_is_a_bad_request_so_the_server_answers_400() -> None:
+    from greenscreen_cam.link.auth import status_of
+
+    assert issubclass(OfferError, ServeBadRequest) and issubclass(OfferError, GreencamError)
+    assert status_of(OfferError("bad SDP offer: x")) == 400
 
 
 def test_a_non_ascii_line_is_quoted_safely_in_the_reason() -> None:

@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from greenscreen_cam.link.server import ServeOptions, run_server
+from greenscreen_cam.app import run_serve
+from greenscreen_cam.config import ServeSettings
+from greenscreen_cam.link.server import ServeLimits
 
 TOKEN = "whip-test-token-0123456789"
 
@@ -36,11 +38,11 @@ def loopback_ice() -> Iterator[None]:
 
 
 class Serve:
-    """run_server on a thread (random-weight tiny model at 256 px), with its event lines."""
+    """``greencam serve``'s host (app.run_serve) on a thread: random-weight tiny model at 256 px, its event lines."""
 
-    def __init__(self, model: Any, **kw: Any) -> None:
-        base = {"port": 0, "token": TOKEN, "model": "tiny", "device": "cpu", "min_fps": 0, "idle_timeout": 2.0}
-        self.opts = ServeOptions(**{**base, **kw})
+    def __init__(self, model: Any, idle_timeout: float = 2.0, **kw: Any) -> None:
+        base = {"port": 0, "token": TOKEN, "model": "tiny", "device": "cpu", "resolution": 256, "min_fps": 0}
+        self.settings = ServeSettings(**{**base, **kw})
         self.events: list[str] = []
         self.stop = threading.Event()
         ready = threading.Event()
@@ -53,7 +55,14 @@ class Serve:
 
         def target() -> None:
             try:
-                run_server(self.opts, on_event=self.events.append, ready=on_ready, stop=self.stop, model=model)
+                run_serve(
+                    self.settings,
+                    say=self.events.append,
+                    ready=on_ready,
+                    stop=self.stop,
+                    model=model,
+                    limits=ServeLimits(idle_timeout=idle_timeout),
+                )
             except BaseException as e:  # noqa: BLE001 - reported by the test
                 self.error = e
                 ready.set()
@@ -211,7 +220,7 @@ def test_publisher_and_a_viewer_without_a_channel_connect_and_the_viewer_stays(
 
     from greenscreen_cam.link import web as pages
 
-    monkeypatch.setattr(pages, "VIEWER_IDLE_S", 1.0)  # without media liveness it would go after 1 s
+    monkeypatch.setattr(pages, "VIEWER_IDLE_S", 2.5)  # without media liveness it would go after 2.5 s
 
     async def scenario() -> dict[str, Any]:
         pc, sdp = await publisher_offer()
@@ -244,7 +253,7 @@ def test_publisher_and_a_viewer_without_a_channel_connect_and_the_viewer_stays(
             while not tracks and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             await asyncio.wait_for(tracks[0].recv(), 20)
-            await asyncio.sleep(4.0)  # four data-channel idle times
+            await asyncio.sleep(6.0)  # over two data-channel idle times
             out["viewer"] = viewer.connectionState
             await asyncio.wait_for(tracks[0].recv(), 5)  # video still flows
             out["still_receiving"] = True
@@ -258,7 +267,7 @@ def test_publisher_and_a_viewer_without_a_channel_connect_and_the_viewer_stays(
     assert out["publisher"] == "connected" and out["role"] == "client"  # so the server was the DTLS server
     assert out["whep_401"][0] == 401 and out["whep_401"][1].get("WWW-Authenticate", "").startswith("Bearer")
     assert "a=setup:passive" in out["viewer_answer"]
-    assert out["viewer"] == "connected" and out["still_receiving"]
+    assert out["viewer"] == "connected" and out["still_receiving"], "\n".join(serve.events)
     assert not [e for e in serve.events if "silent for" in e], serve.events
     wait_for(lambda: serve.health()["sessions"] == 0, 10, "the session to end")
 
