@@ -345,6 +345,7 @@ class SessionRegistry:
             except Exception as e:  # noqa: BLE001 - aiortc raises many types on malformed SDP
                 session.closed = True
                 await pc.close()
+                await interop.stop_relay(session._relay)  # the track may have arrived before the failure
                 reason = str(e).splitlines()[0] if str(e) else f"not valid SDP ({type(e).__name__})"
                 raise ServeBadRequest(f"bad SDP offer: {reason}") from None
             self.worker.add(session.id, session.deliver, session.post_error)
