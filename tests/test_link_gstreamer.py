@@ -52,7 +52,7 @@ def _gstreamer_missing() -> str | None:
 
 
 MISSING = _gstreamer_missing()
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
 
 class Peer:

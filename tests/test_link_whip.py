@@ -24,6 +24,7 @@ from greenscreen_cam.config import ServeSettings
 from greenscreen_cam.link.server import ServeLimits
 
 TOKEN = "whip-test-token-0123456789"
+pytestmark = pytest.mark.slow  # a live server with the model (make test-fast skips it)
 
 
 @pytest.fixture(scope="module", autouse=True)
