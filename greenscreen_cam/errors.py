@@ -140,3 +140,7 @@ class ServeUnsupportedType(ServeRequestError):
 
 class ServeBusy(ServeRequestError):
     """No room for another session or viewer now (HTTP 503)."""
+
+
+class OfferError(ServeBadRequest):
+    """An SDP offer that cannot be answered (HTTP 400); the message is one line, safe to log and send back."""

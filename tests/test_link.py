@@ -258,7 +258,7 @@ def test_bad_requests_get_their_status_and_one_log_line(server: ServerThread) ->
             400,
             "Content-Type",
         ),
-        (_request(server.url + "/whip", body=b"hello", headers={**auth, **sdp}), 400, "no video"),
+        (_request(server.url + "/whip", body=b"hello", headers={**auth, **sdp}), 400, "not an SDP"),
         (_request(server.url + "/whip", body=b"v=0\r\nm=video 9 x\r\n", headers={**auth, **sdp}), 400, "bad SDP"),
         (_request(server.url + "/whip", body=b"v" * 200_000, headers={**auth, **sdp}), 413, "over"),
         (_request(server.url + "/whip/nope", "DELETE", headers=auth), 404, "no such session"),

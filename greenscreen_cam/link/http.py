@@ -23,6 +23,7 @@ from greenscreen_cam.errors import (
     ServeTooLarge,
     ServeUnauthorized,
 )
+from greenscreen_cam.link import interop
 from greenscreen_cam.link import web as pages
 from greenscreen_cam.link.auth import bearer_token, escape, status_of
 from greenscreen_cam.link.sessions import ServeLimits, SessionRegistry
@@ -175,6 +176,7 @@ def create_app(
     app.router.add_delete("/whip/{sid}", routes.delete)
     app.router.add_get("/health", routes.health)
     pages.add_routes(app, registry)
+    interop.add_whip_http(app)  # OPTIONS, CORS and WWW-Authenticate for standard WHIP/WHEP clients
 
     async def on_startup(app: web.Application) -> None:
         await registry.start()

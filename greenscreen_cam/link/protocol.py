@@ -52,6 +52,10 @@ LOGIT_LIMIT = 8.0
 MAX_TEXT_MESSAGE = 16 * 1024
 """Text messages longer than this are refused (a prompt is a few hundred bytes)."""
 MAX_POINTS = 64
+MAX_FRAME_SIDE = 16384
+"""Largest ``width``/``height`` a prompt message may name (pixels; a 16K frame)."""
+MAX_COORDINATE = 1_000_000.0
+"""Largest magnitude of a prompt coordinate (pixels); boxes may hang over the frame's edge, but not by more."""
 DEFAULT_PORT = 8470
 
 
@@ -191,23 +195,32 @@ def parse_text(text: str) -> dict[str, Any]:
     return msg
 
 
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+def _number(value: Any, what: str, low: float = -MAX_COORDINATE, high: float = MAX_COORDINATE) -> float:
+    """``value`` as a float, or LinkProtocolError unless it is a finite JSON number in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LinkProtocolError(f"{what} must be a number, not {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not math.isfinite(number):
         raise LinkProtocolError(f"{what} must be a finite number")
-    return float(value)
+    if not low <= number <= high:
+        raise LinkProtocolError(f"{what} {number:g} is out of range ({low:g} to {high:g})")
+    return number
 
 
 def parse_prompt(msg: dict[str, Any], frame_width: int, frame_height: int) -> Prompt:
     """A ``prompt`` message -> :class:`Prompt` in a ``frame_width x frame_height`` frame.
 
     The message's coordinates are in its own ``width x height`` frame; they are
-    scaled to the receiving frame and clipped into it. Raises LinkProtocolError
-    on a malformed message and PromptError on an empty or degenerate prompt.
+    scaled to the receiving frame and clipped into it. Every number must be finite:
+    ``width`` and ``height`` in ``[1, MAX_FRAME_SIDE]``, coordinates and sizes within
+    ``±MAX_COORDINATE``. Raises LinkProtocolError on a malformed message (with the
+    reason) and PromptError on an empty or degenerate prompt.
     """
-    w = _number(msg.get("width"), "width")
-    h = _number(msg.get("height"), "height")
-    if w <= 0 or h <= 0:
-        raise LinkProtocolError("width and height must be > 0")
+    w = _number(msg.get("width"), "width", 1.0, MAX_FRAME_SIDE)
+    h = _number(msg.get("height"), "height", 1.0, MAX_FRAME_SIDE)
     sx, sy = frame_width / w, frame_height / h
     box = None
     if msg.get("box") is not None:

@@ -20,17 +20,20 @@ from typing import TYPE_CHECKING, Any
 from greenscreen_cam.errors import (
     LinkError,
     LinkProtocolError,
+    OfferError,
     PromptError,
     ServeBadRequest,
     ServeBusy,
     ServeNotFound,
 )
-from greenscreen_cam.link import rtc
+from greenscreen_cam.link import interop, rtc
+from greenscreen_cam.link import sdp as sdp_rules
 from greenscreen_cam.link.auth import Redactor, same_token
 from greenscreen_cam.link.protocol import CHANNEL_LABEL, parse_prompt, parse_text
 
 if TYPE_CHECKING:
     from greenscreen_cam.config import ServeSettings
+    from greenscreen_cam.link.sdp import Offer
     from greenscreen_cam.link.worker import ModelWorker
 
 EventFn = Callable[[str], None]
@@ -58,15 +61,23 @@ class ServeLimits:
     tick: float = 1.0
 
 
-def check_offer(sdp: str, *, viewer: bool) -> None:
+def check_offer(sdp: str, *, viewer: bool) -> Offer:
     """Refuse an SDP offer that cannot be answered, with ServeBadRequest and a short reason.
 
     The one place every offer is checked before it is answered: a publisher's (``POST /whip``)
-    and a viewer's (``POST /whep``, ``viewer=True``).
+    and a viewer's (``POST /whep``, ``viewer=True``). The rules are in :mod:`greenscreen_cam.link.sdp`
+    (fingerprint, codecs, ICE credentials, well-formed lines...); a publisher's video must send,
+    a viewer's must receive.
+
+    Returns:
+        What the offer asks for (its DTLS setup, whether it bundles): the answer follows it.
     """
-    if "v=0" not in sdp or "m=video" not in sdp:
-        what = "a viewer's offer" if viewer else "the offer"
-        raise ServeBadRequest(f"{what} is not SDP or has no video (m=video) section")
+    offer = sdp_rules.check_offer(sdp)  # OfferError, a ServeBadRequest
+    if viewer and not offer.receives_video():
+        raise OfferError("bad SDP offer: a viewer's video section must receive (recvonly or sendrecv)")
+    if not viewer and not offer.sends_video():
+        raise OfferError("bad SDP offer: its video section does not send (sendonly or sendrecv)")
+    return offer
 
 
 class Session:
@@ -217,6 +228,7 @@ class Session:
             self._reader.cancel()
         with contextlib.suppress(Exception):  # closing is best effort
             await asyncio.wait_for(self.pc.close(), 5.0)
+        await interop.stop_relay(self._relay)  # no relay task left pending (never-connected sessions)
         self._listeners.clear()
 
 
@@ -307,7 +319,7 @@ class SessionRegistry:
             raise ServeBusy(refusal)
         self._opening += 1  # no await between the check and this line
         try:
-            check_offer(offer_sdp, viewer=False)
+            offer = check_offer(offer_sdp, viewer=False)
             pc = self.new_peer_connection()
             session = Session(self, pc)
 
@@ -328,17 +340,19 @@ class SessionRegistry:
 
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+                interop.prefer_dtls_server(pc, offer.setup)  # a=setup:passive: RSA-certificate clients connect
                 await pc.setLocalDescription(await pc.createAnswer())
             except Exception as e:  # noqa: BLE001 - aiortc raises many types on malformed SDP
                 session.closed = True
                 await pc.close()
+                await interop.stop_relay(session._relay)  # the track may have arrived before the failure
                 reason = str(e).splitlines()[0] if str(e) else f"not valid SDP ({type(e).__name__})"
                 raise ServeBadRequest(f"bad SDP offer: {reason}") from None
             self.worker.add(session.id, session.deliver, session.post_error)
             self.sessions[session.id] = session
         finally:
             self._opening -= 1
-        return session, pc.localDescription.sdp
+        return session, sdp_rules.fix_answer(pc.localDescription.sdp, offer)
 
     async def close_session(self, session_id: str, reason: str) -> None:
         """End session ``session_id``; ServeNotFound when there is none."""

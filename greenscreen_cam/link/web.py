@@ -48,8 +48,9 @@ from greenscreen_cam.errors import (
     ServeUnauthorized,
     ServeUnsupportedType,
 )
-from greenscreen_cam.link import rtc
+from greenscreen_cam.link import interop, rtc
 from greenscreen_cam.link.auth import bearer_token, escape, same_token, status_of
+from greenscreen_cam.link.sdp import fix_answer
 from greenscreen_cam.link.sessions import check_offer
 
 logger = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ class ViewerHub:
             ServeNotFound, ServeUnauthorized, ServeBadRequest, ServeBusy.
         """
         session_id, session = self._check_viewer(route, token)
-        check_offer(sdp, viewer=True)
+        offer = check_offer(sdp, viewer=True)
         if sum(1 for v in self.viewers.values() if v.session_id == session_id) >= MAX_VIEWERS_PER_SESSION:
             raise ServeBusy(f"this session already has {MAX_VIEWERS_PER_SESSION} viewers (each costs a video encode)")
         try:
@@ -267,13 +268,16 @@ class ViewerHub:
         except LinkError as e:  # the camera has sent no video yet
             raise ServeBusy(f"no video to view yet ({e}); retry in a moment") from None
         try:
-            viewer, answer = await self._answer(session, session_id, sdp, track)
+            viewer, answer = await self._answer(session, session_id, sdp, track, offer.setup)
+            answer = fix_answer(answer, offer)  # whip: BUNDLE only when offered
         except ValueError as e:
             raise ServeBadRequest(f"bad SDP offer: {e}") from None
         viewer.route = route
         return viewer, answer
 
-    async def _answer(self, session: Any, session_id: str, sdp: str, track: Any) -> tuple[Viewer, str]:
+    async def _answer(
+        self, session: Any, session_id: str, sdp: str, track: Any, setup: str = "actpass"
+    ) -> tuple[Viewer, str]:
         """Answer a viewer's offer with ``track`` (the session's relayed video) and its masks."""
         from aiortc import RTCSessionDescription
 
@@ -330,6 +334,7 @@ class ViewerHub:
             for transceiver in pc.getTransceivers():
                 if transceiver.kind == "video":
                     transceiver.direction = "sendonly"
+            interop.prefer_dtls_server(pc, setup)  # whip: a=setup:passive, RSA-certificate players connect
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:
             await self.close_viewer(viewer.id)
@@ -360,7 +365,10 @@ class ViewerHub:
             if self.server.sessions.get(viewer.session_id) is not viewer.session:
                 await self.close_viewer(viewer.id, "its session ended")
                 return
-            if time.monotonic() - viewer.last_seen > VIEWER_IDLE_S:
+            # whip: a player's RTCP reports count as activity too (a WHEP player may open no channel)
+            age = await interop.rtcp_age(viewer.pc)
+            reporting = age is not None and age < interop.RTCP_IDLE_S
+            if not reporting and time.monotonic() - viewer.last_seen > VIEWER_IDLE_S:
                 await self.close_viewer(viewer.id, f"silent for {VIEWER_IDLE_S:g} s")
                 return
 
