@@ -219,7 +219,7 @@ def start(
     from greenscreen_cam.app import open_pipeline
 
     _quiet_opencv_warnings()
-    with user_errors(), StatusLine(err, settings) as status:
+    with _tracker_steps_end_before_exit(), user_errors(), StatusLine(err, settings) as status:
         with (
             open_pipeline(
                 settings, virtual_backend=virtual_backend, on_event=status.event, on_status=status.show
@@ -241,6 +241,26 @@ def start(
                 "warning: no subject was found in any frame, so every frame is the plain key colour; "
                 "select one with --bbox X,Y,W,H or --point X,Y (or face the camera for --auto)"
             )
+
+
+@contextmanager
+def _tracker_steps_end_before_exit(timeout: float = 10.0) -> Iterator[None]:
+    """After the run (devices released, summary printed), wait for a tracker step still running.
+
+    The live tracker runs on a daemon thread (``greencam-tracker``, see
+    :class:`~greenscreen_cam.sync.ThreadedTracker`) that a stop does not wait for; a process that
+    exits while torch runs there aborts ("terminate called without an active exception").
+    """
+    try:
+        yield
+    finally:
+        import threading
+        import time
+
+        deadline = time.monotonic() + timeout
+        for thread in threading.enumerate():
+            if thread.daemon and thread.name == "greencam-tracker":
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def expected_frames(frame_count: int | None, max_frames: int | None) -> int | None:

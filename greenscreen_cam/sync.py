@@ -158,12 +158,8 @@ class ThreadedTracker:
         with self._cond:
             return self._working or self._pending is not None
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the worker, waiting up to ``timeout`` s for a step in progress to end.
-
-        The step is not interrupted; the wait matters because a process that exits while
-        torch runs on this daemon thread aborts ("terminate called without an active exception").
-        """
+    def close(self, timeout: float = 0.5) -> None:
+        """Stop the worker; a step in progress is not interrupted (the thread is a daemon)."""
         with self._cond:
             self._closed = True
             self._pending = None
