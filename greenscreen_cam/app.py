@@ -267,6 +267,9 @@ def run_serve(s: ServeSettings, *, stop: Any, say: Notify, random_weights: bool 
     from greenscreen_cam.link.server import ServeOptions, run_server
 
     s.validate()
+    if s.ray:
+        run_serve_on_ray(s, stop=stop, say=say, random_weights=random_weights)
+        return
     opts = ServeOptions(
         host=s.host,
         port=s.port,
@@ -292,3 +295,35 @@ def run_serve(s: ServeSettings, *, stop: Any, say: Notify, random_weights: bool 
         )
 
     run_server(opts, on_event=say, ready=ready, stop=stop)
+
+
+def run_serve_on_ray(s: ServeSettings, *, stop: Any, say: Notify, random_weights: bool = False) -> None:
+    """``greencam serve --ray``: the same sessions, hosted by Ray Serve replicas (greenscreen_cam/cluster)."""
+    from greenscreen_cam.cluster.host import run_cluster
+
+    if s.cert_file:
+        raise ConfigError("--ray serves plain HTTP: put TLS on a proxy or load balancer in front of Serve's port")
+    run_cluster(
+        {
+            "max_sessions": s.max_sessions,
+            "model": s.model,
+            "checkpoint": str(Path(s.checkpoint).expanduser()) if s.checkpoint else None,
+            "resolution": s.resolution,
+            "device": s.device,
+            "random_weights": random_weights,
+            "min_fps": s.min_fps,
+            "ice_servers": tuple(s.ice_servers),
+            "turn_username": s.turn_username,
+            "turn_password": s.turn_password,
+        },
+        token=read_token(s),
+        host=s.host,
+        port=s.port,
+        ray_address=s.ray_address,
+        replicas=s.replicas,
+        min_replicas=s.min_replicas,
+        max_replicas=s.max_replicas,
+        ray_cpus=s.ray_cpus,
+        stop=stop,
+        say=say,
+    )

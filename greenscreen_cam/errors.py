@@ -99,3 +99,9 @@ class LinkTLSError(LinkError):
 
 class LinkProtocolError(LinkError):
     """The server answered something that is not a greencam answer (bad status, SDP or message)."""
+
+
+class ClusterError(GreencamError):
+    """``serve --ray``: Ray Serve is missing, the cluster cannot be reached, or the application did not deploy."""
+
+    exit_code = 9
