@@ -220,7 +220,14 @@ class SessionHost:
         )
 
     def load_dict(self) -> dict[str, Any]:
-        return {**self.load().as_dict(), "replica": self.replica, "device": self.server.device, "t": time.time()}
+        return {
+            **self.load().as_dict(),
+            "replica": self.replica,
+            "device": self.server.device,
+            "node": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "t": time.time(),
+        }
 
     # -------------------------------------------------------------- Serve hooks
     async def check_health(self) -> None:
@@ -331,16 +338,16 @@ class _IngressBase:
             return "wrong token"
         return None
 
-    async def _body(self, request: Request) -> bytes | None:
-        """The request body, or None when it is over ``max_body`` (read no further than that)."""
+    async def _body(self, request: Request) -> bytes | str:
+        """The request body, or why it is refused (over ``max_body``: read no further than that)."""
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > self.max_body:
-            return None
+            return f"offer of {int(size)} bytes is over {self.max_body}"
         chunks, total = [], 0
         async for chunk in request.stream():
             total += len(chunk)
             if total > self.max_body:
-                return None
+                return f"offer is over {self.max_body} bytes"
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -352,8 +359,8 @@ class _IngressBase:
         if ctype != "application/sdp":
             return self._refuse(request, 400, f"Content-Type must be application/sdp, not {ctype!r}")
         body = await self._body(request)
-        if body is None:
-            return self._refuse(request, 413, f"offer is over {self.max_body} bytes")
+        if isinstance(body, str):
+            return self._refuse(request, 413, body)
         try:
             offer = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -361,7 +368,13 @@ class _IngressBase:
         tried: list[str] = []
         answer: dict[str, Any] = {"status": 503, "reason": "no session replica is running"}
         for _ in range(8):  # each try excludes the replicas that said they were full
-            answer = await self.hosts.open.remote(offer, exclude=tried)
+            try:
+                answer = await self.hosts.open.remote(offer, exclude=tried)
+            except Exception as e:  # noqa: BLE001 - a replica died under the call: Serve routes the next try elsewhere
+                log.warning("a session replica failed an offer (%s); trying another", type(e).__name__)
+                answer = {"status": 503, "reason": "no session replica could take the offer"}
+                await asyncio.sleep(0.2)
+                continue
             if answer["status"] != 503 or answer.get("replica") in tried:
                 break
             tried.append(answer["replica"])
@@ -380,7 +393,10 @@ class _IngressBase:
             return self._refuse(request, 401, why)
         if owner_of(sid) is None:
             return self._refuse(request, 404, "no such session")
-        answer = await self.hosts.close.remote(sid)
+        try:
+            answer = await self.hosts.close.remote(sid)
+        except Exception:  # noqa: BLE001 - its replica died: the session is gone with it
+            answer = {"status": 404, "reason": "no such session"}
         if answer["status"] != 200:
             return self._refuse(request, answer["status"], answer["reason"])
         return PlainTextResponse("ended\n", status_code=200)
@@ -388,7 +404,10 @@ class _IngressBase:
     async def health(self) -> Response:
         snapshot: dict[str, dict[str, Any]] = await _directory().snapshot.remote()
         replicas = [
-            {k: v[k] for k in ("replica", "sessions", "max_sessions", "free", "step_ms", "draining", "device")}
+            {
+                k: v[k]
+                for k in ("replica", "sessions", "max_sessions", "free", "step_ms", "draining", "device", "node", "pid")
+            }
             for v in snapshot.values()
         ]
         return JSONResponse(
@@ -474,6 +493,8 @@ def build_app(
     """The Serve application: ``ingress`` over ``sessions`` (fixed ``replicas``, or autoscaled between the bounds)."""
     from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
 
+    from greenscreen_cam.link.server import ServeOptions
+
     scaling: dict[str, Any]
     if replicas is not None:
         scaling = {"num_replicas": replicas}
@@ -515,4 +536,6 @@ def build_app(
         **scaling,
     ).bind(opts, torch_threads, drain_s)
     ingress = deployment(Ingress, name="ingress", ray_actor_options={"num_cpus": 0})
-    return ingress.options(max_ongoing_requests=1000).bind(hosts, [token_ref], int(opts.get("max_body", 65536)))
+    return ingress.options(max_ongoing_requests=1000).bind(
+        hosts, [token_ref], int(opts.get("max_body") or ServeOptions().max_body)
+    )
