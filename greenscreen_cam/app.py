@@ -13,8 +13,9 @@ outputs are committed only when the run completed (see
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from greenscreen_cam.errors import ConfigError
 from greenscreen_cam.prompt import Prompt, build_prompt
 
 if TYPE_CHECKING:
+    from greenscreen_cam.link.sessions import ServeLimits
     from greenscreen_cam.models import ModelSpec
     from greenscreen_cam.pipeline import Pipeline
     from greenscreen_cam.segmenter import StreamingTracker
@@ -262,68 +264,100 @@ def read_token(s: ServeSettings) -> str | None:
     return token
 
 
-def run_serve(s: ServeSettings, *, stop: Any, say: Notify, random_weights: bool = False) -> None:
-    """``greencam serve``: load SAM 2 once and serve sessions until ``stop`` (a threading.Event) is set."""
-    from greenscreen_cam.link.server import ServeOptions, run_server
+def run_serve(
+    s: ServeSettings,
+    *,
+    say: Notify,
+    random_weights: bool = False,
+    model: Any = None,
+    ready: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+    limits: ServeLimits | None = None,
+    batch: bool = True,
+) -> None:
+    """``greencam serve``: a thin host around :func:`greenscreen_cam.link.http.create_app`.
+
+    Loads SAM 2 once and serves until SIGINT/SIGTERM (when called on the main thread) or until
+    ``stop`` is set from another thread, then closes every session and frees the model. When the
+    user gave no token, one is generated here and reported once through ``say``.
+
+    Args:
+        s: The settings.
+        say: One line per event (already escaped and redacted).
+        random_weights: Seeded random weights instead of a checkpoint (tests, benchmarks).
+        model: An already loaded model (tests, benchmarks).
+        ready: Called with the base URL once the server listens (default: a line through ``say``).
+        stop: Set it from any thread to stop serving.
+        limits: Server tunables (tests).
+        batch: Batch the image encoder over sessions.
+    """
+    import asyncio
+    import secrets
+    import signal
+
+    from greenscreen_cam.link.host import serve_app, ssl_context
+    from greenscreen_cam.link.http import create_app
 
     s.validate()
     if s.ray:
         run_serve_on_ray(s, stop=stop, say=say, random_weights=random_weights)
         return
-    opts = ServeOptions(
-        host=s.host,
-        port=s.port,
-        token=read_token(s),
-        cert_file=Path(s.cert_file).expanduser() if s.cert_file else None,
-        key_file=Path(s.key_file).expanduser() if s.key_file else None,
-        max_sessions=s.max_sessions,
-        model=s.model,
-        checkpoint=Path(s.checkpoint).expanduser() if s.checkpoint else None,
-        resolution=s.resolution,
-        device=s.device,
-        random_weights=random_weights,
-        min_fps=s.min_fps,
-        ice_servers=tuple(s.ice_servers),
-        turn_username=s.turn_username,
-        turn_password=s.turn_password,
+    token = read_token(s)
+    tls = ssl_context(
+        s.cert_file and str(Path(s.cert_file).expanduser()), s.key_file and str(Path(s.key_file).expanduser())
+    )
+    if token is None:
+        token = secrets.token_urlsafe(24)
+        say(f"token (shown once; clients pass it with --token): {token}")
+    application = create_app(
+        s, token=token, model=model, random_weights=random_weights, limits=limits, batch=batch, on_event=say
     )
 
-    def ready(url: str) -> None:
+    def announce(url: str) -> None:
         say(
             f"serving on {url} (Ctrl-C to stop): cameras connect with `greencam start --server {url} --token TOKEN`,"
             f" browsers open {url}/?token=TOKEN"
         )
 
-    run_server(opts, on_event=say, ready=ready, stop=stop)
+    async def host() -> None:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, done.set)
+        if stop is not None:
+
+            def wake() -> None:
+                stop.wait()
+                with suppress(RuntimeError):  # the loop is gone already
+                    loop.call_soon_threadsafe(done.set)
+
+            threading.Thread(target=wake, name="greencam-serve-stop", daemon=True).start()
+        await serve_app(application, s.host, s.port, ssl_context=tls, ready=ready or announce, until=done.wait())
+
+    asyncio.run(host())
 
 
-def run_serve_on_ray(s: ServeSettings, *, stop: Any, say: Notify, random_weights: bool = False) -> None:
-    """``greencam serve --ray``: the same sessions, hosted by Ray Serve replicas (greenscreen_cam/cluster)."""
+def run_serve_on_ray(
+    s: ServeSettings, *, stop: threading.Event | None, say: Notify, random_weights: bool = False
+) -> None:
+    """``greencam serve --ray``: the same sessions, hosted by Ray Serve replicas (greenscreen_cam/cluster).
+
+    Serves until SIGINT/SIGTERM (on the main thread) or until ``stop`` is set.
+    """
+    import signal
+
     from greenscreen_cam.cluster.host import run_cluster
 
     if s.cert_file:
         raise ConfigError("--ray serves plain HTTP: put TLS on a proxy or load balancer in front of Serve's port")
-    run_cluster(
-        {
-            "max_sessions": s.max_sessions,
-            "model": s.model,
-            "checkpoint": str(Path(s.checkpoint).expanduser()) if s.checkpoint else None,
-            "resolution": s.resolution,
-            "device": s.device,
-            "random_weights": random_weights,
-            "min_fps": s.min_fps,
-            "ice_servers": tuple(s.ice_servers),
-            "turn_username": s.turn_username,
-            "turn_password": s.turn_password,
-        },
-        token=read_token(s),
-        host=s.host,
-        port=s.port,
-        ray_address=s.ray_address,
-        replicas=s.replicas,
-        min_replicas=s.min_replicas,
-        max_replicas=s.max_replicas,
-        ray_cpus=s.ray_cpus,
-        stop=stop,
-        say=say,
-    )
+    stop = stop or threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        run_cluster(s, token=read_token(s), random_weights=random_weights, stop=stop, say=say)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -323,13 +323,10 @@ def serve(
     ] = False,
 ) -> None:
     """Serve SAM 2 to cameras elsewhere over WebRTC (greencam start --server, or the browser page)."""
-    import threading
-
     from greenscreen_cam.app import run_serve
 
-    stop = threading.Event()
-    with user_errors(), stop_on_signals(stop.set):
-        run_serve(settings, stop=stop, random_weights=random_weights, say=_say)
+    with user_errors():  # run_serve stops on SIGINT/SIGTERM itself
+        run_serve(settings, random_weights=random_weights, say=_say)
 
 
 def _say(message: str) -> None:

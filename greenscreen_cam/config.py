@@ -323,7 +323,10 @@ class ServeSettings(ModelSettings, NetworkSettings):
         group="Server",
     )
     port: int = setting(
-        8470, "TCP port for signalling and the browser pages.", group="Server", check=_between(1, 65535)
+        8470,
+        "TCP port for signalling and the browser pages (0 = any free port).",
+        group="Server",
+        check=_between(0, 65535),
     )
     token: str | None = setting(
         None,
@@ -375,6 +378,8 @@ class ServeSettings(ModelSettings, NetworkSettings):
             raise ConfigError("--cert-file and --key-file go together")
         if self.token and self.token_file:
             raise ConfigError("use either --token or --token-file, not both")
+        if self.token is not None and not self.token.strip():
+            raise ConfigError("--token is empty")
 
 
 def flag_of(f: dataclasses.Field[Any]) -> str:

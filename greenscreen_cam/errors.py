@@ -101,6 +101,38 @@ class LinkProtocolError(LinkError):
     """The server answered something that is not a greencam answer (bad status, SDP or message)."""
 
 
+class ServeRequestError(LinkError):
+    """A request ``greencam serve`` refuses; each subclass names the answer the HTTP adapter maps it to.
+
+    The session operations raise these without knowing HTTP, so any front end (aiohttp, an ASGI
+    ingress) maps them the same way: see ``greenscreen_cam.link.http``.
+    """
+
+
+class ServeBadRequest(ServeRequestError):
+    """A malformed request or SDP offer (HTTP 400)."""
+
+
+class ServeUnauthorized(ServeRequestError):
+    """No token, or a wrong one (HTTP 401)."""
+
+
+class ServeNotFound(ServeRequestError):
+    """No such session, viewer or file (HTTP 404)."""
+
+
+class ServeTooLarge(ServeRequestError):
+    """A request body over the limit (HTTP 413)."""
+
+
+class ServeUnsupportedType(ServeRequestError):
+    """A body of the wrong content type (HTTP 415)."""
+
+
+class ServeBusy(ServeRequestError):
+    """No room for another session or viewer now (HTTP 503)."""
+
+
 class ClusterError(GreencamError):
     """``serve --ray``: Ray Serve is missing, the cluster cannot be reached, or the application did not deploy."""
 

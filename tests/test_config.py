@@ -103,7 +103,7 @@ def test_a_flag_overrides_a_switch_the_config_file_turns_on(tmp_path, checkpoint
         (Settings(outputs=[], preview=False), "nothing to output"),
         (Settings(width=0), "--width must be positive"),
         (Settings(reconnect_timeout=-1), "--reconnect-timeout must be in [0, 86400]"),
-        (ServeSettings(port=70000), "--port must be in [1, 65535]"),
+        (ServeSettings(port=70000), "--port must be in [0, 65535]"),
         (ServeSettings(cert_file="c.pem"), "--cert-file and --key-file go together"),
         (ServeSettings(token="a", token_file="t"), "either --token or --token-file"),
     ],

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from greenscreen_cam.app import run_serve
+from greenscreen_cam.config import ServeSettings
 from greenscreen_cam.core import Frame
 from greenscreen_cam.core import MaskResult as TrackerResult
 from greenscreen_cam.link.client import RemoteTracker
@@ -30,7 +32,7 @@ from greenscreen_cam.link.protocol import (
     LinkUnreachableError,
     RemoteMask,
 )
-from greenscreen_cam.link.server import ServeOptions, run_server
+from greenscreen_cam.link.server import ServeLimits
 from greenscreen_cam.prompt import Prompt
 from greenscreen_cam.sources import VideoFileSource
 from tests.conftest import REPO, moving_disc_frames, write_video
@@ -52,11 +54,12 @@ def loopback_ice() -> Iterator[None]:
 
 
 class ServerThread:
-    """run_server on a thread, with its event lines and a stop switch."""
+    """app.run_serve (the CLI's host) on a thread, with its event lines and a stop switch."""
 
-    def __init__(self, model: Any, **kw: Any) -> None:
-        opts = {"port": 0, "token": TOKEN, "model": "tiny", "device": "cpu", "min_fps": 0, "idle_timeout": 2.0}
-        self.opts = ServeOptions(**{**opts, **kw})
+    def __init__(self, model: Any, limits: ServeLimits | None = None, **kw: Any) -> None:
+        opts = {"port": 0, "token": TOKEN, "model": "tiny", "device": "cpu", "resolution": 256, "min_fps": 0}
+        self.opts = ServeSettings(**{**opts, **kw})
+        self.limits = limits or ServeLimits(idle_timeout=2.0)
         self.events: list[str] = []
         self.stop = threading.Event()
         self._ready = threading.Event()
@@ -65,7 +68,10 @@ class ServerThread:
 
         def target() -> None:
             try:
-                run_server(self.opts, on_event=self.events.append, ready=self._on_ready, stop=self.stop, model=model)
+                run_serve(
+                    self.opts, say=self.events.append, ready=self._on_ready, stop=self.stop, model=model,
+                    limits=self.limits,
+                )  # fmt: skip
             except BaseException as e:  # noqa: BLE001 - reported by the test
                 self.error = e
                 self._ready.set()
@@ -389,7 +395,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_tls_serves_https_and_untrusted_certificates_are_refused(tiny_model, tmp_path) -> None:
     cert, key = _self_signed(tmp_path)
-    tls = ServerThread(tiny_model, cert_file=cert, key_file=key)
+    tls = ServerThread(tiny_model, cert_file=str(cert), key_file=str(key))
     try:
         assert tls.url.startswith("https://")
         with pytest.raises(LinkTLSError, match="TLS"):
@@ -577,3 +583,339 @@ def test_offline_tracking_carries_on_through_a_server_restart(tiny_model, tmp_pa
         s.close()
     assert [m.frame_index for m in masks] == [f.index for f in frames]
     assert all(m.state in ("tracking", "lost") and m.logits is not None for m in masks)  # the prompt was re-sent
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def test_every_peer_connection_is_built_from_the_settings() -> None:
+    """aiortc's ``RTCPeerConnection()`` with no configuration asks Google's STUN server: only link/rtc builds one."""
+    import ast
+
+    calls = []
+    for path in sorted((REPO / "greenscreen_cam").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                if name == "RTCPeerConnection":
+                    calls.append((path.relative_to(REPO).as_posix(), len(node.args) + len(node.keywords)))
+    assert calls == [("greenscreen_cam/link/rtc.py", 1)]
+
+
+# --------------------------------------------------------------------------- hostile input (issue 18)
+
+TURN_SECRET = "turn-secret-4242-abcdef"
+
+
+class AppThread:
+    """The embeddable API as a host would use it: create_app + serve_app on a loop of its own thread."""
+
+    def __init__(self, model: Any, limits: ServeLimits | None = None, **kw: Any) -> None:
+        import asyncio
+
+        from greenscreen_cam.link.server import REGISTRY, create_app, serve_app
+
+        opts = {"port": 0, "token": TOKEN, "model": "tiny", "device": "cpu", "resolution": 256, "min_fps": 0}
+        settings = ServeSettings(**{**opts, "turn_password": TURN_SECRET, **kw})
+        self.events: list[str] = []
+        self.app = create_app(settings, token=TOKEN, model=model, limits=limits, on_event=self.events.append)
+        self.registry = self.app[REGISTRY]
+        self.loop = asyncio.new_event_loop()
+        self._done = asyncio.Event()
+        ready = threading.Event()
+        self.url = ""
+
+        def on_ready(url: str) -> None:
+            self.url = url
+            ready.set()
+
+        def run() -> None:
+            self.loop.run_until_complete(serve_app(self.app, "127.0.0.1", 0, ready=on_ready, until=self._done.wait()))
+            self.loop.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(30), "server did not start"
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def health(self, timeout: float = 5.0) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/health", timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self._done.set)
+        self.thread.join(20)
+        assert not self.thread.is_alive(), "server did not stop"
+
+    def __enter__(self) -> AppThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh TCP connection and read until the server closes it (or ``timeout``)."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"\r\n\r\n" in out and b"Content-Length: " in out:
+                head, _, body = out.partition(b"\r\n\r\n")
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                if len(body) >= length:
+                    break
+    return out
+
+
+def wait_for_events(app: AppThread, count: int, timeout: float = 5.0) -> list[str]:
+    wait_for(lambda: len(app.events) >= count, timeout, f"{count} event lines")
+    time.sleep(0.2)  # and no more than that
+    return list(app.events)
+
+
+def one_offer() -> str:
+    """A real aiortc offer (video + the greencam data channel), gathered on loopback."""
+    import asyncio
+
+    from greenscreen_cam.link.rtc import new_peer_connection
+
+    async def make() -> str:
+        pc = new_peer_connection()
+        pc.addTransceiver("video", direction="sendonly")
+        pc.createDataChannel("greencam")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    return asyncio.run(make())
+
+
+def parallel_offers(url: str, offer: str, n: int) -> list[tuple[int, str]]:
+    """``n`` authorised ``POST /whip`` at once: ``[(status, Location or body)]``."""
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> list[tuple[int, str]]:
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/sdp"}
+        async with aiohttp.ClientSession() as http:
+
+            async def one() -> tuple[int, str]:
+                async with http.post(url + "/whip", data=offer, headers=headers) as r:
+                    return r.status, r.headers.get("Location") or await r.text()
+
+            return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))), 120)
+
+    return asyncio.run(run())
+
+
+def test_parallel_offers_never_make_more_sessions_than_max_sessions(tiny_model) -> None:
+    offer = one_offer()
+    with AppThread(tiny_model, max_sessions=4, limits=ServeLimits(idle_timeout=60)) as app:
+        results = parallel_offers(app.url, offer, 30)
+        statuses = sorted(s for s, _ in results)
+        assert statuses == [201] * 4 + [503] * 26, statuses
+        assert all("server full" in text for s, text in results if s == 503)
+        assert app.health()["sessions"] == 4
+        for status, location in results:
+            if status == 201:
+                assert _request(app.url + location, "DELETE", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+        assert app.health()["sessions"] == 0
+        # A failed offer gives its reserved slot back.
+        bad = _request(
+            app.url + "/whip",
+            body=b"v=0\r\nm=video 9 x\r\n",
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/sdp"},
+        )
+        assert bad[0] == 400
+        assert sorted(s for s, _ in parallel_offers(app.url, offer, 6)) == [201] * 4 + [503] * 2
+
+
+def test_parallel_offers_respect_the_min_fps_floor(tiny_model) -> None:
+    offer = one_offer()
+    with AppThread(tiny_model, max_sessions=20, min_fps=3, limits=ServeLimits(idle_timeout=60)) as app:
+        app.registry.worker.step_times = {1: 0.2}  # 5 masks/s alone, 2.5 each with two sessions
+        results = parallel_offers(app.url, offer, 30)
+        assert sorted(s for s, _ in results) == [201] + [503] * 29
+        assert all("fps floor" in text for s, text in results if s == 503)
+        assert app.health()["sessions"] == 1
+
+
+HOSTILE = [
+    # (name, raw request, expected status) -- issue 18 items 2, 3, 4 and 6
+    ("over-long request line with the token", b"GET /health?token=" + TOKEN.encode() + b"x" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # noqa: E501
+    ("over-long Authorization header", b"GET /health HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer " + TOKEN.encode() + b"y" * 9000 + b"\r\n\r\n", 400),  # noqa: E501
+    ("negative Content-Length", b"POST /whip HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n", 400),
+    ("Content-Length and chunked", b"POST /whip HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),  # noqa: E501
+    ("NUL in a header", b"GET /health HTTP/1.1\r\nHost: a\r\nX-A: b\x00c\r\n\r\n", 400),
+    ("space in a header name", b"GET /health HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n", 400),
+    ("lines without CRLF", b"GET /health HTTP/1.1\nHost: a\n\n", 400),
+    ("raw ESC in the URL", b"GET /\x1b[2J HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("a forged log line", b"GET /%1b%5b31mX%0agreencam:%20session%20FAKE%20started HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    ("terminal escapes, the token in the path", b"GET /%1b%5b2J" + TOKEN.encode() + b" HTTP/1.1\r\nHost: a\r\n\r\n", 404),  # noqa: E501
+    ("the TURN password in the path", b"GET /" + TURN_SECRET.encode() + b" HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    ("a token in a query", b"GET /nothing?token=" + TOKEN.encode() + b" HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    ("a long file name under /web/", b"GET /web/" + b"a" * 5000 + b".js HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    ("a wrong token that contains the real one", b"POST /whip HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x" + TOKEN.encode() + b"\r\nContent-Length: 0\r\n\r\n", 401),  # noqa: E501
+]  # fmt: skip
+
+
+def test_hostile_requests_get_a_4xx_one_clean_line_and_never_the_token(tiny_model, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secrets_ = (TOKEN, TOKEN[:12], TURN_SECRET)
+    server_path = str(REPO)
+    with AppThread(tiny_model) as app:
+        for name, data, status in HOSTILE:
+            before = len(app.events)
+            reply = raw_exchange(app.port, data, timeout=5)
+            head = reply.split(b"\r\n", 1)[0].decode("latin-1")
+            assert head.split()[1:2] == [str(status)], (name, reply[:300])
+            lines = wait_for_events(app, before + 1)[before:]
+            assert len(lines) == 1, (name, lines)
+            line = lines[0]
+            assert line.startswith(str(status)), (name, line)
+            assert not any(s in line for s in secrets_), (name, line)
+            assert not any(ord(c) < 32 or ord(c) == 127 for c in line), (name, line)  # no ESC, no newline
+            assert server_path not in line and "Traceback" not in line, (name, line)
+            text = reply.decode("latin-1")
+            assert not any(s in text for s in secrets_) and server_path not in text, (name, text[:300])
+        health = json.dumps(app.health())
+        assert TOKEN not in health and TURN_SECRET not in health
+    for record in caplog.records:  # nothing from aiohttp or anyone else: no traceback, no secret
+        assert record.exc_info is None, record.getMessage()
+        assert not any(s in record.getMessage() for s in secrets_), record.getMessage()
+    assert not any("session FAKE started" in line.split(": ", 1)[0] for line in app.events)
+
+
+def test_half_open_connections_are_closed_and_health_stays_fast(tiny_model) -> None:
+    limits = ServeLimits(header_timeout=2.0, max_unauthenticated=32)
+    with AppThread(tiny_model, limits=limits) as app:
+        socks: list[socket.socket] = []
+        try:
+            started = time.monotonic()
+            for _ in range(300):
+                s = socket.create_connection(("127.0.0.1", app.port), timeout=5)
+                s.sendall(b"GET /hea")
+                socks.append(s)
+            worst = 0.0
+            for _ in range(5):  # /health answers at once while they hang
+                t0 = time.monotonic()
+                assert app.health(timeout=2)["status"] == "ok"
+                worst = max(worst, time.monotonic() - t0)
+            assert worst < 1.0, f"/health took {worst:.2f} s"
+            open_ = set(range(len(socks)))
+            deadline = started + limits.header_timeout + 8.0
+            import select
+
+            while open_ and time.monotonic() < deadline:
+                readable, _, _ = select.select([socks[i] for i in open_], [], [], 0.5)
+                for s in readable:
+                    try:
+                        data = s.recv(4096)
+                    except (ConnectionResetError, TimeoutError):
+                        data = b""
+                    if not data:
+                        open_.discard(socks.index(s))
+            elapsed = time.monotonic() - started
+            assert not open_, f"{len(open_)} of 300 half-open connections still open after {elapsed:.1f} s"
+        finally:
+            for s in socks:
+                s.close()
+        assert app.health()["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("plain", "plain"),
+        ("a\x1b[2Jb", "a\\x1b[2Jb"),
+        ("line\nforged: session FAKE started", "line\\x0aforged: session FAKE started"),
+        ("nul\x00del\x7fc1\x9b", "nul\\x00del\\x7fc1\\x9b"),
+        ("x" * 400, "x" * 300 + "…"),
+    ],
+)
+def test_escape_writes_control_characters_visibly(text: str, expected: str) -> None:
+    from greenscreen_cam.link.auth import escape
+
+    assert escape(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (f"GET /?token={TOKEN}&x=1", "GET /?token=***&x=1"),
+        ("GET /?token=someone-elses&x=1", "GET /?token=***&x=1"),
+        ("Authorization: Bearer abc.def", "Authorization: Bearer ***"),
+        (f"path /{TOKEN}/x and {TURN_SECRET}", "path /***/x and ***"),
+        ("a secret=s1 and password=p2", "a secret=*** and password=***"),
+        ("nothing here", "nothing here"),
+    ],
+)
+def test_redactor_hides_known_and_likely_secrets(line: str, expected: str) -> None:
+    from greenscreen_cam.link.auth import Redactor
+
+    assert Redactor([TOKEN, TURN_SECRET, None, ""]).redact(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [("Bearer abc", "abc"), ("bearer   abc ", "abc"), ("BEARER abc", "abc"), ("Basic abc", None), ("Bearer", None),
+     ("Bearer ", None), ("", None), (None, None)],
+)  # fmt: skip
+def test_one_bearer_parser(header: str | None, token: str | None) -> None:
+    from greenscreen_cam.link.auth import bearer_header, bearer_token
+
+    assert bearer_token(header) == token
+    assert bearer_token(bearer_header("t0k")["Authorization"]) == "t0k"
+
+
+def test_the_session_operations_need_no_http(tiny_model) -> None:
+    """What a second front end (an ASGI ingress) would call: plain async methods, domain errors."""
+    import asyncio
+
+    from greenscreen_cam.errors import ServeBadRequest, ServeBusy, ServeNotFound
+    from greenscreen_cam.link.server import ModelWorker, SessionRegistry, status_of
+
+    offer = one_offer()
+
+    async def scenario() -> None:
+        worker = ModelWorker(tiny_model, model_name="tiny", device="cpu", resolution=256)
+        registry = SessionRegistry(ServeSettings(max_sessions=1), TOKEN, worker)
+        await registry.start()
+        try:
+            session, answer = await registry.open_session(offer)
+            assert answer.startswith("v=0") and "m=video" in answer
+            assert registry.health()["sessions"] == 1
+            with pytest.raises(ServeBusy, match="server full") as busy:
+                await registry.open_session(offer)
+            registry.set_prompt(session.id, {"type": "prompt", "box": [10, 10, 50, 50], "width": 160, "height": 120})
+            with pytest.raises(LinkProtocolError, match="width"):
+                registry.set_prompt(session.id, {"type": "prompt", "box": [10, 10, 50, 50]})
+            with pytest.raises(ServeNotFound) as missing:
+                registry.set_prompt("nope", None)
+            await registry.close_session(session.id, "test")
+            with pytest.raises(ServeNotFound):
+                await registry.close_session(session.id, "again")
+            with pytest.raises(ServeBadRequest) as bad:
+                await registry.open_session("hello")
+            assert [status_of(e.value) for e in (busy, missing, bad)] == [503, 404, 400]
+            assert registry.health()["sessions"] == 0
+        finally:
+            await registry.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    with pytest.raises(ValueError, match="token is required"):
+        SessionRegistry(ServeSettings(), "", ModelWorker(None, model_name="tiny", device="cpu", resolution=256))

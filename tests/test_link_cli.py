@@ -88,3 +88,55 @@ def test_serve_and_start_server_key_every_frame_like_a_local_start(tiny_checkpoi
     print(f"\nremote vs local matte IoU: {[round(float(v), 3) for v in ious]} mean {np.mean(ious):.3f}")
     assert np.mean(ious) >= 0.9
     assert re.search(r"done: 8 frames", remote.stderr), remote.stderr
+
+
+def _serve(port: int, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("GREENCAM_TOKEN", None)
+    return subprocess.Popen(
+        greencam("serve", "--port", str(port), "--random-weights", *MODEL, *extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _until_serving(proc: subprocess.Popen[str], timeout: float = 120) -> list[str]:
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not any("serving on" in line for line in lines):
+        line = proc.stderr.readline()
+        assert line or proc.poll() is None, f"greencam serve exited: {lines}"
+        lines.append(line)
+    assert any("serving on" in line for line in lines), lines
+    return lines
+
+
+def test_serve_stops_at_once_on_sigint_and_sigterm_and_a_generated_token_is_shown_once() -> None:
+    import json
+    import signal
+    import urllib.request
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        port = free_port()
+        proc = _serve(port)
+        try:
+            lines = _until_serving(proc)
+            (shown,) = [line for line in lines if line.startswith("greencam: token")]
+            token = shown.split()[-1]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                assert json.loads(r.read())["sessions"] == 0
+            t0 = time.monotonic()
+            proc.send_signal(sig)
+            _, rest = proc.communicate(timeout=20)
+            took = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        assert proc.returncode == 0, (sig, rest)
+        assert took < 10, f"stopping took {took:.1f} s"
+        assert "Traceback" not in rest
+        assert sum(token in line for line in [*lines, rest]) == 1  # printed once, never logged again

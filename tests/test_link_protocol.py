@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
 
+from greenscreen_cam.config import ServeSettings
 from greenscreen_cam.errors import ConfigError, PromptError
 from greenscreen_cam.link import protocol as P
 from greenscreen_cam.link.client import _send_size, base_url
-from greenscreen_cam.link.server import ServeOptions
 
 
 def test_mask_message_layout_is_the_documented_one() -> None:
@@ -144,32 +145,38 @@ def test_frames_go_up_with_their_shorter_side_at_the_model_size(size, resolution
     ("kw", "fragment"),
     [
         ({"port": 70000}, "port"),
+        ({"port": -1}, "port"),
         ({"max_sessions": 0}, "max-sessions"),
-        ({"cert_file": "c.pem"}, "both"),
+        ({"cert_file": "c.pem"}, "go together"),
         ({"token": "  "}, "empty"),
     ],
 )
-def test_bad_serve_options_are_refused(kw: dict, fragment: str) -> None:
+def test_bad_serve_settings_are_refused(kw: dict, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
-        ServeOptions(**kw).validate()
+        ServeSettings(**kw).validate()
+    ServeSettings(port=0).validate()  # any free port
+
+
+def _registry(**kw: Any) -> Any:
+    from greenscreen_cam.link.sessions import SessionRegistry
+    from greenscreen_cam.link.worker import ModelWorker
+
+    worker = ModelWorker(None, model_name="tiny", device="cpu", resolution=256)
+    return SessionRegistry(ServeSettings(**kw), "t" * 16, worker)
 
 
 def test_admission_follows_max_sessions_and_the_measured_step_time() -> None:
-    from greenscreen_cam.link.server import Server
-
-    server = Server(
-        None, ServeOptions(max_sessions=3, min_fps=10), "t" * 16, model_name="tiny", device="cpu", resolution=256
-    )
+    server = _registry(max_sessions=3, min_fps=10)
     assert server.admission_refusal() is None  # nothing measured yet
-    server.sessions = {"a": object()}  # type: ignore[dict-item]
-    server.step_times = {1: 0.03}  # 33 fps alone
-    assert server.predicted_fps(2) == pytest.approx(1 / 0.06)
+    server.sessions = {"a": object()}
+    server.worker.step_times = {1: 0.03}  # 33 fps alone
+    assert server.worker.predicted_fps(2) == pytest.approx(1 / 0.06)
     assert server.admission_refusal() is None
-    server.step_times = {1: 0.08}  # 12.5 fps alone, about 6 with two sessions
+    server.worker.step_times = {1: 0.08}  # 12.5 fps alone, about 6 with two sessions
     assert "server busy" in (server.admission_refusal() or "")
-    server.step_times = {1: 0.08, 2: 0.09}  # batching: two cost little more than one
+    server.worker.step_times = {1: 0.08, 2: 0.09}  # batching: two cost little more than one
     assert server.admission_refusal() is None
-    server.sessions = {k: object() for k in "abc"}  # type: ignore[misc]
+    server.sessions = {k: object() for k in "abc"}
     assert "server full: 3 of 3" in (server.admission_refusal() or "")
     assert server.check_token("t" * 16) and not server.check_token("t" * 15) and not server.check_token("")
 
@@ -240,15 +247,13 @@ def test_aiortc_keeps_the_private_details_the_link_relies_on() -> None:
 
 def test_no_third_party_stun_server_unless_asked() -> None:
     from greenscreen_cam.link.client import RemoteTracker
-    from greenscreen_cam.link.server import Server
 
-    server = Server(None, ServeOptions(), "t" * 16, model_name="tiny", device="cpu", resolution=256)
-    assert server._rtc_configuration().iceServers == []
+    server = _registry()
+    assert server.new_peer_connection()._RTCPeerConnection__configuration.iceServers == []
     client = RemoteTracker("http://127.0.0.1:9", "t", width=4, height=4)
     assert client._configuration().iceServers == []
-    turn = ServeOptions(ice_servers=("turn:turn.example.org:3478",), turn_username="u", turn_password="p")
-    server = Server(None, turn, "t" * 16, model_name="tiny", device="cpu", resolution=256)
-    (ice,) = server._rtc_configuration().iceServers
+    server = _registry(ice_servers=["turn:turn.example.org:3478"], turn_username="u", turn_password="p")
+    (ice,) = server.new_peer_connection()._RTCPeerConnection__configuration.iceServers
     assert (ice.urls, ice.username, ice.credential) == ("turn:turn.example.org:3478", "u", "p")
     client = RemoteTracker("http://h:1", "t", width=4, height=4, ice_servers=["stun:stun.example.org"])
     assert [s.urls for s in client._configuration().iceServers] == ["stun:stun.example.org"]
@@ -261,7 +266,7 @@ def test_random_weights_are_those_of_a_local_random_checkpoint(tiny_model) -> No
     from greenscreen_cam.link.server import load_serving_model
 
     model, name, device, res = load_serving_model(
-        ServeOptions(model="tiny", resolution=256, device="cpu", random_weights=True)
+        ServeSettings(model="tiny", resolution=256, device="cpu"), random_weights=True
     )
     assert (name, device, res) == ("tiny", "cpu", 256)
     mine, theirs = model.state_dict(), tiny_model.state_dict()

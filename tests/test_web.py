@@ -51,12 +51,13 @@ pytestmark = pytest.mark.timeout(600)
 
 SERVER_SCRIPT = """
 import sys
-from greenscreen_cam.link.server import ServeOptions, run_server
+from greenscreen_cam.app import run_serve
+from greenscreen_cam.config import ServeSettings
 
-run_server(
-    ServeOptions(port=int(sys.argv[1]), token=sys.argv[2], random_weights=True, resolution=256, device="cpu",
-                 min_fps=0, max_sessions=4),
-    on_event=lambda line: print("event:", line, file=sys.stderr, flush=True),
+run_serve(
+    ServeSettings(port=int(sys.argv[1]), token=sys.argv[2], resolution=256, device="cpu", min_fps=0, max_sessions=4),
+    random_weights=True,
+    say=lambda line: print("event:", line, file=sys.stderr, flush=True),
     ready=lambda url: print("READY", url, flush=True),
 )
 """
@@ -279,6 +280,9 @@ def open_tracking(page, serve: ServeProcess, query: str = "point=320,180") -> No
         MASK_WAIT_S,
         "capture page tracking",
     )
+    # The token was read, then taken out of the address bar (history, bookmarks, screen shares).
+    assert "token=" not in page.url and TOKEN not in page.evaluate("location.href + history.length")
+    assert query.split("&")[0] in page.url
 
 
 # --------------------------------------------------------------------------- tests
@@ -611,6 +615,8 @@ def test_whep_viewer_gets_video_and_masks_and_is_cleaned_up() -> None:
             frame = await asyncio.wait_for(tracks[0].recv(), 20)
             assert frame.width > 0 and frame.height > 0
             viewer = next(iter(hub.viewers.values()))
+            # Built from the (empty) ICE settings, not aiortc's default that asks Google's STUN server.
+            assert viewer.pc._RTCPeerConnection__configuration.iceServers == []
             await _until(lambda: viewer.channel is not None and viewer.channel.readyState == "open", 10, "channel open")
             assert len(session.listeners) == 1
             prob = (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)

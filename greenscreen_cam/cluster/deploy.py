@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import dataclasses
 import importlib
 import logging
 import os
@@ -152,53 +152,44 @@ def _run_setup_hook() -> None:
 
 
 class SessionHost:
-    """One session replica: the serve library's server, with its sessions' operations as Serve methods.
+    """One session replica: the serve library's registry and worker, with its session operations as Serve methods.
 
     Every method answers a plain dict ``{"status": HTTP status, ...}`` (the ingress turns it into a
-    response), and names the replica (``"replica"``) so that callers can see where it ran.
+    response; statuses come from :func:`greenscreen_cam.link.auth.status_of`, as in plain ``serve``),
+    and names the replica (``"replica"``) so that callers can see where it ran.
     """
 
-    def __init__(self, opts: dict[str, Any], torch_threads: int | None = None, drain_s: float = 30.0) -> None:
+    def __init__(self, settings: Any, random_weights: bool, torch_threads: int | None, drain_s: float) -> None:
         _run_setup_hook()
-        from greenscreen_cam.link.server import ServeOptions, Server, load_serving_model
+        from greenscreen_cam.link.sessions import SessionRegistry
+        from greenscreen_cam.link.worker import ModelWorker, load_serving_model
 
         if torch_threads:
             import torch
 
             torch.set_num_threads(torch_threads)
         self.replica = serve.get_replica_context().replica_id.unique_id
-        opts = dict(opts)
-        if opts.get("checkpoint"):
-            from pathlib import Path
-
-            opts["checkpoint"] = Path(opts["checkpoint"])
-        self.opts = ServeOptions(**opts)
-        model, name, device, resolution = load_serving_model(self.opts)
+        model, name, device, resolution = load_serving_model(settings, random_weights=random_weights)
+        self.worker = ModelWorker(model, model_name=name, device=device, resolution=resolution)
         # The ingress checks the cluster token; a replica is reached only through Ray, so its
-        # server gets a random token nobody knows (the cluster token never travels to replicas).
-        self.server = Server(
-            model,
-            self.opts,
+        # registry gets a random token nobody knows (the cluster token never travels to replicas).
+        self.registry = SessionRegistry(
+            settings,
             secrets.token_urlsafe(32),
-            model_name=name,
-            device=device,
-            resolution=resolution,
+            self.worker,
             on_event=lambda line: log.info("replica %s: %s", self.replica, line),
         )
+        self.worker.on_event = self.registry.emit
         self.drain_s = drain_s
         self.draining = False
-        self._opening = 0
-        self._tasks: list[asyncio.Task[None]] = []
-        self._started = False
+        self._publisher: asyncio.Task[None] | None = None
 
     async def _ensure_started(self) -> None:
         """Start the worker and the timers on the replica's own event loop (the first call does)."""
-        if self._started:
+        if self._publisher is not None:
             return
-        self._started = True
-        self.server.loop = asyncio.get_running_loop()
-        self.server.start_worker()
-        self._tasks = [asyncio.ensure_future(self.server._tick()), asyncio.ensure_future(self._publish())]
+        self._publisher = asyncio.ensure_future(self._publish())
+        await self.registry.start()
 
     async def _publish(self) -> None:
         directory = None
@@ -211,11 +202,11 @@ class SessionHost:
             await asyncio.sleep(1.0)
 
     def load(self) -> Load:
-        srv = self.server
+        r = self.registry
         return Load(
-            sessions=len(srv.sessions) + self._opening,
-            max_sessions=srv.max_sessions,
-            step_ms={n: t * 1000.0 for n, t in srv.step_times.items()},
+            sessions=len(r.sessions) + r._opening,
+            max_sessions=r.max_sessions,
+            step_ms={n: t * 1000.0 for n, t in self.worker.step_times.items()},
             draining=self.draining,
         )
 
@@ -223,17 +214,22 @@ class SessionHost:
         return {
             **self.load().as_dict(),
             "replica": self.replica,
-            "device": self.server.device,
+            "device": self.worker.device,
             "node": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "t": time.time(),
         }
 
+    def _refusal(self, e: Exception) -> dict[str, Any]:
+        from greenscreen_cam.link.auth import status_of
+
+        return {"status": status_of(e), "reason": str(e), "replica": self.replica}
+
     # -------------------------------------------------------------- Serve hooks
     async def check_health(self) -> None:
         await self._ensure_started()
-        worker = self.server._worker
-        if worker is not None and not worker.is_alive():
+        thread = self.worker._thread
+        if thread is not None and not thread.is_alive():
             raise RuntimeError("the model worker stopped")
 
     def record_routing_stats(self) -> dict[str, Any]:
@@ -246,43 +242,35 @@ class SessionHost:
     # -------------------------------------------------------------- session operations
     async def open(self, offer: str, exclude: Sequence[str] = ()) -> dict[str, Any]:
         """A new session from an SDP offer: 201 with the answer and the session id, 503 when full, 400 on a bad offer."""
-        from greenscreen_cam.link.protocol import LinkProtocolError
+        from greenscreen_cam.errors import LinkProtocolError, PromptError, ServeBusy, ServeRequestError
 
         await self._ensure_started()
-        srv = self.server
-        n = len(srv.sessions) + self._opening
-        if self.draining:
-            refusal: str | None = f"replica {self.replica} is draining"
-        elif n >= srv.max_sessions:
-            refusal = f"server full: {n} of {srv.max_sessions} sessions in use (--max-sessions)"
-        else:
-            refusal = srv.admission_refusal()
-        if refusal is not None:
-            return {"status": 503, "reason": refusal, "replica": self.replica}
-        self._opening += 1  # reserved before the first await: parallel offers cannot all pass the check
+        r = self.registry
         try:
-            session, answer = await srv.open_session(offer)
-        except LinkProtocolError as e:
-            return {"status": 400, "reason": str(e), "replica": self.replica}
-        finally:
-            self._opening -= 1
-        # Re-key the session by its owner before anything reads the id (no await since open_session returned).
-        with srv._cond:
-            srv.sessions.pop(session.id, None)
-            session.id = session_id(self.replica, session.id)
-            srv.sessions[session.id] = session
-        log.info(
-            "replica %s: session %s started (%d/%d)", self.replica, session.id, len(srv.sessions), srv.max_sessions
-        )
+            if self.draining:
+                raise ServeBusy(f"replica {self.replica} is draining")
+            session, answer = await r.open_session(offer)
+        except (ServeRequestError, LinkProtocolError, PromptError) as e:
+            return self._refusal(e)
+        # Re-key the session by its owner before anything reads the id: open_session returned with no
+        # await since, and no frame can have arrived (ICE has not even started).
+        old = session.id
+        session.id = session_id(self.replica, old)
+        r.sessions[session.id] = r.sessions.pop(old)
+        self.worker.remove(old)
+        self.worker.add(session.id, session.deliver, session.post_error)
+        r.emit(f"session {session.id} started ({len(r.sessions)}/{r.max_sessions})")
         return {"status": 201, "sdp": answer, "sid": session.id, "replica": self.replica}
 
     async def close(self, sid: str) -> dict[str, Any]:
         """End session ``sid``: 200, or 404 when this replica does not hold it."""
+        from greenscreen_cam.errors import ServeRequestError
+
         await self._ensure_started()
-        session = self.server.sessions.get(sid)
-        if session is None:
-            return {"status": 404, "reason": "no such session", "replica": self.replica}
-        await self.server.close_session(session, "ended by the client")
+        try:
+            await self.registry.close_session(sid, "ended by the client")
+        except ServeRequestError as e:
+            return self._refusal(e)
         return {"status": 200, "replica": self.replica}
 
     async def stats(self) -> dict[str, Any]:
@@ -293,13 +281,11 @@ class SessionHost:
         """Drain on removal (scale-down, shutdown): take no new session, wait for the held ones to end."""
         self.draining = True
         deadline = time.monotonic() + self.drain_s
-        while self.server.sessions and time.monotonic() < deadline:
+        while self.registry.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-        for task in self._tasks:
-            task.cancel()
-        for s in list(self.server.sessions.values()):
-            await self.server.close_session(s, "replica removed")
-        self.server.stop_worker()
+        if self._publisher is not None:
+            self._publisher.cancel()
+        await self.registry.stop()  # closes what is left ("server stopping") and stops the worker
         with contextlib.suppress(Exception):
             _directory().forget.remote(self.replica)
 
@@ -322,19 +308,23 @@ class _IngressBase:
         # The token arrives as an object in Ray's store (a reference, not a value, in the deployment's
         # arguments): it never shows in Serve's config, the dashboard or a log.
         token = ray.get(secret[0])
-        self._token = token.encode("utf-8")
+        self._token: str = token
         self.max_body = max_body
 
     def _refuse(self, request: Request, status: int, reason: str) -> Response:
+        from greenscreen_cam.link.auth import escape
+
         client = request.client.host if request.client else "?"
-        log.info("%d %s %s from %s: %s", status, request.method, request.url.path, client, reason)
-        return _text(status, reason)
+        log.info("%d %s %s from %s: %s", status, request.method, escape(request.url.path, 80), client, escape(reason))
+        return _text(status, escape(reason))
 
     def _authorized(self, request: Request) -> str | None:
-        auth = request.headers.get("authorization", "")
-        if auth[:7].lower() != "bearer ":
+        from greenscreen_cam.link.auth import bearer_token, same_token
+
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
             return "no bearer token (send Authorization: Bearer TOKEN)"
-        if not hmac.compare_digest(auth[7:].strip().encode("utf-8", "replace"), self._token):
+        if not same_token(token, self._token):
             return "wrong token"
         return None
 
@@ -342,12 +332,12 @@ class _IngressBase:
         """The request body, or why it is refused (over ``max_body``: read no further than that)."""
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > self.max_body:
-            return f"offer of {int(size)} bytes is over {self.max_body}"
+            return f"body of {int(size)} bytes is over {self.max_body}"
         chunks, total = [], 0
         async for chunk in request.stream():
             total += len(chunk)
             if total > self.max_body:
-                return f"offer is over {self.max_body} bytes"
+                return f"body is over {self.max_body} bytes"
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -355,9 +345,12 @@ class _IngressBase:
         why = self._authorized(request)
         if why is not None:
             return self._refuse(request, 401, why)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        from greenscreen_cam.link.auth import escape
+
+        # aiohttp's content_type: the media type without parameters, octet-stream when absent.
+        ctype = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
         if ctype != "application/sdp":
-            return self._refuse(request, 400, f"Content-Type must be application/sdp, not {ctype!r}")
+            return self._refuse(request, 400, f"Content-Type must be application/sdp, not {escape(ctype, 60)!r}")
         body = await self._body(request)
         if isinstance(body, str):
             return self._refuse(request, 413, body)
@@ -479,31 +472,29 @@ class Ingress(_IngressBase):
 
 def build_app(
     *,
-    opts: dict[str, Any],
+    settings: Any,
+    random_weights: bool,
     token_ref: Any,
-    replicas: int | None,
-    min_replicas: int,
-    max_replicas: int,
     gpus_per_replica: float,
     cpus_per_replica: float,
     torch_threads: int | None,
     drain_s: float,
     env: dict[str, str],
 ) -> Any:
-    """The Serve application: ``ingress`` over ``sessions`` (fixed ``replicas``, or autoscaled between the bounds)."""
+    """The Serve application: ``ingress`` over ``sessions`` (``settings.replicas``, or autoscaled between the bounds)."""
     from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
 
-    from greenscreen_cam.link.server import ServeOptions
+    from greenscreen_cam.link.sessions import ServeLimits
 
     scaling: dict[str, Any]
-    if replicas is not None:
-        scaling = {"num_replicas": replicas}
+    if settings.replicas is not None:
+        scaling = {"num_replicas": settings.replicas}
     else:
         scaling = {
             "autoscaling_config": AutoscalingConfig(
-                min_replicas=min_replicas,
-                max_replicas=max_replicas,
-                initial_replicas=min_replicas,
+                min_replicas=settings.min_replicas,
+                max_replicas=settings.max_replicas,
+                initial_replicas=settings.min_replicas,
                 upscale_delay_s=1.0,
                 downscale_delay_s=30.0,
                 metrics_interval_s=1.0,
@@ -523,6 +514,8 @@ def build_app(
             "request_routing_stats_timeout_s": 5.0,
         }
     )
+    # The replicas need no token: blank it (and the token file's name) in the copy they get.
+    replica_settings = dataclasses.replace(settings, token=None, token_file=None)
     hosts = deployment(
         SessionHost,
         name="sessions",
@@ -534,8 +527,6 @@ def build_app(
         graceful_shutdown_wait_loop_s=0.5,
         request_router_config=router,
         **scaling,
-    ).bind(opts, torch_threads, drain_s)
+    ).bind(replica_settings, random_weights, torch_threads, drain_s)
     ingress = deployment(Ingress, name="ingress", ray_actor_options={"num_cpus": 0})
-    return ingress.options(max_ongoing_requests=1000).bind(
-        hosts, [token_ref], int(opts.get("max_body") or ServeOptions().max_body)
-    )
+    return ingress.options(max_ongoing_requests=1000).bind(hosts, [token_ref], ServeLimits().max_body)

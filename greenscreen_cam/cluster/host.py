@@ -87,16 +87,10 @@ def _deploy(serve: Any, app: Any, stop: threading.Event) -> bool:
 
 
 def run_cluster(
-    opts: dict[str, Any],
+    settings: Any,
     *,
     token: str | None,
-    host: str,
-    port: int,
-    ray_address: str | None,
-    replicas: int | None,
-    min_replicas: int,
-    max_replicas: int,
-    ray_cpus: int | None,
+    random_weights: bool = False,
     stop: threading.Event,
     say: Notify,
     drain_s: float = 30.0,
@@ -104,16 +98,11 @@ def run_cluster(
     """Deploy ``greencam serve`` on Ray Serve and serve until ``stop`` is set.
 
     Args:
-        opts: The :class:`~greenscreen_cam.link.server.ServeOptions` fields of every replica
-            (without token, host or port).
+        settings: The :class:`~greenscreen_cam.config.ServeSettings` (``ray_address``, ``replicas``,
+            ``min_replicas``/``max_replicas``, ``ray_cpus``, ``host``/``port`` of Serve's HTTP proxy;
+            the rest means what it means for plain ``serve``, in every replica).
         token: The cluster token (None: a new one, reported once through ``say``).
-        host: Address of Serve's HTTP proxy.
-        port: Port of Serve's HTTP proxy.
-        ray_address: A running cluster to join (None: ``RAY_ADDRESS``, else a new local Ray instance).
-        replicas: A fixed number of session replicas, or None to autoscale between the bounds.
-        min_replicas: Fewest replicas when autoscaling.
-        max_replicas: Most replicas when autoscaling.
-        ray_cpus: CPUs of a local Ray instance (None: all).
+        random_weights: Seeded random weights instead of a checkpoint (tests, benchmarks).
         stop: Set it to stop serving.
         say: One line per event for the user.
         drain_s: How long a replica being removed waits for its sessions to end.
@@ -121,6 +110,8 @@ def run_cluster(
     Raises:
         ClusterError: Ray is missing or unreachable, or the deployment failed.
     """
+    host, port = settings.host, settings.port
+    replicas, min_replicas, max_replicas = settings.replicas, settings.min_replicas, settings.max_replicas
     ray = _import_ray()
     from ray import serve
 
@@ -131,7 +122,7 @@ def run_cluster(
     if token is None:
         token = secrets.token_urlsafe(24)
         say(f"token (shown once; clients pass it with --token): {token}")
-    address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    address = settings.ray_address or os.environ.get("RAY_ADDRESS") or None
     started = address is None
     env = {k: os.environ[k] for k in ("PYTHONPATH", deploy.SETUP_HOOK_ENV) if k in os.environ}
     common: dict[str, Any] = {"namespace": deploy.NAMESPACE, "log_to_driver": False, "logging_level": logging.WARNING}
@@ -142,7 +133,7 @@ def run_cluster(
             _pin_to_loopback()
             ray.init(
                 address="local",
-                num_cpus=ray_cpus,
+                num_cpus=settings.ray_cpus,
                 include_dashboard=False,
                 _node_ip_address="127.0.0.1",
                 **common,
@@ -158,17 +149,15 @@ def run_cluster(
         _restore_handlers(handlers)
     directory = None
     try:
-        gpus, cpus = _replica_resources(ray, str(opts.get("device", "auto")))
+        gpus, cpus = _replica_resources(ray, str(settings.device))
         directory_cls: Any = deploy.Directory
         directory = directory_cls.options(name=deploy.DIRECTORY_NAME, get_if_exists=True).remote()
         token_ref = ray.put(token)
         serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": False})
         app = deploy.build_app(
-            opts=opts,
+            settings=settings,
+            random_weights=random_weights,
             token_ref=token_ref,
-            replicas=replicas,
-            min_replicas=min_replicas,
-            max_replicas=max_replicas,
             gpus_per_replica=gpus,
             cpus_per_replica=cpus,
             torch_threads=1 if gpus == 0 else None,

@@ -19,13 +19,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from greenscreen_cam.link.server import ServeOptions
+from greenscreen_cam.config import ServeSettings
 
 TOKEN = "bench-token-not-secret"
 
 
-def _serve_child(opts: ServeOptions, urls: Any, stop: Any) -> None:
-    """The server process: run_server until the parent sets ``stop``."""
+def _serve_child(opts: ServeSettings, urls: Any, stop: Any, random_weights: bool, batch: bool) -> None:
+    """The server process: ``greencam serve``'s host until the parent sets ``stop``."""
     stop_local = threading.Event()
 
     def watch() -> None:
@@ -33,9 +33,9 @@ def _serve_child(opts: ServeOptions, urls: Any, stop: Any) -> None:
         stop_local.set()
 
     threading.Thread(target=watch, daemon=True).start()
-    from greenscreen_cam.link.server import run_server
+    from greenscreen_cam.app import run_serve
 
-    run_server(opts, ready=urls.put, stop=stop_local)
+    run_serve(opts, say=lambda line: None, ready=urls.put, stop=stop_local, random_weights=random_weights, batch=batch)
 
 
 def _proc_cpu_seconds(pid: int) -> float | None:
@@ -104,21 +104,19 @@ def bench_link(
     from greenscreen_cam.sources import VideoFileSource
 
     say = on_event or (lambda line: None)
-    opts = ServeOptions(
+    opts = ServeSettings(
         port=0,
         token=TOKEN,
         model=model,
         resolution=resolution,
         device=device,
-        checkpoint=checkpoint,
-        random_weights=random_weights,
+        checkpoint=str(checkpoint) if checkpoint else None,
         max_sessions=max(sessions, 1),
         min_fps=0.0,
-        batch=batch,
     )
     ctx = mp.get_context("spawn")
     urls, stop = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=_serve_child, args=(opts, urls, stop), daemon=True)
+    proc = ctx.Process(target=_serve_child, args=(opts, urls, stop, random_weights, batch), daemon=True)
     proc.start()
     clients: list[Any] = []
     try:
@@ -401,14 +399,13 @@ def _capacity_main(args: list[str]) -> int:
         else:
             opts[args[i]] = args[i + 1]
             i += 2
-    serve = ServeOptions(
+    serve = ServeSettings(
         model=opts["--model"],
         resolution=int(opts["--resolution"]),
         device=opts["--device"],
-        checkpoint=checkpoint,
-        random_weights=checkpoint is None,
+        checkpoint=str(checkpoint) if checkpoint else None,
     )
-    model, name, device, res = load_serving_model(serve)
+    model, name, device, res = load_serving_model(serve, random_weights=checkpoint is None)
     result = sessions_at_fps(model, float(opts["--fps"]), batch=batch)
     result.update(model=name, device=device, resolution=res)
     if device.startswith("cuda"):

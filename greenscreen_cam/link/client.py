@@ -38,6 +38,8 @@ import numpy as np
 
 from greenscreen_cam.core import Frame
 from greenscreen_cam.errors import ConfigError
+from greenscreen_cam.link import rtc
+from greenscreen_cam.link.auth import bearer_header
 from greenscreen_cam.link.protocol import (
     CHANNEL_LABEL,
     STATE_NAMES,
@@ -585,22 +587,14 @@ class RemoteTracker:
             self.resolution = res
 
     def _configuration(self) -> Any:
-        from aiortc import RTCConfiguration, RTCIceServer
-
-        # An empty list, not None: aiortc would otherwise ask Google's public STUN server.
-        return RTCConfiguration(
-            iceServers=[
-                RTCIceServer(urls=u, username=self._turn_username, credential=self._turn_password)
-                for u in self._ice_servers
-            ]
-        )
+        return rtc.rtc_configuration(self._ice_servers, self._turn_username, self._turn_password)
 
     async def _connect(self) -> None:
         """One connection attempt: health, offer, answer, data channel open."""
-        from aiortc import RTCPeerConnection, RTCSessionDescription
+        from aiortc import RTCSessionDescription
 
         await self._health()
-        pc = RTCPeerConnection(self._configuration())
+        pc = rtc.new_peer_connection(self._ice_servers, self._turn_username, self._turn_password)
         self._pc = pc
         self._origin = None
         channel = pc.createDataChannel(CHANNEL_LABEL, ordered=False, maxRetransmits=0)
@@ -616,7 +610,7 @@ class RemoteTracker:
             "POST",
             "/whip",
             data=pc.localDescription.sdp.encode(),
-            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {self._token}"},
+            headers={"Content-Type": "application/sdp", **bearer_header(self._token)},
         )
         if status == 401:
             raise LinkAuthError(f"{self.url} refused the token (401); pass the token greencam serve printed")
@@ -662,9 +656,7 @@ class RemoteTracker:
         self._bytes_up_now = 0
         if delete and self._session_url is not None:
             with contextlib.suppress(Exception):  # the server may be gone
-                await asyncio.wait_for(
-                    self._http("DELETE", self._session_url, headers={"Authorization": f"Bearer {self._token}"}), 3.0
-                )
+                await asyncio.wait_for(self._http("DELETE", self._session_url, headers=bearer_header(self._token)), 3.0)
         self._session_url = None
         if pc is not None:
             with contextlib.suppress(Exception):  # closing is best effort

@@ -26,15 +26,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import functools
 import json
 import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+
+from greenscreen_cam.errors import (
+    LinkError,
+    ServeBadRequest,
+    ServeBusy,
+    ServeNotFound,
+    ServeRequestError,
+    ServeTooLarge,
+    ServeUnauthorized,
+    ServeUnsupportedType,
+)
+from greenscreen_cam.link import rtc
+from greenscreen_cam.link.auth import bearer_token, escape, same_token, status_of
+from greenscreen_cam.link.sessions import check_offer
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +68,8 @@ browser tab does not always say goodbye, and aiortc would otherwise keep encodin
 MAX_LINKS = 64
 """Stable viewer links remembered at once (the oldest is forgotten first)."""
 LINK_PART = re.compile(r"^[A-Za-z0-9_-]{12,64}$")
+STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+"""What a static file name may look like (anything else is 404 before the file system is asked)."""
 """What a stable link's name and secret look like (the capture page draws them at random)."""
 
 STATIC_TYPES = {
@@ -97,22 +114,41 @@ def read_static(name: str) -> bytes | None:
     """The bytes of ``greenscreen_cam/web/<name>``, or None when there is no such plain file.
 
     Args:
-        name: A file name without folders (``"capture.js"``); anything else gives None.
+        name: A file name without folders (``"capture.js"``), at most 64 characters; anything
+            else gives None without asking the file system.
     """
-    if not name or "/" in name or "\\" in name or name.startswith(".") or name.endswith(".py"):
+    if not STATIC_NAME.match(name) or name.endswith(".py"):
         return None
     if not any(name.endswith(ext) for ext in STATIC_TYPES):
         return None
-    ref = resources.files("greenscreen_cam.web").joinpath(name)
-    if not ref.is_file():
+    try:
+        ref = resources.files("greenscreen_cam.web").joinpath(name)
+        if not ref.is_file():
+            return None
+        return ref.read_bytes()
+    except OSError:  # the error's text holds the server path: say nothing but "not here"
         return None
-    return ref.read_bytes()
 
 
-def _bearer(request: Any) -> str:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else ""
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+def _answers_errors(fn: Handler) -> Handler:
+    """An aiohttp handler of the hub that answers a ServeRequestError with its status and one log line."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: ViewerHub, request: Any) -> Any:
+        from aiohttp import web
+
+        try:
+            return await fn(self, request)
+        except ServeRequestError as e:
+            status = status_of(e)
+            self._event(f"{status} {request.method} {request.path} from {request.remote}: {e}")
+            headers = {"WWW-Authenticate": 'Bearer realm="greencam"'} if status == 401 else None
+            return web.Response(status=status, text=escape(str(e)) + "\n", headers=headers)
+
+    return wrapper
 
 
 class ViewerHub:
@@ -136,6 +172,11 @@ class ViewerHub:
 
     # ---------------------------------------------------------------- pages
 
+    def _new_peer_connection(self) -> Any:
+        """The server's peer-connection builder (its ICE servers); none given: no ICE server at all."""
+        make = getattr(self.server, "new_peer_connection", None)
+        return make() if callable(make) else rtc.new_peer_connection()
+
     async def capture_page(self, request: Any) -> Any:
         return self._file_response("index.html", PAGE_HEADERS)
 
@@ -150,7 +191,7 @@ class ViewerHub:
 
         body = read_static(name)
         if body is None:
-            raise web.HTTPNotFound(text=f"no such file: {name}\n")
+            raise web.HTTPNotFound(text="no such file\n")
         ext = name[name.rindex(".") :]
         return web.Response(body=body, content_type=STATIC_TYPES[ext], headers=headers)
 
@@ -161,7 +202,7 @@ class ViewerHub:
         if not token:
             return False
         for valid in (getattr(session, "viewer_token", None) or "", secret):
-            if valid and hmac.compare_digest(token.encode(), valid.encode()):
+            if same_token(token, valid):
                 return True
         return bool(self.server.check_token(token))
 
@@ -170,45 +211,23 @@ class ViewerHub:
         link = self.links.get(route)
         return link if link is not None else (route, "")
 
+    @_answers_errors
     async def whep_post(self, request: Any) -> Any:
         from aiohttp import web
 
         route = request.match_info["session"]
-        session_id, secret = self._resolve(route)
-        token = _bearer(request)
-        session = self.server.sessions.get(session_id)
-        if session is None:
-            # Also for a stable link not bound yet (e.g. just after a server restart): the viewer
-            # page keeps retrying on 404. Session ids and link names are random (72+ bits), so
-            # a 404 tells a prober nothing useful, and nothing is shown without the right token.
-            raise web.HTTPNotFound(text="no live session here yet (it starts when the capture page connects)\n")
-        if not self._authorized(token, session, secret):
-            self._event(f"viewer refused for session {session_id[:8]}: wrong token")
-            raise web.HTTPUnauthorized(text="wrong viewer token\n")
+        token = bearer_token(request.headers.get("Authorization")) or ""
         if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_OFFER_BYTES, actual_size=request.content_length)
+            self._check_viewer(route, token)  # 404/401 before 413: say nothing to a stranger
+            raise ServeTooLarge(f"offer of {request.content_length} bytes is over {MAX_OFFER_BYTES}")
         body = await request.content.read(MAX_OFFER_BYTES + 1)
+        self._check_viewer(route, token)
         if len(body) > MAX_OFFER_BYTES:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_OFFER_BYTES, actual_size=len(body))
+            raise ServeTooLarge(f"offer is over {MAX_OFFER_BYTES} bytes")
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != "application/sdp":
-            raise web.HTTPUnsupportedMediaType(text="send the offer as application/sdp\n")
-        sdp = body.decode("utf-8", errors="replace")
-        if "m=video" not in sdp or "v=0" not in sdp:
-            raise web.HTTPBadRequest(text="the offer is not an SDP offer with a video section\n")
-        if sum(1 for v in self.viewers.values() if v.session_id == session_id) >= MAX_VIEWERS_PER_SESSION:
-            raise web.HTTPServiceUnavailable(
-                text=f"this session already has {MAX_VIEWERS_PER_SESSION} viewers (each costs a video encode)\n"
-            )
-        try:
-            track = session.relay_track()
-        except Exception as e:  # LinkError: the camera has sent no video yet
-            raise web.HTTPServiceUnavailable(text=f"no video to view yet ({e}); retry in a moment\n") from None
-        try:
-            viewer, answer = await self._answer(session, session_id, sdp, track)
-            viewer.route = route
-        except ValueError as e:
-            raise web.HTTPBadRequest(text=f"bad SDP offer: {e}\n") from None
+            raise ServeUnsupportedType("send the offer as application/sdp")
+        viewer, answer = await self.open_viewer(route, token, body.decode("utf-8", errors="replace"))
         return web.Response(
             status=201,
             text=answer,
@@ -216,11 +235,48 @@ class ViewerHub:
             headers={"Location": f"/whep/{route}/{viewer.id}"},
         )
 
+    def _check_viewer(self, route: str, token: str) -> tuple[str, Any]:
+        """``(session id, session)`` a viewer with ``token`` may watch at ``route``; ServeNotFound/ServeUnauthorized."""
+        session_id, secret = self._resolve(route)
+        session = self.server.sessions.get(session_id)
+        if session is None:
+            # Also for a stable link not bound yet (e.g. just after a server restart): the viewer
+            # page keeps retrying on 404. Session ids and link names are random (72+ bits), so
+            # a 404 tells a prober nothing useful, and nothing is shown without the right token.
+            raise ServeNotFound("no live session here yet (it starts when the capture page connects)")
+        if not self._authorized(token, session, secret):
+            raise ServeUnauthorized("wrong viewer token")
+        return session_id, session
+
+    async def open_viewer(self, route: str, token: str, sdp: str) -> tuple[Viewer, str]:
+        """Attach a receive-only viewer to the session at ``route`` (a session id or a stable link name).
+
+        Returns:
+            ``(viewer, answer SDP)``.
+
+        Raises:
+            ServeNotFound, ServeUnauthorized, ServeBadRequest, ServeBusy.
+        """
+        session_id, session = self._check_viewer(route, token)
+        check_offer(sdp, viewer=True)
+        if sum(1 for v in self.viewers.values() if v.session_id == session_id) >= MAX_VIEWERS_PER_SESSION:
+            raise ServeBusy(f"this session already has {MAX_VIEWERS_PER_SESSION} viewers (each costs a video encode)")
+        try:
+            track = session.relay_track()
+        except LinkError as e:  # the camera has sent no video yet
+            raise ServeBusy(f"no video to view yet ({e}); retry in a moment") from None
+        try:
+            viewer, answer = await self._answer(session, session_id, sdp, track)
+        except ValueError as e:
+            raise ServeBadRequest(f"bad SDP offer: {e}") from None
+        viewer.route = route
+        return viewer, answer
+
     async def _answer(self, session: Any, session_id: str, sdp: str, track: Any) -> tuple[Viewer, str]:
         """Answer a viewer's offer with ``track`` (the session's relayed video) and its masks."""
-        from aiortc import RTCPeerConnection, RTCSessionDescription
+        from aiortc import RTCSessionDescription
 
-        pc = RTCPeerConnection()
+        pc = self._new_peer_connection()
         viewer = Viewer(
             id=secrets.token_urlsafe(12),
             session_id=session_id,
@@ -327,6 +383,7 @@ class ViewerHub:
         )
         return True
 
+    @_answers_errors
     async def bind_link(self, request: Any) -> Any:
         """``POST /web/viewer-link`` (publisher token): point a stable viewer link at a session.
 
@@ -335,8 +392,9 @@ class ViewerHub:
         """
         from aiohttp import web
 
-        if not self.server.check_token(_bearer(request)):
-            raise web.HTTPUnauthorized(text="binding a viewer link needs the publisher token\n")
+        token = bearer_token(request.headers.get("Authorization"))
+        if not self.server.check_token(token):
+            raise ServeUnauthorized("binding a viewer link needs the publisher token")
         body = await request.content.read(1025)
         try:
             if len(body) > 1024:
@@ -346,30 +404,44 @@ class ViewerHub:
             if not all(isinstance(v, str) for v in (sid, name, secret)):
                 raise ValueError("not strings")
         except (ValueError, KeyError, TypeError):
-            raise web.HTTPBadRequest(text='send JSON {"session": id, "name": str, "secret": str}\n') from None
+            raise ServeBadRequest('send JSON {"session": id, "name": str, "secret": str}') from None
+        return web.json_response({"path": self.bind(sid, name, secret)})
+
+    def bind(self, sid: str, name: str, secret: str) -> str:
+        """Point the stable viewer link ``name`` (with ``secret``) at session ``sid``; its path.
+
+        Raises:
+            ServeBadRequest: a malformed or taken name. ServeNotFound: no such session.
+        """
         if not LINK_PART.match(name) or not LINK_PART.match(secret):
-            raise web.HTTPBadRequest(text="name and secret must be 12-64 characters of A-Za-z0-9_-\n")
+            raise ServeBadRequest("name and secret must be 12-64 characters of A-Za-z0-9_-")
         if name in self.server.sessions:
-            raise web.HTTPBadRequest(text="that name is taken\n")
+            raise ServeBadRequest("that name is taken")
         if sid not in self.server.sessions:
-            raise web.HTTPNotFound(text="no such session\n")
+            raise ServeNotFound("no such session")
         self.links.pop(name, None)
         self.links[name] = (sid, secret)
         while len(self.links) > MAX_LINKS:
             self.links.pop(next(iter(self.links)))
         self._event(f"viewer link {name[:4]}… now shows session {sid[:8]}")
-        return web.json_response({"path": f"/view/{name}"})
+        return f"/view/{name}"
 
+    @_answers_errors
     async def whep_delete(self, request: Any) -> Any:
         from aiohttp import web
 
-        viewer = self.viewers.get(request.match_info["viewer"])
-        if viewer is None or viewer.route != request.match_info["session"]:
-            raise web.HTTPNotFound(text="no such viewer\n")
-        if not self._authorized(_bearer(request), viewer.session, self._resolve(viewer.route)[1]):
-            raise web.HTTPUnauthorized(text="wrong token\n")
-        await self.close_viewer(viewer.id, "ended by the viewer")
+        token = bearer_token(request.headers.get("Authorization")) or ""
+        await self.end_viewer(request.match_info["session"], request.match_info["viewer"], token)
         return web.Response(status=200, text="closed\n")
+
+    async def end_viewer(self, route: str, viewer_id: str, token: str) -> None:
+        """End viewer ``viewer_id`` of ``route`` for a client holding ``token``; ServeNotFound/ServeUnauthorized."""
+        viewer = self.viewers.get(viewer_id)
+        if viewer is None or viewer.route != route:
+            raise ServeNotFound("no such viewer")
+        if not self._authorized(token, viewer.session, self._resolve(viewer.route)[1]):
+            raise ServeUnauthorized("wrong token")
+        await self.close_viewer(viewer.id, "ended by the viewer")
 
     async def close_all(self, app: Any = None) -> None:
         """Close every viewer (the application's shutdown hook)."""

@@ -37,6 +37,7 @@ const sentAt = new Map(); // RTP timestamp -> performance.now() when the encoder
 const firstSent = []; // the first RTP timestamps of this connection (candidate origins, see sendTime)
 
 let token = params.get("token") || "";
+dropTokenFromAddressBar();
 let prompt = promptFromUrl();
 let stream = null;
 let conn = null; // the live connection (see connect())
@@ -44,6 +45,14 @@ let retryMs = 1000;
 let retryTimer = null;
 let paused = false;
 let message = "";
+
+/** Take ``token=`` out of the address bar (and so out of history, bookmarks and screen shares) once read. */
+function dropTokenFromAddressBar() {
+  if (!params.has("token")) return;
+  const url = new URL(location.href);
+  url.searchParams.delete("token");
+  history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+}
 
 window.greencam = {
   stats,
