@@ -242,6 +242,7 @@ BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str]]] = [
 ]
 
 
+@pytest.mark.slow
 def test_bad_requests_get_the_answers_of_plain_serve(cluster: Cluster, tiny_model: Any) -> None:
     import aioice.ice
 
@@ -265,6 +266,7 @@ def test_bad_requests_get_the_answers_of_plain_serve(cluster: Cluster, tiny_mode
     ]
 
 
+@pytest.mark.slow
 def test_sessions_spread_503_only_when_every_replica_is_full_and_delete_reaches_the_owner(cluster: Cluster) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     replicas = {r["replica"] for r in cluster.health()["replicas"]}
@@ -345,6 +347,7 @@ class HealthLog:
         self.thread.join(5)
 
 
+@pytest.mark.slow
 def test_four_clients_spread_agree_with_a_local_run_and_scaling_up_loses_none(
     cluster: Cluster, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -378,6 +381,7 @@ def test_four_clients_spread_agree_with_a_local_run_and_scaling_up_loses_none(
         assert float(np.mean([_iou(a, b) for a, b in zip(got, want)])) >= 0.9
 
 
+@pytest.mark.slow
 def test_a_killed_replica_s_clients_reconnect_elsewhere_and_finish(cluster: Cluster, tmp_path: Path) -> None:
     clip = write_video(tmp_path / "clip.mp4", moving_disc_frames(16))
     clients = [_client(cluster, clip, tmp_path / f"remote{i}") for i in range(2)]
@@ -412,6 +416,7 @@ def test_a_killed_replica_s_clients_reconnect_elsewhere_and_finish(cluster: Clus
         assert len(mattes(tmp_path / f"remote{i}")) == 16
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_application_and_its_local_ray_instance(cluster: Cluster) -> None:
     assert ray_processes(cluster.tmp), "the Ray instance should be running before Ctrl-C"
     code = cluster.stop()

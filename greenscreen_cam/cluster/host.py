@@ -131,13 +131,21 @@ def run_cluster(
         if started:
             say("starting a local Ray instance (127.0.0.1 only)")
             _pin_to_loopback()
-            ray.init(
-                address="local",
-                num_cpus=settings.ray_cpus,
-                include_dashboard=False,
-                _node_ip_address="127.0.0.1",
-                **common,
-            )
+            for attempt in (1, 2):  # Ray gives its raylet a fixed 30 s to register: once more on a busy machine
+                try:
+                    ray.init(
+                        address="local",
+                        num_cpus=settings.ray_cpus,
+                        include_dashboard=False,
+                        _node_ip_address="127.0.0.1",
+                        **common,
+                    )
+                    break
+                except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this timeout
+                    if attempt == 2 or "timed out during startup" not in str(e):
+                        raise
+                    say("the local Ray instance was slow to start; trying once more")
+                    ray.shutdown()
         else:
             say(f"joining the Ray cluster at {address}")
             ray.init(address=address, **common)
