@@ -12,17 +12,7 @@ import hmac
 import re
 from collections.abc import Iterable
 
-from greenscreen_cam.errors import (
-    LinkProtocolError,
-    PromptError,
-    ServeBadRequest,
-    ServeBusy,
-    ServeNotFound,
-    ServeRequestError,
-    ServeTooLarge,
-    ServeUnauthorized,
-    ServeUnsupportedType,
-)
+from greenscreen_cam import errors
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _TOKEN_PARAM = re.compile(r"(?i)((?:^|[?&;\s/'\"])(?:token|secret|password|credential)=)[^&\s'\"#]*")
@@ -104,14 +94,14 @@ class Redactor:
 
 
 STATUS: dict[type[Exception], int] = {
-    ServeBadRequest: 400,
-    LinkProtocolError: 400,
-    PromptError: 400,
-    ServeUnauthorized: 401,
-    ServeNotFound: 404,
-    ServeTooLarge: 413,
-    ServeUnsupportedType: 415,
-    ServeBusy: 503,
+    errors.ServeBadRequest: 400,
+    errors.LinkProtocolError: 400,
+    errors.PromptError: 400,
+    errors.ServeUnauthorized: 401,
+    errors.ServeNotFound: 404,
+    errors.ServeTooLarge: 413,
+    errors.ServeUnsupportedType: 415,
+    errors.ServeBusy: 503,
 }
 """Domain error -> HTTP status, for every front end (the first matching class in the error's MRO)."""
 
@@ -121,4 +111,4 @@ def status_of(error: Exception) -> int:
     for cls in type(error).__mro__:
         if cls in STATUS:
             return STATUS[cls]
-    return 400 if isinstance(error, ServeRequestError) else 500
+    return 400 if isinstance(error, errors.ServeRequestError) else 500

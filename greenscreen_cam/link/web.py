@@ -39,6 +39,7 @@ from typing import Any
 
 from greenscreen_cam.errors import (
     LinkError,
+    LinkProtocolError,
     ServeBadRequest,
     ServeBusy,
     ServeNotFound,
@@ -142,7 +143,7 @@ def _answers_errors(fn: Handler) -> Handler:
 
         try:
             return await fn(self, request)
-        except ServeRequestError as e:
+        except (ServeRequestError, LinkProtocolError) as e:  # LinkProtocolError: e.g. a malformed offer
             status = status_of(e)
             self._event(f"{status} {request.method} {request.path} from {request.remote}: {e}")
             headers = {"WWW-Authenticate": 'Bearer realm="greencam"'} if status == 401 else None
