@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile requirements/sam2.txt
 	# sam2 is an sdist whose build imports torch: build it against the torch above,
 	# without its optional CUDA extension (greencam does not use it), from the hash-pinned file.
 	SAM2_BUILD_CUDA=0 $(PIP) install --quiet --no-build-isolation --no-deps --require-hashes -r requirements/sam2.txt
-	$(PIP) install --quiet --no-build-isolation -e ".[dev]"
+	$(PIP) install --quiet --no-build-isolation -e ".[dev,cluster]"
 	touch $@
 
 # Every test (tests needing a GPU, a webcam or a virtual camera device skip with a reason when absent).

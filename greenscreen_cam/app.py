@@ -298,6 +298,9 @@ def run_serve(
     from greenscreen_cam.link.http import create_app
 
     s.validate()
+    if s.ray:
+        run_serve_on_ray(s, stop=stop, say=say, random_weights=random_weights)
+        return
     token = read_token(s)
     tls = ssl_context(
         s.cert_file and str(Path(s.cert_file).expanduser()), s.key_file and str(Path(s.key_file).expanduser())
@@ -332,3 +335,28 @@ def run_serve(
         await serve_app(application, s.host, s.port, ssl_context=tls, ready=ready or announce, until=done.wait())
 
     asyncio.run(host())
+
+
+def run_serve_on_ray(
+    s: ServeSettings, *, stop: threading.Event | None, say: Notify, random_weights: bool = False
+) -> None:
+    """``greencam serve --ray``: the same sessions, hosted by Ray Serve replicas (greenscreen_cam/cluster).
+
+    Serves until SIGINT/SIGTERM (on the main thread) or until ``stop`` is set.
+    """
+    import signal
+
+    from greenscreen_cam.cluster.host import run_cluster
+
+    if s.cert_file:
+        raise ConfigError("--ray serves plain HTTP: put TLS on a proxy or load balancer in front of Serve's port")
+    stop = stop or threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        run_cluster(s, token=read_token(s), random_weights=random_weights, stop=stop, say=say)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

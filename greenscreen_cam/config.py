@@ -384,9 +384,34 @@ class ServeSettings(ModelSettings, NetworkSettings):
         group="Server",
         check=_between(0, 1000),
     )
+    # --ray: the sessions on a Ray Serve cluster (greenscreen_cam/cluster, docs/scaling.md)
+    ray: bool = setting(
+        False, "Serve on a Ray Serve cluster: an HTTP ingress and one session replica per GPU.", group="Cluster"
+    )
+    ray_address: str | None = setting(
+        None,
+        "Ray cluster to join, e.g. ray://head:10001 or head:6379 (default: a new local Ray instance).",
+        group="Cluster",
+        envvar="RAY_ADDRESS",
+    )
+    replicas: int | None = setting(
+        None,
+        "Session replicas (each loads the model once; default: autoscale on sessions).",
+        group="Cluster",
+        check=_between(1, 1000),
+    )
+    min_replicas: int = setting(
+        1, "Fewest session replicas when autoscaling.", group="Cluster", check=_between(1, 1000)
+    )
+    max_replicas: int = setting(4, "Most session replicas when autoscaling.", group="Cluster", check=_between(1, 1000))
+    ray_cpus: int | None = setting(
+        None, "CPUs of the local Ray instance greencam starts (default: all).", group="Cluster", check=_between(1, 4096)
+    )
 
     def validate(self) -> None:
         check_fields(self)
+        if self.min_replicas > self.max_replicas:
+            raise ConfigError(f"--min-replicas {self.min_replicas} is above --max-replicas {self.max_replicas}")
         if bool(self.cert_file) != bool(self.key_file):
             raise ConfigError("--cert-file and --key-file go together")
         # --token with --token-file is refused by app.read_token, which can tell GREENCAM_TOKEN from the flag.
@@ -569,7 +594,7 @@ DEFAULTS_HEADER = """\
 """
 
 
-GROUPS = ("Input", "Subject", "Model", "Output", "Keying", "Live loop", "Remote", "Server", "Network")
+GROUPS = ("Input", "Subject", "Model", "Output", "Keying", "Live loop", "Remote", "Server", "Network", "Cluster")
 """The order settings are listed in: ``--help`` panels and ``configs/default.toml`` sections."""
 
 

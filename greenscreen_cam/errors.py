@@ -144,3 +144,9 @@ class ServeBusy(ServeRequestError):
 
 class OfferError(ServeBadRequest):
     """An SDP offer that cannot be answered (HTTP 400); the message is one line, safe to log and send back."""
+
+
+class ClusterError(GreencamError):
+    """``serve --ray``: Ray Serve is missing, the cluster cannot be reached, or the application did not deploy."""
+
+    exit_code = 9

@@ -1,0 +1,426 @@
+"""``greencam serve --ray``: placement rules, and a real local Ray Serve cluster on 127.0.0.1.
+
+The cluster tests share one ``greencam serve --ray`` process (tiny, 256 px, seeded random weights,
+autoscaled between 2 and 3 CPU replicas of 2 sessions each) and run in file order: bad requests,
+four ``greencam start --server`` clients (scaling 2 -> 3 under them), a replica killed mid-stream,
+and last Ctrl-C, after which no process of that Ray instance may be left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from greenscreen_cam.cluster.routing import Load, desired_replicas, owner_of, rank_for_new_session, session_id
+from tests.conftest import REPO, moving_disc_frames, write_video
+from tests.test_link_cli import BOX, LOOPBACK, free_port, mattes
+
+TOKEN = "cluster-test-token-0123456789"
+MODEL = ["--model", "tiny", "--device", "cpu", "--resolution", "256"]
+
+
+# --------------------------------------------------------------------------- placement rules (no Ray)
+
+
+def test_a_session_id_names_its_replica() -> None:
+    sid = session_id("0ph0oirn", "k3y_-x")
+    assert sid == "0ph0oirn.k3y_-x"
+    assert owner_of(sid) == "0ph0oirn"
+    for bad in ("nodot", ".key", "replica.", ""):
+        assert owner_of(bad) is None
+    with pytest.raises(ValueError):
+        session_id("a.b", "key")
+
+
+@pytest.mark.parametrize(
+    ("loads", "pending", "first"),
+    [
+        ({"a": Load(2, 4), "b": Load(1, 4)}, {}, "b"),  # fewer sessions first
+        ({"a": Load(1, 4), "b": Load(1, 4)}, {"a": 1}, "b"),  # sent since its last report count
+        ({"a": Load(1, 2), "b": Load(2, 8)}, {}, "b"),  # share of capacity, not the count
+        ({"a": Load(0, 4, draining=True), "b": Load(3, 4)}, {}, "b"),  # a draining replica takes none
+        ({"a": Load(4, 4), "b": Load(3, 4)}, {"b": 1}, "a"),  # all full: ranked anyway (each says 503)
+        ({"a": Load(1, 4, {2: 90.0}), "b": Load(1, 4, {2: 40.0})}, {}, "b"),  # then the faster step
+        ({"a": Load(1, 4), "b": None}, {}, "b"),  # a fresh replica that published nothing yet
+    ],
+)
+def test_a_new_session_goes_to_the_least_loaded_replica(
+    loads: dict[str, Load | None], pending: dict[str, int], first: str
+) -> None:
+    order = rank_for_new_session(loads, pending)
+    assert order[0] == first
+    assert sorted(order) == sorted(loads)
+
+
+def test_full_replicas_rank_last() -> None:
+    order = rank_for_new_session({"a": Load(4, 4), "b": Load(3, 4), "c": Load(0, 4, draining=True)})
+    assert order[0] == "b"
+    assert set(order[1:]) == {"a", "c"}
+
+
+@pytest.mark.parametrize(
+    ("sessions", "capacity", "current", "bounds", "want"),
+    [
+        ({}, 2, 2, (2, 3), 2),  # nothing published yet: keep what runs
+        ({"a": 2, "b": 2}, 2, 2, (2, 3), 3),  # both full: one more, so the next camera has a slot
+        ({"a": 1, "b": 0}, 2, 2, (1, 3), 1),  # one session fits on one replica with a slot to spare
+        ({"a": 8, "b": 8}, 8, 2, (1, 3), 3),  # capped at the maximum
+        ({"a": 0, "b": 0}, 4, 2, (2, 4), 2),  # never below the minimum
+    ],
+)
+def test_autoscaling_counts_sessions_against_capacity(
+    sessions: dict[str, float], capacity: int, current: int, bounds: tuple[int, int], want: int
+) -> None:
+    got = desired_replicas(sessions, capacity, current=current, min_replicas=bounds[0], max_replicas=bounds[1])
+    assert got == want
+
+
+def test_serve_help_lists_the_cluster_options_without_loading_ray() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from greenscreen_cam.cli import main; sys.argv=['greencam','serve','--help'];"
+         " code = 0\ntry:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+         "print('RAY' if 'ray' in sys.modules else 'NORAY')"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}, timeout=60,
+    )  # fmt: skip
+    for flag in ("--ray", "--ray-address", "--replicas", "--min-replicas", "--max-replicas"):
+        assert flag in out.stdout
+    assert out.stdout.strip().endswith("NORAY")
+
+
+# --------------------------------------------------------------------------- a real local cluster
+
+pytest.importorskip("ray.serve", reason="Ray Serve is not installed (make install installs greencam[cluster])")
+
+
+def greencam(*args: str) -> list[str]:
+    return [sys.executable, "-c", LOOPBACK, *args]
+
+
+def ray_processes(marker: str) -> list[str]:
+    """Command lines of the live processes that belong to the Ray instance under ``marker`` (its temp dir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            env = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in cmd or marker.encode() in env:
+            found.append(f"{proc.name}: {cmd[:160]}")
+    return found
+
+
+class Cluster:
+    """``greencam serve --ray`` in a subprocess, its stderr lines collected by a thread."""
+
+    def __init__(self, *args: str) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="gcray", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "RAY_TMPDIR": self.tmp,
+            "GREENCAM_RAY_SETUP": "tests.cluster_hooks:loopback_ice",
+        }
+        self.env.pop("RAY_ADDRESS", None)
+        cmd = greencam(
+            "serve", "--ray", "--ray-cpus", "2", "--port", str(self.port), "--token", TOKEN, "--random-weights",
+            "--min-fps", "0", *MODEL, *args,
+        )  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=self.env, cwd=self.tmp
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_ready(self, timeout: float) -> None:
+        wait_for(lambda: any("serving on" in x for x in self.lines) or self.proc.poll() is not None, timeout, "serve")
+        assert self.proc.poll() is None, "\n".join(self.lines[-20:])
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/health", timeout=10) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        self._reader.join(10)
+        return self.proc.returncode
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str, every: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    c = Cluster("--min-replicas", "2", "--max-replicas", "3", "--max-sessions", "2")
+    try:
+        c.wait_ready(300)
+        wait_for(lambda: len(c.health()["replicas"]) == 2, 60, "two replicas in /health", every=0.5)
+        yield c
+    finally:
+        c.stop()
+        leftover = ray_processes(c.tmp)
+        for line in leftover:  # never leave a Ray instance behind, even when a test failed
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+
+
+def _request(
+    url: str, method: str = "POST", body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """``(status, body, Location header)`` of one request."""
+    req = urllib.request.Request(url, data=body if method == "POST" else None, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode(), r.headers.get("Location", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), ""
+
+
+async def _offers(n: int) -> tuple[list[str], list[Any]]:
+    """``n`` real WebRTC offers (video + the data channel), and their peer connections to close later."""
+    import aioice.ice
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+    pcs, sdps = [], []
+    for _ in range(n):
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="sendonly")
+        pc.createDataChannel("greencam")
+        await pc.setLocalDescription(await pc.createOffer())
+        pcs.append(pc)
+        sdps.append(pc.localDescription.sdp)
+    return sdps, pcs
+
+
+BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str]]] = [
+    ("POST", "/whip", b"v=0\r\n", {"Content-Type": "application/sdp"}),
+    ("POST", "/whip", b"v=0\r\n", {"Content-Type": "application/sdp", "Authorization": "Bearer nope"}),
+    ("POST", "/whip", b"v=0\r\n", {"Content-Type": "text/plain", "Authorization": f"Bearer {TOKEN}"}),
+    ("POST", "/whip", b"hello", {"Content-Type": "application/sdp", "Authorization": f"Bearer {TOKEN}"}),
+    ("POST", "/whip", b"\xff\xfe", {"Content-Type": "application/sdp", "Authorization": f"Bearer {TOKEN}"}),
+    ("POST", "/whip", b"v" * 200_000, {"Content-Type": "application/sdp", "Authorization": f"Bearer {TOKEN}"}),
+    ("DELETE", "/whip/nope", b"", {"Authorization": f"Bearer {TOKEN}"}),
+    ("DELETE", "/whip/0ph0oirn.gone", b"", {"Authorization": f"Bearer {TOKEN}"}),
+    ("DELETE", "/whip/nope", b"", {}),
+]
+
+
+@pytest.mark.slow
+def test_bad_requests_get_the_answers_of_plain_serve(cluster: Cluster, tiny_model: Any) -> None:
+    import aioice.ice
+
+    from tests.test_link import ServerThread
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+    plain = ServerThread(tiny_model, max_sessions=2, token=TOKEN)
+    try:
+        for method, path, body, headers in BAD_REQUESTS:
+            want = _request(plain.url + path, method, body, headers)
+            got = _request(cluster.url + path, method, body, headers)
+            assert got == want, (method, path, headers)
+            assert got[0] in (400, 401, 404, 413)
+    finally:
+        plain.close()
+    assert sorted({c for c in (_request(cluster.url + p, m, b, h)[0] for m, p, b, h in BAD_REQUESTS)}) == [
+        400,
+        401,
+        404,
+        413,
+    ]
+
+
+@pytest.mark.slow
+def test_sessions_spread_503_only_when_every_replica_is_full_and_delete_reaches_the_owner(cluster: Cluster) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    replicas = {r["replica"] for r in cluster.health()["replicas"]}
+    assert len(replicas) == 2
+
+    async def offers_then_deletes() -> tuple[list[tuple[int, str, str]], list[int], list[int]]:
+        sdps, pcs = await _offers(5)
+        try:
+            post = {**auth, "Content-Type": "application/sdp"}
+            answers = [
+                await asyncio.to_thread(_request, cluster.url + "/whip", "POST", sdp.encode(), post) for sdp in sdps
+            ]
+            sids = [loc.rsplit("/", 1)[1] for _, _, loc in answers[:4] if loc]
+            ends = [
+                (await asyncio.to_thread(_request, cluster.url + f"/whip/{sid}", "DELETE", b"", auth))[0]
+                for sid in sids
+            ]
+            again = [
+                (await asyncio.to_thread(_request, cluster.url + f"/whip/{sid}", "DELETE", b"", auth))[0]
+                for sid in sids
+            ]
+            return answers, ends, again
+        finally:
+            for pc in pcs:
+                await pc.close()
+
+    answers, ends, again = asyncio.run(offers_then_deletes())
+    assert [a[0] for a in answers[:4]] == [201] * 4, answers
+    # Four slots on two replicas: the fifth offer is refused, and only because every replica is full.
+    assert answers[4][0] == 503, answers[4]
+    assert "server full" in answers[4][1]
+    owners = [owner_of(loc.rsplit("/", 1)[1]) for _, _, loc in answers[:4]]
+    assert {o: owners.count(o) for o in owners} == dict.fromkeys(replicas, 2)  # spread: two on each
+    # Every DELETE must reach the replica that holds its session (any other one answers 404): 4 of 4 did.
+    assert ends == [200] * 4
+    assert again == [404] * 4
+    wait_for(lambda: cluster.health()["sessions"] == 0, 15, "the sessions to be gone from /health")
+
+
+def _client(cluster: Cluster, clip: Path, out: Path) -> subprocess.Popen[str]:
+    common = ["--source", str(clip), "--bbox", BOX, "--refine", "none", "--smooth", "0", *MODEL]
+    return subprocess.Popen(
+        greencam("start", "--server", cluster.url, "--token", TOKEN, *common,
+                 "--output", str(out.with_suffix(".mp4")), "--matte-output", str(out)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cluster.env, cwd=out.parent,
+    )  # fmt: skip
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = a > 127, b > 127
+    union = np.logical_or(x, y).sum()
+    return float(np.logical_and(x, y).sum() / union) if union else 1.0
+
+
+class HealthLog:
+    """/health polled on a thread: the most replicas seen, and each replica's most sessions."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.replicas = 0
+        self.sessions: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.stop.wait(0.5):
+            try:
+                info = self.cluster.health()
+            except OSError:
+                continue
+            self.replicas = max(self.replicas, len(info["replicas"]))
+            for r in info["replicas"]:
+                self.sessions[r["replica"]] = max(self.sessions.get(r["replica"], 0), r["sessions"])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+@pytest.mark.slow
+def test_four_clients_spread_agree_with_a_local_run_and_scaling_up_loses_none(
+    cluster: Cluster, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    clip = write_video(tmp_path / "clip.mp4", moving_disc_frames(12))
+    watch = HealthLog(cluster)
+    clients = [_client(cluster, clip, tmp_path / f"remote{i}") for i in range(4)]
+    try:
+        errs = [c.communicate(timeout=300)[1] for c in clients]
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+    assert [c.returncode for c in clients] == [0] * 4, errs
+    assert not any("reconnecting" in e for e in errs), errs  # no session was lost while the cluster scaled
+    # Both replicas were full (2 of 2 each), so the autoscaler adds a third one: wait for it to come up.
+    wait_for(lambda: watch.replicas >= 3, 120, "the third replica", every=0.5)
+    watch.close()
+    assert sorted(watch.sessions.values())[-2:] == [2, 2], watch.sessions  # two on each of the first two
+    local = subprocess.run(
+        greencam("start", "--checkpoint", str(tiny_checkpoint), "--source", str(clip), "--bbox", BOX, "--refine", "none",
+                 "--smooth", "0", *MODEL, "--output", str(tmp_path / "local.mp4"),
+                 "--matte-output", str(tmp_path / "local")),
+        capture_output=True, text=True, env=cluster.env, cwd=tmp_path, timeout=240,
+    )  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    want = mattes(tmp_path / "local")
+    assert len(want) == 12
+    for i in range(4):
+        got = mattes(tmp_path / f"remote{i}")
+        assert len(got) == 12
+        assert float(np.mean([_iou(a, b) for a, b in zip(got, want)])) >= 0.9
+
+
+@pytest.mark.slow
+def test_a_killed_replica_s_clients_reconnect_elsewhere_and_finish(cluster: Cluster, tmp_path: Path) -> None:
+    clip = write_video(tmp_path / "clip.mp4", moving_disc_frames(16))
+    clients = [_client(cluster, clip, tmp_path / f"remote{i}") for i in range(2)]
+    try:
+        busy: list[dict[str, Any]] = []
+
+        def some_replica_tracks() -> bool:
+            busy[:] = [r for r in cluster.health()["replicas"] if r["sessions"] > 0 and r["step_ms"]]
+            return bool(busy)
+
+        wait_for(some_replica_tracks, 120, "a replica tracking a client", every=0.5)
+        victim = busy[0]
+        held = victim["sessions"]
+        os.kill(victim["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+
+        def moved() -> bool:
+            others = [r for r in cluster.health()["replicas"] if r["replica"] != victim["replica"]]
+            return sum(r["sessions"] for r in others) >= 2
+
+        wait_for(moved, 30, "the clients to reconnect to the other replicas", every=0.25)
+        took = time.monotonic() - killed
+        errs = [c.communicate(timeout=300)[1] for c in clients]
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+    assert [c.returncode for c in clients] == [0] * 2, errs
+    assert sum("reconnecting" in e for e in errs) >= held, errs
+    assert took < 15, f"reconnecting took {took:.1f} s"
+    for i in range(2):
+        assert len(mattes(tmp_path / f"remote{i}")) == 16
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_application_and_its_local_ray_instance(cluster: Cluster) -> None:
+    assert ray_processes(cluster.tmp), "the Ray instance should be running before Ctrl-C"
+    code = cluster.stop()
+    assert code == 0, "\n".join(cluster.lines[-20:])
+    wait_for(lambda: not ray_processes(cluster.tmp), 30, "every Ray process to exit")
+    assert any("stopping the application and the local Ray instance" in x for x in cluster.lines)
+    assert not any(TOKEN in x for x in cluster.lines)  # the token given with --token is never printed
