@@ -308,7 +308,9 @@ class ThreadedSink(_Closing):
         if not self._closed:
             self._stopped.set()
             self._slot.clear()
-            self._finish(1.0)  # a send stuck in a hung device is left to its daemon thread
+            self._finish(
+                5.0
+            )  # a frame being written finishes first; a send stuck in a hung device is left to its thread
         abort_sink(self.sink)
 
     def __getattr__(self, name: str) -> Any:  # the wrapped sink's own attributes (device, frames_written...)

@@ -139,7 +139,7 @@ def test_an_error_on_a_sink_thread_ends_the_run_with_its_line_and_exit_code(
 ):
     monkeypatch.setenv("GREENCAM_CHECKPOINTS", str(checkpoint_dir))
     result = runner.invoke(app, _start_args(tmp_path, "mem://full", str(tmp_path / "out.mp4")))
-    assert result.exit_code == 5
+    assert result.exit_code == 5, (result.output, memory_output["full"].frames, result.exception)
     assert "no space left on device" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out.mp4").exists(), "a failed run writes no partial file"
     assert memory_output["full"].aborted
@@ -217,5 +217,5 @@ def test_abort_of_a_hung_output_returns_promptly():
         threaded.send(np.zeros((2, 2, 3), np.uint8))
     start = time.perf_counter()
     threaded.abort()
-    assert time.perf_counter() - start < 3.0 and stuck.aborted
+    assert time.perf_counter() - start < 8.0 and stuck.aborted, "within the 5 s grace, not the 10 s hang"
     stuck.release.set()
