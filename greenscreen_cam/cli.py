@@ -509,7 +509,9 @@ def bench(
         bool, typer.Option("--e2e", help="Time the whole pipeline (decode, track, composite, encode).")
     ] = False,
     compositor: Annotated[bool, typer.Option("--compositor", help="Time only the compositor at 1280x720.")] = False,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the image encoder (CUDA).")] = False,
+    compile_model: Annotated[
+        bool, typer.Option("--compile-encoder", help="torch.compile the image encoder (CUDA).")
+    ] = False,
     live: Annotated[
         bool,
         typer.Option("--live", help="Run the live loop on SOURCE paced at its fps; compare stats to a frame count."),

@@ -175,6 +175,7 @@ class KeyingSettings:
 _MODEL_HELP = "SAM 2 model: tiny, small, base-plus, large, sam2.0-tiny, ... (see greencam models)."
 _RESOLUTIONS = (256, 384, 512, 768, 1024)
 _RES_TEXT = ", ".join(map(str, _RESOLUTIONS))
+_COMPILE_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -192,6 +193,13 @@ class ModelSettings:
         check=lambda v: None if v in _RESOLUTIONS else f"{v} is not supported; choose one of {_RES_TEXT}",
     )
     device: str = setting("auto", "auto, cuda, cuda:N, mps or cpu.", group="Model")
+    compile: str = setting(
+        "auto",
+        "Replay the steady-state tracker step as a CUDA graph: on (CUDA only), off, or auto "
+        "(off until this path is verified on a GPU).",
+        group="Model",
+        check=lambda v: None if v in _COMPILE_MODES else f"{v!r} is not one of {', '.join(_COMPILE_MODES)}",
+    )
 
 
 @dataclass
