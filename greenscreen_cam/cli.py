@@ -30,6 +30,7 @@ from rich.table import Table
 from greenscreen_cam import __version__
 from greenscreen_cam.config import (
     GROUPS,
+    SYNC_MODES,
     ModelSettings,
     ServeSettings,
     Settings,
@@ -483,6 +484,14 @@ Examples:
   greencam bench clip.mp4 --soak --frames 3000                 # memory over a long run
 
   greencam bench davis/lucia/frames --oracle davis/lucia/masks --tracker-ms 250 --fps 24 --json
+
+  greencam bench clip.mp4 --process --frames 40 --resolution 256  # whole processes vs the official script
+
+  greencam bench clip.mp4 --serve --sessions 1 --sessions 4 --random-weights  # greencam serve, N clients
+
+  greencam bench --capacity --fps 30 --random-weights          # serve sessions one worker fits at 30 fps
+
+  greencam bench --suite --device cuda --out bench-results     # everything make bench-gpu records
 """
 
 
@@ -516,31 +525,56 @@ def bench(
         bool,
         typer.Option("--live", help="Run the live loop on SOURCE paced at its fps; compare stats to a frame count."),
     ] = False,
-    seconds: Annotated[float, typer.Option(help="Length of a --live run.")] = 20.0,
+    seconds: Annotated[float, typer.Option(help="Length of a --live or --serve run.")] = 20.0,
     soak: Annotated[
         bool, typer.Option("--soak", help="Track --frames frames of a looped small clip and sample RSS.")
     ] = False,
     flow: Annotated[bool, typer.Option("--flow", help="With --live: warp masks with optical flow.")] = False,
-    sync: Annotated[str, typer.Option(help="With --live: auto, on or off (see greencam start --help).")] = "auto",
+    sync: Annotated[
+        str, typer.Option(help=f"With --live: {', '.join(SYNC_MODES)} (see greencam start --help).")
+    ] = "auto",
     oracle: Annotated[
         Path | None,
         typer.Option(help="Ground-truth masks folder: replay SOURCE frames with an oracle tracker (no model)."),
     ] = None,
     tracker_ms: Annotated[float, typer.Option(help="With --oracle: simulated tracker time per frame.")] = 250.0,
-    fps: Annotated[float, typer.Option(help="With --oracle: simulated camera rate.")] = 24.0,
+    fps: Annotated[
+        float | None, typer.Option(help="Camera rate: with --oracle (default 24), with --capacity (default 30).")
+    ] = None,
     max_delay: Annotated[float, typer.Option(help="With --oracle: --max-delay in ms.")] = 300.0,
+    process: Annotated[
+        bool, typer.Option("--process", help="Whole greencam start processes vs the official predictor's script.")
+    ] = False,
+    repeats: Annotated[int, typer.Option(help="With --process: runs of each process.")] = 3,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="greencam serve in its own process with N camera clients from SOURCE.")
+    ] = False,
+    sessions: Annotated[
+        list[int] | None, typer.Option("--sessions", help="With --serve: clients at once (repeatable; default 1).")
+    ] = None,
+    one_by_one: Annotated[
+        bool, typer.Option("--one-by-one", help="With --serve/--capacity: no batched image encoder.")
+    ] = False,
+    capacity: Annotated[
+        bool, typer.Option("--capacity", help="The most serve sessions whose worker step fits --fps.")
+    ] = False,
+    suite: Annotated[bool, typer.Option("--suite", help="Everything make bench-gpu records, into --out.")] = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="With --suite: folder for the JSON and markdown.")] = Path(
+        "bench-results"
+    ),
+    small: Annotated[bool, typer.Option("--small", help="With --suite: tiny settings (a CPU smoke run).")] = False,
+    clip: Annotated[str | None, typer.Option(help="With --suite: video to cut the 720p/1080p clips from.")] = None,
+    suite_models: Annotated[
+        str, typer.Option("--models", help="With --suite: models to run, comma-separated.")
+    ] = "tiny,small,base-plus,large",
+    budget: Annotated[
+        float, typer.Option(help="With --suite: seconds after which optional steps are skipped.")
+    ] = 360.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as one JSON object.")] = False,
 ) -> None:
-    """Measure speed, memory and keying accuracy of the tracker, the pipeline or the compositor."""
+    """Measure speed, memory and keying accuracy of the tracker, the pipeline, the compositor or the server."""
     from greenscreen_cam import bench as b
 
-    model: dict[str, Any] = dict(
-        model=settings.model,
-        checkpoint=settings.checkpoint,
-        random_weights=random_weights,
-        resolution=settings.resolution,
-        device=settings.device,
-    )
     with user_errors():
         if frames < 2:
             raise ConfigError("--frames must be at least 2")
@@ -549,9 +583,46 @@ def bench(
 
             if source is None:
                 raise ConfigError("--oracle needs a SOURCE folder of frames")
-            result = run_oracle_bench(Path(source), oracle, tracker_ms=tracker_ms, fps=fps, max_delay_ms=max_delay)
+            result = run_oracle_bench(
+                Path(source), oracle, tracker_ms=tracker_ms, fps=fps or 24.0, max_delay_ms=max_delay
+            )
+        elif suite:
+            result = b.bench_suite(
+                device=settings.device,
+                out_dir=out_dir,
+                small=small,
+                clip=clip,
+                models_to_run=tuple(m for m in suite_models.split(",") if m),
+                budget_s=budget,
+            )
+            sys.stdout.write(b.suite_markdown(result))
+            sys.stdout.write(f"\nwritten: {', '.join(result['files'])}\n")
+            # compiled variants are optional (they need Triton and a C compiler on the machine)
+            if [e for e in result["errors"] if not e["step"].endswith((" compile", " reduce-overhead"))]:
+                raise typer.Exit(1)
+            return
         elif compositor:
             result = b.bench_compositor(frames)
+        elif process:
+            result = b.bench_process(settings, source=source, frames=frames, bbox=bbox, repeats=repeats)
+        elif capacity:
+            result = b.bench_capacity(settings, fps or 30.0, random_weights=random_weights, batch=not one_by_one)
+        elif serve:
+            if source is None:
+                raise ConfigError("--serve needs a SOURCE video")
+            for n in sessions or [1]:
+                r = b.bench_link(
+                    settings,
+                    n,
+                    Path(source),
+                    seconds,
+                    random_weights=random_weights,
+                    batch=not one_by_one,
+                    on_event=err.print,
+                )
+                sys.stdout.write(json.dumps(r) + "\n")
+                sys.stdout.flush()
+            return
         elif live:
             if source is None:
                 raise ConfigError("--live needs a SOURCE video or image folder")
@@ -559,21 +630,29 @@ def bench(
 
             configure_threads("live")  # as greencam start does for a camera, before torch is imported
             result = b.bench_live(
-                source=source, seconds=seconds, bbox=bbox, flow=flow, sync=sync, bare_frames=bare_frames, **model
+                settings,
+                source=source,
+                seconds=seconds,
+                random_weights=random_weights,
+                bbox=bbox,
+                flow=flow,
+                sync=sync,
+                bare_frames=bare_frames,
             )
         elif soak:
-            result = b.bench_soak(source=source, frames=frames, **model)
+            result = b.bench_soak(settings, source=source, frames=frames, random_weights=random_weights)
         else:
             if source is None and not synthetic:
                 raise ConfigError("give a SOURCE video/folder, or --synthetic")
             result = b.bench_tracker(
+                settings,
                 source=None if synthetic else source,
                 frames=frames,
+                random_weights=random_weights,
                 bbox=bbox,
                 reference=reference and not e2e,
                 e2e=e2e,
                 compile_model=compile_model,
-                **model,
             )
         if as_json:
             out.print_json(json.dumps(result))

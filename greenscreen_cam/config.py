@@ -22,7 +22,7 @@ import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_args, get_type_hints
 
 from greenscreen_cam import KEY_COLOR
 from greenscreen_cam.errors import ConfigError
@@ -173,8 +173,33 @@ class KeyingSettings:
 
 
 _MODEL_HELP = "SAM 2 model: tiny, small, base-plus, large, sam2.0-tiny, ... (see greencam models)."
-_RESOLUTIONS = (256, 384, 512, 768, 1024)
-_RES_TEXT = ", ".join(map(str, _RESOLUTIONS))
+
+RESOLUTIONS: tuple[int, ...] = (256, 384, 512, 768, 1024)
+"""Supported SAM 2 input sizes (``image_size``) in pixels: the one list (settings, loader, registry)."""
+
+
+def _resolution(v: Any) -> str | None:
+    return None if v in RESOLUTIONS else f"{v} is not supported; choose one of {', '.join(map(str, RESOLUTIONS))}"
+
+
+def check_resolution(value: int) -> int:
+    """``value`` when it is in :data:`RESOLUTIONS`; else the ConfigError ``--resolution`` gives.
+
+    The one check behind the setting, :func:`greenscreen_cam.models.choose` and the model builder.
+
+    Example:
+        >>> check_resolution(512)
+        512
+    """
+    if problem := _resolution(value):
+        raise ConfigError(f"--resolution {problem}")
+    return value
+
+
+SyncMode = Literal["auto", "on", "off"]
+SYNC_MODES: tuple[str, ...] = get_args(SyncMode)
+"""``--sync`` modes: ``auto`` (frame-accurate while the tracker keeps up), ``on`` (always), ``off`` (newest mask)."""
+
 _COMPILE_MODES = ("auto", "on", "off")
 
 
@@ -190,7 +215,7 @@ class ModelSettings:
         None,
         "SAM 2 input size: 256, 384, 512, 768, 1024 (default: 1024 cuda, 512 mps, 256 cpu).",
         group="Model",
-        check=lambda v: None if v in _RESOLUTIONS else f"{v} is not supported; choose one of {_RES_TEXT}",
+        check=_resolution,
     )
     device: str = setting("auto", "auto, cuda, cuda:N, mps or cpu.", group="Model")
     compile: str = setting(
@@ -282,7 +307,7 @@ class Settings(KeyingSettings, ModelSettings, NetworkSettings):
         "Live keying: on = every frame keyed with its own mask (picture delayed ~one tracker step), "
         "off = newest mask, lowest latency; auto = on when the tracker keeps up, else capped by --max-delay.",
         group="Live loop",
-        check=_one_of("auto", "on", "off"),
+        check=_one_of(*SYNC_MODES),
     )
     max_delay: float = setting(
         300.0,

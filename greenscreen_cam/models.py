@@ -22,16 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from greenscreen_cam.errors import CheckpointError, ConfigError, DeviceError, DownloadError
+from greenscreen_cam.config import check_resolution
+from greenscreen_cam.errors import CheckpointError, DeviceError, DownloadError
 
 if TYPE_CHECKING:
     import torch
 
 _BASE_21 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 _BASE_20 = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
-
-RESOLUTIONS = (256, 384, 512, 768, 1024)
-"""Supported SAM 2 input sizes (``image_size``), in pixels."""
 
 DEFAULT_RESOLUTION = {"cuda": 1024, "mps": 512, "cpu": 256}
 """Default ``--resolution`` per device: full quality on CUDA, real time elsewhere."""
@@ -396,10 +394,7 @@ def choose(model: str, device: str, resolution: int | None) -> tuple[ModelSpec, 
     """
     spec = get_spec(model)
     dev = resolve_device(device)
-    res = resolution or DEFAULT_RESOLUTION[dev.split(":")[0]]
-    if res not in RESOLUTIONS:
-        raise ConfigError(f"unsupported --resolution {res}; choose one of {', '.join(map(str, RESOLUTIONS))}")
-    return spec, dev, res
+    return spec, dev, check_resolution(resolution or DEFAULT_RESOLUTION[dev.split(":")[0]])
 
 
 def _video_overrides(resolution: int) -> list[str]:
@@ -421,10 +416,7 @@ def build_model(spec: ModelSpec, resolution: int) -> Any:
     The class is sam2's ``SAM2VideoPredictor`` (a ``SAM2Base``) configured exactly as
     ``sam2.build_sam.build_sam2_video_predictor`` configures it.
     """
-    if resolution not in RESOLUTIONS:
-        raise CheckpointError(
-            f"unsupported --resolution {resolution}; choose one of {', '.join(map(str, RESOLUTIONS))}"
-        )
+    check_resolution(resolution)
     import sam2  # noqa: F401  (registers sam2's Hydra config module)
     from hydra import compose
     from hydra.utils import instantiate

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from greenscreen_cam.core import Frame, MaskResult
+from greenscreen_cam.core import Frame, LatestSlot, MaskResult, percentile
 from greenscreen_cam.errors import ConfigError, SourceError
 from greenscreen_cam.sources import IMAGE_SUFFIXES
 from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler
@@ -77,10 +77,14 @@ class OracleTracker:
         self.tracker_s = tracker_s
         self.scale = scale
         self._current: tuple[Frame, float] | None = None  # frame, finish time
-        self._pending: Frame | None = None
+        self._pending: LatestSlot[Frame] = LatestSlot()  # the frame to track next (replaced, never queued)
         self._done: list[MaskResult] = []
-        self.dropped = 0
         self.tracked = 0
+
+    @property
+    def dropped(self) -> int:
+        """Frames replaced in the pending slot before tracking started."""
+        return self._pending.dropped
 
     def _logits(self, index: int) -> np.ndarray:
         mask = self.masks[index]
@@ -98,9 +102,8 @@ class OracleTracker:
             self._done.append(MaskResult(frame.index, frame.timestamp, self._logits(frame.index), True, 10.0))
             self.tracked += 1
             self._current = None
-            if self._pending is not None:
-                self._current = (self._pending, finish + self._duration())
-                self._pending = None
+            if (pending := self._pending.take_nowait()) is not None:
+                self._current = (pending, finish + self._duration())
 
     def _duration(self) -> float:
         if self.jitter == 0.0:
@@ -116,9 +119,7 @@ class OracleTracker:
         if self._current is None:
             self._current = (frame, self.clock() + self._duration())
             return
-        if self._pending is not None:
-            self.dropped += 1
-        self._pending = frame
+        self._pending.put(frame)
 
     def poll(self) -> list[MaskResult]:
         self._advance()
@@ -128,7 +129,7 @@ class OracleTracker:
     @property
     def busy(self) -> bool:
         self._advance()
-        return self._current is not None or self._pending is not None
+        return self._current is not None or self._pending.pending
 
 
 def _natural_key(path: Path) -> list[object]:
@@ -313,8 +314,8 @@ def summarize(keyed: Sequence[Keyed], masks: Sequence[np.ndarray]) -> dict[str, 
     return {
         "mean_iou": round(float(ious.mean()), 4) if ious.size else 0.0,
         "min_iou": round(float(ious.min()), 4) if ious.size else 0.0,
-        "delay_ms_p50": round(float(np.percentile(delays, 50)), 1) if delays.size else 0.0,
-        "delay_ms_p95": round(float(np.percentile(delays, 95)), 1) if delays.size else 0.0,
+        "delay_ms_p50": round(percentile(delays, 50), 1),
+        "delay_ms_p95": round(percentile(delays, 95), 1),
         "delay_ms_max": round(float(delays.max()), 1) if delays.size else 0.0,
         "own_mask_share": round(sources["own"] / len(keyed), 4) if keyed else 0.0,
         "mean_iou_after_first_mask": round(float(steady.mean()), 4) if steady.size else 0.0,

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from greenscreen_cam.compositor import Compositor
-from greenscreen_cam.core import Frame, MaskResult
+from greenscreen_cam.core import Frame, MaskResult, percentile
 from greenscreen_cam.errors import GreencamError, TrackerError
 from greenscreen_cam.prompt import Prompt
 from greenscreen_cam.sinks import Sink
@@ -87,7 +87,7 @@ class Stats:
         secs = max(self.elapsed(), 1e-9)
 
         def ms(values: deque[float], q: float) -> float:
-            return float(np.percentile(values, q)) * 1000.0 if values else 0.0
+            return percentile(values, q) * 1000.0
 
         return {
             "frames_in": self.frames_in,

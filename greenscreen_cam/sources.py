@@ -27,7 +27,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from greenscreen_cam.core import Frame
+from greenscreen_cam.core import Frame, LatestSlot
 from greenscreen_cam.errors import CameraLostError, SourceError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -575,53 +575,50 @@ class LatestFrameReader:
 
     def __init__(self, source: Source) -> None:
         self.source = source
-        self._cond = threading.Condition()
+        self._slot: LatestSlot[Frame] = LatestSlot()  # closed when the source ends or fails
         self._latest: Frame | None = None
-        self._fresh = False
         self._error: BaseException | None = None
         self._ended = False
         self._stop = threading.Event()
-        self.produced = 0
-        self.dropped = 0
         self._last_time: float | None = None
         self._thread = threading.Thread(target=self._run, name="greencam-capture", daemon=True)
         self._thread.start()
+
+    @property
+    def produced(self) -> int:
+        """Frames read from the source."""
+        return self._slot.put_count
+
+    @property
+    def dropped(self) -> int:
+        """Frames overwritten before anyone took them."""
+        return self._slot.dropped
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
                 frame = self.source.read()
-                with self._cond:
-                    if frame is None:
-                        self._ended = True
-                        self._cond.notify_all()
-                        return
-                    if self._fresh:
-                        self.dropped += 1
-                    self._latest = frame
-                    self._fresh = True
-                    self.produced += 1
-                    self._last_time = time.perf_counter()
-                    self._cond.notify_all()
+                if frame is None:
+                    self._ended = True
+                    self._slot.close()
+                    return
+                self._latest = frame
+                self._last_time = time.perf_counter()
+                self._slot.put(frame)
         except BaseException as e:  # handed to the consumer
-            with self._cond:
-                self._error = e
-                self._cond.notify_all()
+            self._error = e
+            self._slot.close()
 
     def get(self, timeout: float | None = None) -> Frame | None:
         """The newest unseen frame; None when the source ended; TimeoutError after ``timeout`` s."""
-        with self._cond:
-            ready = self._cond.wait_for(lambda: self._fresh or self._error is not None or self._ended, timeout)
-            if self._fresh:
-                self._fresh = False
-                return self._latest
-            if self._error is not None:
-                raise self._error
-            if self._ended:
-                return None
-            if not ready:
-                raise TimeoutError("no frame arrived in time")
+        frame = self._slot.take(timeout)
+        if frame is not None:
+            return frame
+        if self._error is not None:
+            raise self._error
+        if self._slot.closed:
             return None
+        raise TimeoutError("no frame arrived in time")
 
     @property
     def last_frame_time(self) -> float | None:

@@ -49,11 +49,10 @@ from typing import Any, Literal, Protocol
 import cv2
 import numpy as np
 
-from greenscreen_cam.core import Frame, MaskResult
+from greenscreen_cam.config import SYNC_MODES
+from greenscreen_cam.core import Frame, MaskResult, percentile
 from greenscreen_cam.errors import ConfigError
 
-SyncMode = Literal["off", "on", "auto"]
-SYNC_MODES: tuple[str, ...] = ("off", "on", "auto")
 Source = Literal["own", "flow", "newest", "none"]
 
 
@@ -535,8 +534,8 @@ class KeyScheduler:
         return {
             "sync": self.mode,
             "sync_in_force": self.mode_in_force(),
-            "delay_ms_p50": float(np.percentile(delays, 50)) if delays.size else 0.0,
-            "delay_ms_p95": float(np.percentile(delays, 95)) if delays.size else 0.0,
+            "delay_ms_p50": percentile(delays, 50),
+            "delay_ms_p95": percentile(delays, 95),
             "target_delay_ms": self.target_delay * 1000.0,
             "own_mask_share": c.sources["own"] / c.out if c.out else 0.0,
             "sources": dict(c.sources),
@@ -590,7 +589,7 @@ class KeyScheduler:
         frame = held.frame
         ready_delay = (held.ready_at if held.ready_at is not None else now) - frame.timestamp
         self._ready_delays.append(min(ready_delay, self.cap))
-        self.target_delay = float(np.percentile(np.asarray(self._ready_delays), self.quantile))
+        self.target_delay = percentile(self._ready_delays, self.quantile)
         keyed = self._key(frame, now)
         self._count(keyed)
         return keyed

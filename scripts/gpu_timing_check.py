@@ -7,7 +7,7 @@ Run on a CUDA machine from the repository root:
 ``greencam bench`` times the tracker with per-stage CUDA synchronisation (to report stages);
 this script times whole frames the way the official ``propagate_in_video`` runs (no stage
 syncs; one synchronise per frame), on the same preprocessed frames, and then measures whether
-the torch compositor waits for other GPU work (``bench._compositor_overlap``). Prints JSON.
+the torch compositor waits for other GPU work (``bench.compositor_overlap``). Prints JSON.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> None:
 
             for i, f in enumerate(frames):
                 cv2.imwrite(str(folder / f"{i:05d}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-            ref = bench._bench_official(spec, ckpt, "cuda", res, folder, box, len(frames))
+            ref = bench.bench_official(spec, ckpt, "cuda", res, folder, box, len(frames))
             ours = float(np.median(times))
             out[f"tiny@{res}"] = {
                 "greencam_ms_per_frame": ours,
@@ -73,7 +73,7 @@ def main() -> None:
             del tracker, net
             torch.cuda.empty_cache()
         yy, xx = np.mgrid[0:64, 0:64]
-        out["compositor_overlap"] = bench._compositor_overlap("cuda", frames[0], (yy, xx))
+        out["compositor_overlap"] = bench.compositor_overlap("cuda", frames[0], (yy, xx))
     print(json.dumps(out, indent=1))
 
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from greenscreen_cam import models
 from greenscreen_cam.cli import app
-from greenscreen_cam.errors import CheckpointError, DownloadError
+from greenscreen_cam.errors import CheckpointError, ConfigError, DownloadError
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
@@ -287,5 +287,5 @@ def test_unavailable_devices(name, message):
 
 
 def test_unsupported_resolution():
-    with pytest.raises(CheckpointError, match="unsupported --resolution 300"):
+    with pytest.raises(ConfigError, match="--resolution 300 is not supported; choose one of 256, 384"):
         models.build_model(models.get_spec("tiny"), 300)

@@ -29,9 +29,31 @@ def _imports() -> dict[str, set[str]]:
     return graph
 
 
-def test_only_the_entry_point_imports_the_cli():
+def test_only_the_entry_points_import_the_cli():
     importers = sorted(m for m, deps in _imports().items() if "greenscreen_cam.cli" in deps)
-    assert importers == ["greenscreen_cam.__main__"]
+    # ``python -m greenscreen_cam`` and the ``python -m greenscreen_cam.bench`` alias of ``greencam bench``
+    assert importers == ["greenscreen_cam.__main__", "greenscreen_cam.bench.__main__"]
+
+
+def test_the_bench_package_imports_its_parts_statically():
+    # no importlib: every dependency of the benchmarks is visible to the import graph (and to mypy)
+    graph = _imports()
+    assert "greenscreen_cam.bench.serve" in graph["greenscreen_cam.bench.suite"]
+    for path in (PACKAGE / "bench").glob("*.py"):
+        assert "importlib.import_module" not in path.read_text(encoding="utf-8"), path.name
+
+
+# Still over the limit while its split is under way (issue 19 section 2); remove it from here when it lands.
+SPLIT_PENDING = {"link/server.py"}
+
+
+def test_no_module_is_over_800_lines():
+    lines = {
+        p.relative_to(PACKAGE).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
+        for p in PACKAGE.rglob("*.py")
+    }
+    assert {name: n for name, n in lines.items() if n > 800}.keys() <= SPLIT_PENDING
+    assert all(lines.get(name, 0) > 800 for name in SPLIT_PENDING), "split done: empty SPLIT_PENDING"
 
 
 def test_no_import_cycles():

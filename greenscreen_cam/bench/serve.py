@@ -1,30 +1,31 @@
-"""Measure ``greencam serve`` end to end: N camera clients at camera pace against one server process.
+"""``greencam serve`` under load: N camera clients against one server process, and the worker step alone.
 
-The server runs in its own process (so its CPU time and memory can be read
-from ``/proc``); the clients are :class:`~greenscreen_cam.link.client.RemoteTracker`
-instances in this process, each fed by its own real-time video file source.
-
-Run ``python -m greenscreen_cam.link.bench VIDEO [SESSIONS ...]`` for a JSON report.
+- :func:`bench_link`: N real-time clients (:class:`~greenscreen_cam.link.client.RemoteTracker`) against
+  a fresh server in its own process (its CPU time and memory read from ``/proc``).
+- :func:`bench_step`: the server's batched worker step without the network.
+- :func:`sessions_at_fps`: the most sessions whose step still fits a frame rate.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from greenscreen_cam.link.server import ServeOptions
+from greenscreen_cam.core import percentile
+
+if TYPE_CHECKING:
+    from greenscreen_cam.config import ModelSettings
 
 TOKEN = "bench-token-not-secret"
 
 
-def _serve_child(opts: ServeOptions, urls: Any, stop: Any) -> None:
+def _serve_child(opts: Any, urls: Any, stop: Any) -> None:
     """The server process: run_server until the parent sets ``stop``."""
     stop_local = threading.Event()
 
@@ -63,22 +64,12 @@ def _proc_rss_mib(pid: int) -> tuple[float | None, float | None]:
     return values.get("VmRSS"), values.get("VmHWM")
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
 def bench_link(
+    settings: ModelSettings,
     sessions: int,
     source: Path,
     seconds: float = 20.0,
     *,
-    model: str = "tiny",
-    resolution: int = 256,
-    device: str = "cpu",
-    checkpoint: Path | None = None,
     random_weights: bool = True,
     batch: bool = True,
     on_event: Callable[[str], None] | None = None,
@@ -89,8 +80,7 @@ def bench_link(
         sessions: Simultaneous clients (each with its own session on the server).
         source: A video file; each client plays it in real time from its own reader, looping.
         seconds: Measured time, after every client got its first mask.
-        model: SAM 2 model name. resolution: model input size. device: server device.
-        checkpoint: Weights file (None with ``random_weights`` = seeded random weights).
+        settings: The server's model, checkpoint, input size and device.
         random_weights: Use seeded random weights (no download needed; same speed).
         batch: Server batches the image encoder over sessions (False: one by one).
         on_event: Progress lines.
@@ -100,6 +90,7 @@ def bench_link(
         down) and their means, and the server's CPU use (% of one core), RSS and peak RSS (MiB).
     """
     from greenscreen_cam.link.client import RemoteTracker
+    from greenscreen_cam.link.server import ServeOptions
     from greenscreen_cam.prompt import Prompt
     from greenscreen_cam.sources import VideoFileSource
 
@@ -107,10 +98,10 @@ def bench_link(
     opts = ServeOptions(
         port=0,
         token=TOKEN,
-        model=model,
-        resolution=resolution,
-        device=device,
-        checkpoint=checkpoint,
+        model=settings.model,
+        resolution=settings.resolution,
+        device=settings.device,
+        checkpoint=Path(settings.checkpoint) if settings.checkpoint else None,
         random_weights=random_weights,
         max_sessions=max(sessions, 1),
         min_fps=0.0,
@@ -165,8 +156,8 @@ def bench_link(
             span = end["t"] - base.get("t", end["t"]) or 1e-9
             per[i] = {
                 "masks_per_s": round(masks / span, 2),
-                "latency_p50_ms": round(1000 * (_percentile(lat, 0.5) or 0), 1),
-                "latency_p95_ms": round(1000 * (_percentile(lat, 0.95) or 0), 1),
+                "latency_p50_ms": round(1000 * percentile(lat, 50), 1),
+                "latency_p95_ms": round(1000 * percentile(lat, 95), 1),
                 "frames_per_s_in": round((end["submitted"] - base.get("submitted", 0)) / span, 2),
                 "dropped_client": end["dropped"] - base.get("dropped", 0),
                 "dropped_server": end["server_dropped"] - base.get("server_dropped", 0),
@@ -204,11 +195,12 @@ def bench_link(
         ]
         mean = {k: round(sum(p[k] for p in per) / len(per), 2) for k in keys}
         return {
+            "kind": "serve",
             "sessions": sessions,
             "batch": batch,
-            "model": model,
-            "resolution": resolution,
-            "device": device,
+            "model": settings.model,
+            "resolution": opts.resolution,
+            "device": opts.device,
             "source": source.name,
             "source_fps": fps,
             "source_size": [width, height],
@@ -247,7 +239,7 @@ def bench_step(
     and the mask copied to the host.
 
     Args:
-        model: A loaded SAM 2 model (as :func:`greenscreen_cam.link.server.load_serving_model` gives).
+        model: A loaded SAM 2 model (:func:`greenscreen_cam.models.load_model`).
         sessions: Trackers stepped together.
         steps: Timed steps (after ``warmup`` untimed ones; the first step prompts).
         warmup: Untimed steps; None = 20 on a GPU (until SAM 2's memory bank is full, so every
@@ -303,7 +295,7 @@ def bench_step(
         sync()
         if i >= warmup:
             times.append((time.perf_counter() - t0) * 1000.0)
-    p50 = _percentile(times, 0.5) or 0.0
+    p50 = percentile(times, 50)
     return {
         "sessions": sessions,
         "batch": batch,
@@ -356,68 +348,22 @@ def sessions_at_fps(
     return {"fps": fps, "sessions": lo, "batch": batch, "runs": [runs[k] for k in sorted(runs)]}
 
 
-def _stderr_line(line: str) -> None:
-    sys.stderr.write(line + "\n")
+def bench_capacity(
+    settings: ModelSettings, fps: float = 30.0, *, random_weights: bool = False, batch: bool = True
+) -> dict[str, Any]:
+    """How many ``greencam serve`` sessions one worker can step at ``fps`` (:func:`sessions_at_fps`) on this machine."""
+    import tempfile
 
+    from greenscreen_cam import models
+    from greenscreen_cam.app import resolve_model
 
-def main(argv: list[str]) -> int:
-    """``python -m greenscreen_cam.link.bench VIDEO [SESSIONS ...] [--seconds S] [--one-by-one]``."""
-    args = list(argv)
-    if args[:1] == ["capacity"]:
-        return _capacity_main(args[1:])
-    seconds = 20.0
-    if "--seconds" in args:
-        i = args.index("--seconds")
-        seconds = float(args[i + 1])
-        del args[i : i + 2]
-    batch = "--one-by-one" not in args
-    args = [a for a in args if a != "--one-by-one"]
-    if not args:
-        sys.stderr.write(f"{main.__doc__}\n")
-        return 2
-    source = Path(args[0])
-    for n in [int(a) for a in args[1:]] or [1]:
-        result = bench_link(n, source, seconds, batch=batch, on_event=_stderr_line)
-        sys.stdout.write(json.dumps(result) + "\n")
-        sys.stdout.flush()
-    return 0
-
-
-def _capacity_main(args: list[str]) -> int:
-    """``capacity [--model tiny] [--resolution 1024] [--device auto] [--fps 30] [--checkpoint F] [--one-by-one]``."""
-    from greenscreen_cam.link.server import load_serving_model
-
-    opts: dict[str, str] = {"--model": "tiny", "--resolution": "1024", "--device": "auto", "--fps": "30"}
-    i = 0
-    batch = True
-    checkpoint = None
-    while i < len(args):
-        if args[i] == "--one-by-one":
-            batch = False
-            i += 1
-        elif args[i] == "--checkpoint":
-            checkpoint = Path(args[i + 1])
-            i += 2
-        else:
-            opts[args[i]] = args[i + 1]
-            i += 2
-    serve = ServeOptions(
-        model=opts["--model"],
-        resolution=int(opts["--resolution"]),
-        device=opts["--device"],
-        checkpoint=checkpoint,
-        random_weights=checkpoint is None,
-    )
-    model, name, device, res = load_serving_model(serve)
-    result = sessions_at_fps(model, float(opts["--fps"]), batch=batch)
-    result.update(model=name, device=device, resolution=res)
-    if device.startswith("cuda"):
+    with tempfile.TemporaryDirectory(prefix="greencam-bench-") as tmp:
+        choice = resolve_model(settings, random_weights=Path(tmp) if random_weights else None)
+        model = models.load_model(choice.spec, choice.checkpoint, device=choice.device, resolution=choice.resolution)
+    result = sessions_at_fps(model, fps, batch=batch)
+    result.update(kind="capacity", model=choice.spec.name, device=choice.device, resolution=choice.resolution)
+    if choice.device.startswith("cuda"):
         import torch
 
         result["gpu"] = torch.cuda.get_device_name()
-    sys.stdout.write(json.dumps(result) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    return result
