@@ -521,6 +521,12 @@ def bench(
     compile_model: Annotated[
         bool, typer.Option("--compile-encoder", help="torch.compile the image encoder (CUDA).")
     ] = False,
+    reference_vos: Annotated[
+        bool,
+        typer.Option(
+            "--reference-vos", help="Also time the official VOS-optimized predictor (torch.compile: slow to build)."
+        ),
+    ] = False,
     live: Annotated[
         bool,
         typer.Option("--live", help="Run the live loop on SOURCE paced at its fps; compare stats to a frame count."),
@@ -653,6 +659,8 @@ def bench(
                 reference=reference and not e2e,
                 e2e=e2e,
                 compile_model=compile_model,
+                reference_vos=reference_vos,
+                count_ops=True,
             )
         if as_json:
             out.print_json(json.dumps(result))
