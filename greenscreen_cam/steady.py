@@ -178,11 +178,11 @@ class SteadyBank:
         """Write one frame's ``(B, HW, mem_dim)`` memory and its per-layer values into ring ``slot``."""
         buf = self.buffers
         index = slot if isinstance(slot, torch.Tensor) else torch.tensor([slot], device=mem.device)
-        buf["mem"].index_copy_(1, index, mem.unsqueeze(1))
+        buf["mem"].index_copy_(1, index, mem.unsqueeze(1).to(buf["mem"].dtype))
         for li, layer in enumerate(self.model.memory_attention.layers):
             attn = layer.cross_attn_image
-            v = attn._separate_heads(attn.v_proj(mem), attn.num_heads)
-            buf["v"][li].index_copy_(2, index, v.unsqueeze(2))
+            v = attn._separate_heads(attn.v_proj(mem), attn.num_heads)  # bf16 under autocast
+            buf["v"][li].index_copy_(2, index, v.unsqueeze(2).to(buf["v"].dtype))
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict[str, torch.Tensor]:

@@ -138,3 +138,24 @@ def test_compile_setting_on_cpu(tiny_checkpoint):
     assert tracker._bank is not None and not tracker._captured_mode  # the eager steady step
     with pytest.raises(ValueError, match="CUDA"):
         StreamingTracker(tracker.model, captured=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_captured_step_replays_the_eager_steady_step_on_cuda(tiny_checkpoint):
+    """On a GPU: the CUDA graph gives the eager steady step's logits (float32), across a re-prompt."""
+    from greenscreen_cam import models
+
+    net = models.load_model(models.get_spec("tiny"), tiny_checkpoint, device="cuda", resolution=256)
+    frames = occluded_clip()[:40]
+    eager = StreamingTracker(net)
+    captured = StreamingTracker(net, captured=True)
+    captured.prepare((120, 160))
+    assert captured.captured and not captured.steady_active
+    for i, frame in enumerate(frames):
+        prompt = Prompt(box=(30, 25, 60, 70)) if i in (0, 20) else None
+        a = eager.prompt(frame, prompt) if prompt else eager.track(frame)
+        b = captured.prompt(frame, prompt) if prompt else captured.track(frame)
+        torch.testing.assert_close(a.low_res_logits, b.low_res_logits, atol=1e-4, rtol=1e-4)
+        assert (a.object_score > 0) == (b.object_score > 0)
+    assert captured.captured and captured.steady_active
