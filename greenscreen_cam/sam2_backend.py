@@ -6,6 +6,7 @@ family; :func:`greenscreen_cam.tracking.load_model` calls :func:`load`.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from greenscreen_cam.tracking import LoadedModel, LoadOptions, ModelChoice
@@ -19,19 +20,30 @@ def load(choice: ModelChoice, options: LoadOptions) -> LoadedModel:
     if options.compile_mode:
         import torch
 
+        from greenscreen_cam.paths import user_cache_dir
+
+        # Inductor's compiled kernels go to the user's cache folder, so a second start reuses them.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache_dir() / "inductor"))
         mode = options.compile_mode if isinstance(options.compile_mode, str) else None
         net.image_encoder.forward = torch.compile(net.image_encoder.forward, dynamic=False, mode=mode)
-    return wrap(net, choice.spec.name, choice.device, choice.resolution)
+    return wrap(net, choice.spec.name, choice.device, choice.resolution, captured=choice.captured)
 
 
-def wrap(net: Any, name: str, device: str, resolution: int) -> LoadedModel:
-    """A :class:`LoadedModel` over an already loaded sam2 ``SAM2Base`` (tests, a host that loaded it)."""
+def wrap(net: Any, name: str, device: str, resolution: int, *, captured: bool = False) -> LoadedModel:
+    """A :class:`LoadedModel` over an already loaded sam2 ``SAM2Base`` (tests, a host that loaded it).
+
+    With ``captured`` (``--compile on`` on CUDA) each new tracker captures its steady-state step as a
+    CUDA graph when it is made, before the pipeline starts, never on a live frame.
+    """
     from greenscreen_cam import models
     from greenscreen_cam.segmenter import StreamingTracker
 
     autocast = models.autocast_dtype(device)
 
     def make_tracker(profile: bool) -> StreamingTracker:
-        return StreamingTracker(net, autocast=autocast, profile=profile)
+        tracker = StreamingTracker(net, autocast=autocast, profile=profile, captured=captured)
+        if captured:
+            tracker.prepare()
+        return tracker
 
     return LoadedModel("sam2", name, device, resolution, net, resolution // 4, make_tracker)

@@ -184,6 +184,8 @@ class ModelChoice:
     device: str
     resolution: int
     checkpoint: Path
+    captured: bool = False
+    """Replay the steady-state step as a CUDA graph (``--compile``, see :func:`greenscreen_cam.steady.resolve_compile`)."""
 
     def describe(self) -> str:
         return f"SAM 2 {self.spec.name} at {self.resolution} px on {self.device}"
@@ -196,13 +198,15 @@ def resolve_model(s: ModelSettings, *, random_weights: Path | None = None) -> Mo
     written there instead of looking for the real file (tests and benchmarks).
     """
     from greenscreen_cam import models
+    from greenscreen_cam.steady import resolve_compile
 
     spec, dev, res = models.choose(s.model, s.device, s.resolution)
+    captured = resolve_compile(s.compile, dev)
     if random_weights is not None:
         path = models.save_random_checkpoint(spec, random_weights / spec.filename)
     else:
         path = models.resolve_checkpoint(spec, Path(s.checkpoint).expanduser() if s.checkpoint else None)
-    return ModelChoice(spec, dev, res, path)
+    return ModelChoice(spec, dev, res, path, captured)
 
 
 @dataclass(frozen=True)
