@@ -99,3 +99,9 @@ class LinkTLSError(LinkError):
 
 class LinkProtocolError(LinkError):
     """The server answered something that is not a greencam answer (bad status, SDP or message)."""
+
+
+class ControlError(GreencamError):
+    """The control channel (``greencam ctl``) cannot be reached or opened."""
+
+    exit_code = 9
