@@ -15,70 +15,36 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from greenscreen_cam.config import ModelSettings, ServeSettings, Settings
+from greenscreen_cam.config import ServeSettings, Settings
 from greenscreen_cam.errors import ConfigError
 from greenscreen_cam.prompt import Prompt, build_prompt
+from greenscreen_cam.tracking import LoadOptions, ModelChoice, Tracker, load_model, resolve_model
+
+__all__ = ["ModelChoice", "check_start", "load_tracker", "open_pipeline", "resolve_model", "run_serve"]
 
 if TYPE_CHECKING:
-    from greenscreen_cam.models import ModelSpec
     from greenscreen_cam.pipeline import Pipeline
-    from greenscreen_cam.segmenter import StreamingTracker
 
 Notify = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class ModelChoice:
-    """A checked model selection: registry entry, torch device, input size and checkpoint file."""
-
-    spec: ModelSpec
-    device: str
-    resolution: int
-    checkpoint: Path
-
-    def describe(self) -> str:
-        return f"SAM 2 {self.spec.name} at {self.resolution} px on {self.device}"
-
-
-def resolve_model(s: ModelSettings, *, random_weights: Path | None = None) -> ModelChoice:
-    """Check the model name, device, resolution and checkpoint file (fast: nothing is loaded).
-
-    With ``random_weights`` (a folder), a checkpoint of seeded random weights is
-    written there instead of looking for the real file (tests and benchmarks).
-    """
-    from greenscreen_cam import models
-
-    spec, dev, res = models.choose(s.model, s.device, s.resolution)
-    if random_weights is not None:
-        path = models.save_random_checkpoint(spec, random_weights / spec.filename)
-    else:
-        path = models.resolve_checkpoint(spec, Path(s.checkpoint) if s.checkpoint else None)
-    return ModelChoice(spec, dev, res, path)
-
-
-def load_tracker(choice: ModelChoice, *, profile: bool = False, compile_mode: bool | str = False) -> StreamingTracker:
-    """Load SAM 2 (slow) and wrap it in a StreamingTracker.
+def load_tracker(choice: ModelChoice, *, profile: bool = False, compile_mode: bool | str = False) -> Tracker:
+    """Load the model (slow) through the tracker backend registry and make one tracker over it.
 
     Args:
         choice: What :func:`resolve_model` checked.
         profile: Record per-stage times (benchmarks).
         compile_mode: ``torch.compile`` the image encoder: True, or a compile mode such as
             ``"reduce-overhead"`` (CUDA graphs).
+
+    Raises:
+        GreencamError: as :func:`greenscreen_cam.tracking.load_model`.
     """
-    from greenscreen_cam import models
-    from greenscreen_cam.segmenter import StreamingTracker
-
-    net = models.load_model(choice.spec, choice.checkpoint, device=choice.device, resolution=choice.resolution)
-    if compile_mode:
-        import torch
-
-        mode = compile_mode if isinstance(compile_mode, str) else None
-        net.image_encoder.forward = torch.compile(net.image_encoder.forward, dynamic=False, mode=mode)
-    return StreamingTracker(net, autocast=models.autocast_dtype(choice.device), profile=profile)
+    loaded = load_model(choice, options=LoadOptions(compile_mode=compile_mode))
+    return loaded.new_tracker(profile=profile)
 
 
 def run_mode(s: Settings) -> str:

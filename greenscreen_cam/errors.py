@@ -69,6 +69,15 @@ class TrackerError(GreencamError):
     exit_code = 7
 
 
+class TrackerBackendError(GreencamError):
+    """No tracker backend could load the model; the message says why each candidate failed.
+
+    Its ``exit_code`` is the candidates' own when they agree (e.g. 3 when every one lacked its checkpoint).
+    """
+
+    exit_code = 7
+
+
 class DeviceError(GreencamError):
     """A compute device (cuda, mps) that is not available."""
 

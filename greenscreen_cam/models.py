@@ -50,6 +50,7 @@ class ModelSpec:
         sha256: Hex SHA-256 of the file, or None where not published.
         embed_dim: Hiera trunk width (tells model sizes apart in a checkpoint).
         blocks: Number of Hiera trunk blocks.
+        family: The tracker backends that can load it (:mod:`greenscreen_cam.tracking` registry key).
     """
 
     name: str
@@ -60,6 +61,7 @@ class ModelSpec:
     sha256: str | None
     embed_dim: int
     blocks: int
+    family: str = "sam2"
 
     @property
     def version(self) -> str:
