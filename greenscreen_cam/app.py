@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from greenscreen_cam.config import ServeSettings, Settings
 from greenscreen_cam.errors import ConfigError
-from greenscreen_cam.prompt import Prompt, build_prompt
+from greenscreen_cam.prompt import Prompt, Selection, build_prompt
 from greenscreen_cam.tracking import LoadOptions, ModelChoice, Tracker, load_model, resolve_model
 
 __all__ = ["ModelChoice", "check_start", "load_tracker", "open_pipeline", "resolve_model", "run_serve"]
@@ -66,12 +66,14 @@ def file_outputs(s: Settings) -> list[Path]:
     return [Path(o).expanduser() for o in s.outputs if o != "virtual"]
 
 
-def check_start(s: Settings) -> tuple[Prompt | None, ModelChoice | None]:
+def check_start(s: Settings) -> tuple[Prompt | Selection | None, ModelChoice | None]:
     """Every check that needs no device: settings, prompt syntax, model and checkpoint, output paths."""
     from greenscreen_cam.sinks import check_outputs
 
     s.validate()
     prompt = build_prompt(s.bbox, s.points, s.negative_points)
+    if s.server and isinstance(prompt, Selection):
+        raise ConfigError("several subjects are tracked locally only; give one --bbox/--point with --server")
     choice = None if s.server else resolve_model(s)
     check_outputs(
         file_outputs(s),
@@ -154,6 +156,11 @@ def open_pipeline(
         if choice is not None:
             say(f"loading {choice.describe()} ...")
             tracker = load_tracker(choice)
+            if isinstance(prompt, Selection):
+                from greenscreen_cam.multi import MultiTracker
+
+                tracker = MultiTracker(getattr(tracker, "model"), autocast=getattr(tracker, "autocast", None))  # noqa: B009
+                say(f"tracking {len(prompt)} subjects (one image encoding per frame, the key keeps them all)")
         else:
             remote = stack.enter_context(_open_remote(s, src.width, src.height, say))
         pipeline = Pipeline(
@@ -178,6 +185,8 @@ def open_pipeline(
         )
         if remote is not None and prompt is not None:
             remote.reselect(prompt)
+        if run_mode(s) == "live":
+            _open_control(stack, pipeline, s, say)
         yield pipeline
         if not pipeline.stats.completed:
             sink.abort()
@@ -185,6 +194,21 @@ def open_pipeline(
                 matte.abort()
             if file_outputs(s) or matte is not None:
                 say("the run did not complete: output files were not written (any earlier file is unchanged)")
+
+
+def _open_control(stack: ExitStack, pipeline: Any, s: Settings, say: Notify) -> None:
+    """Listen for ``greencam ctl`` on the user's control socket; a second greencam runs without one."""
+    from greenscreen_cam.compositor import make_background
+    from greenscreen_cam.control import ControlServer, Dispatcher, PipelineControl
+    from greenscreen_cam.errors import ControlError
+
+    try:
+        server = ControlServer(Dispatcher(PipelineControl(pipeline, make_background), s)).start()
+    except ControlError as e:
+        say(f"control: {e}; greencam ctl will not reach this one")
+        return
+    stack.callback(server.close)
+    say(f"control: greencam ctl talks to this camera ({server.path})")
 
 
 @contextmanager

@@ -46,6 +46,7 @@ __all__ = [
     "ControlServer",
     "ControlTarget",
     "Dispatcher",
+    "PipelineControl",
     "Reply",
     "send",
     "socket_path",
@@ -70,7 +71,6 @@ LIVE_SETTINGS = (
     "smooth",
     "despill",
     "mirror",
-    "lost_after",
 )
 """Settings a running camera accepts (``greencam ctl NAME VALUE``); every other one needs a restart."""
 
@@ -206,6 +206,63 @@ class Dispatcher:
         self.target.apply_settings({name: value})
         self.settings = changed
         return Reply(True, f"{name.replace('_', '-')} = {value}")
+
+
+class PipelineControl:
+    """The :class:`ControlTarget` of a running :class:`greenscreen_cam.pipeline.Pipeline`.
+
+    Changes are handed to the pipeline's own thread (``pipeline.call_soon``) and applied between
+    two frames, so the compositor is never changed while it keys a frame.
+
+    Args:
+        pipeline: The running pipeline.
+        make_background: ``(spec, rgb) -> Background`` (:func:`greenscreen_cam.compositor.make_background`).
+    """
+
+    def __init__(self, pipeline: Any, make_background: Callable[[str, tuple[int, int, int]], Any]) -> None:
+        self.pipeline = pipeline
+        self.make_background = make_background
+
+    def apply_settings(self, changes: dict[str, Any]) -> None:
+        comp = self.pipeline.compositor
+        new = dataclasses.replace(comp.settings, **changes)
+        background = None
+        if "background" in changes or ("color" in changes and getattr(new, "background", "key") == "key"):
+            background = self.make_background(getattr(new, "background", "key"), new.rgb)  # opened here: errors answer
+
+        def apply() -> None:
+            # From the settings in force now: changes queued before this one have been applied.
+            current = dataclasses.replace(comp.settings, **changes)
+            comp.settings = current
+            comp.reset()
+            if hasattr(comp, "_logit_threshold"):
+                import math
+
+                comp._logit_threshold = math.log(current.threshold / (1.0 - current.threshold))
+            if background is not None:
+                old, comp.background = comp.background, background
+                comp._torch_bg = None
+                old.close()
+
+        self.pipeline.call_soon(apply)
+
+    def reselect(self) -> None:
+        self.pipeline.reselect(getattr(self.pipeline, "initial_prompt", None))
+
+    def set_paused(self, paused: bool) -> None:
+        def apply() -> None:
+            self.pipeline._paused = paused
+
+        self.pipeline.call_soon(apply)
+
+    def status(self) -> dict[str, Any]:
+        snap = dict(self.pipeline.stats.snapshot())
+        snap["state"] = "paused" if self.pipeline._paused else str(snap.get("subject", "running"))
+        snap["settings"] = {name: getattr(self.pipeline.compositor.settings, name, None) for name in LIVE_SETTINGS}
+        return snap
+
+    def quit(self) -> None:
+        self.pipeline.stop()
 
 
 def _private_folder(folder: Path) -> None:

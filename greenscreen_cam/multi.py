@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from greenscreen_cam.errors import PromptError
-from greenscreen_cam.prompt import Prompt
+from greenscreen_cam.prompt import Prompt, Selection
 from greenscreen_cam.segmenter import StreamingTracker, TrackResult
 
 __all__ = ["MAX_SUBJECTS", "MultiTracker", "union_result"]
@@ -120,14 +120,20 @@ class MultiTracker:
         return [s.stored_bytes() for s in self.subjects]
 
     # ------------------------------------------------------------------ public API
-    def prompt(self, frame: np.ndarray, prompt: Prompt | Sequence[Prompt]) -> TrackResult:
+    def prompt(self, frame: np.ndarray, prompt: Prompt | Selection | Sequence[Prompt]) -> TrackResult:
         """Select the subject(s) on ``frame``, replacing any earlier selection; the union result.
 
         Args:
             frame: ``(H, W, 3)`` uint8 RGB.
-            prompt: One :class:`Prompt` (one subject) or a sequence of them (one subject each).
+            prompt: One :class:`Prompt` (one subject), a :class:`Selection` or a sequence of prompts
+                (one subject each).
         """
-        prompts = [prompt] if isinstance(prompt, Prompt) else list(prompt)
+        if isinstance(prompt, Prompt):
+            prompts = [prompt]
+        elif isinstance(prompt, Selection):
+            prompts = list(prompt.prompts)
+        else:
+            prompts = list(prompt)
         if not prompts:
             raise PromptError("a selection needs at least one subject")
         if len(prompts) > self.max_subjects:

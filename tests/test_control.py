@@ -103,6 +103,7 @@ def test_commands_reach_the_camera(running):
     [
         (["model", "large"], "model cannot change while greencam runs; it needs a restart"),
         (["set", "source", "1"], "source cannot change while greencam runs; it needs a restart"),
+        (["lost_after", "3"], "lost-after cannot change while greencam runs"),
         (["feather", "500"], "--feather must be in [0, 100] pixels, got 500"),
         (["feather", "wide"], "feather takes a number, got 'wide'"),
         (["despill", "maybe"], "despill takes on or off, got 'maybe'"),
@@ -249,3 +250,88 @@ def test_existing_folder_of_ours_is_made_private(tmp_path):
         assert control.send(["anything"], server.path)["message"] == "x"
     assert not (folder / "c.sock").exists()
     folder.rmdir()
+
+
+# --------------------------------------------------------------------------- the pipeline side and the CLI
+class StandInPipeline:
+    """What PipelineControl uses of a Pipeline: a real Compositor, call_soon, stats, reselect, stop."""
+
+    def __init__(self) -> None:
+        from greenscreen_cam.compositor import Compositor
+
+        self.compositor = Compositor(Settings())
+        self._paused = False
+        self.soon: list[Any] = []
+        self.reselected: list[Any] = []
+        self.stopped = False
+        self.initial_prompt = None
+
+    def call_soon(self, fn) -> None:
+        self.soon.append(fn)
+
+    def run_soon(self) -> None:
+        soon, self.soon = self.soon, []
+        for fn in soon:
+            fn()
+
+    def reselect(self, prompt) -> None:
+        self.reselected.append(prompt)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    class stats:  # noqa: N801
+        @staticmethod
+        def snapshot() -> dict[str, Any]:
+            return {"subject": "tracking", "output_fps": 30.0}
+
+
+def test_pipeline_control_changes_the_compositor_between_frames():
+    import numpy as np
+
+    from greenscreen_cam.compositor import BlurBackground, make_background
+
+    pipe = StandInPipeline()
+    dispatch = control.Dispatcher(control.PipelineControl(pipe, make_background), Settings())
+    assert dispatch(["background", "blur:30"]).ok
+    assert dispatch(["threshold", "0.7"]).ok
+    assert pipe.compositor.settings.threshold == 0.5, "nothing changes until the pipeline's thread applies it"
+    pipe.run_soon()
+    assert isinstance(pipe.compositor.background, BlurBackground)
+    assert pipe.compositor.settings.threshold == 0.7 and pipe.compositor.settings.background == "blur:30"
+    frame = np.zeros((48, 64, 3), np.uint8)
+    out, _ = pipe.compositor.compose(frame, np.full((16, 16), -5.0, np.float32))
+    assert out.shape == frame.shape
+    bad = dispatch(["background", "/nope/missing.png"])
+    assert not bad.ok and "background file not found" in bad.message and pipe.soon == []
+    assert dispatch(["pause"]).ok
+    pipe.run_soon()
+    assert pipe._paused and dispatch(["status"]).status["state"] == "paused"
+    assert dispatch(["reselect"]).ok and pipe.reselected == [None]
+    assert dispatch(["quit"]).ok and pipe.stopped
+
+
+def test_ctl_cli_without_a_running_greencam(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from greenscreen_cam.cli import app
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    result = CliRunner().invoke(app, ["ctl", "status"])
+    assert result.exit_code == 9
+    assert "no running greencam to control" in result.output and "Traceback" not in result.output
+
+
+def test_ctl_cli_talks_to_a_running_camera(running, monkeypatch):
+    from typer.testing import CliRunner
+
+    from greenscreen_cam.cli import app
+
+    cam, server = running
+    monkeypatch.setattr(control, "socket_path", lambda runtime_dir=None: server.path)
+    ok = CliRunner().invoke(app, ["ctl", "background", "blur:30"])
+    assert ok.exit_code == 0 and "background = blur:30" in ok.output
+    refused = CliRunner().invoke(app, ["ctl", "model", "large"])
+    assert refused.exit_code == 2 and "needs a restart" in refused.output
+    status = CliRunner().invoke(app, ["ctl", "status", "--json"])
+    assert status.exit_code == 0 and json.loads(status.output)["status"]["state"] == "running"

@@ -44,3 +44,17 @@ def test_install_then_remove_writes_and_deletes_the_unit(config, tmp_path):
     assert not done.path.exists()
     with pytest.raises(service.ServiceError, match="no greencam service installed"):
         service.remove(config_home=home, run=False)
+
+
+def test_service_cli_dry_run_prints_the_unit(config, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from greenscreen_cam.cli import app
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    result = CliRunner().invoke(app, ["service", "install", "--dry-run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "ExecStart=" in result.output and "start --config" in result.output and "Restart=on-failure" in result.output
+    assert not (tmp_path / "xdg" / "systemd").exists(), "a dry run writes nothing"
+    missing = CliRunner().invoke(app, ["service", "install", "--dry-run", "--config", str(tmp_path / "no.toml")])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
