@@ -138,11 +138,16 @@ def open_pipeline(
         sink = stack.enter_context(MultiSink(sinks))  # owns every output opened below, even if a later one fails
         for target in s.outputs:
             if target == "virtual":
-                vcam = VirtualCameraSink(
-                    src.width, src.height, src.fps, device=s.virtual_device, backend=virtual_backend
+                from greenscreen_cam.frame_size import EvenSizeSink, even_size
+
+                vw, vh, rounded = even_size(src.width, src.height)  # 4:2:0 needs even sizes (Chrome refuses odd)
+                if rounded:
+                    say(rounded)
+                vcam = EvenSizeSink(
+                    VirtualCameraSink(vw, vh, src.fps, device=s.virtual_device, backend=virtual_backend), vw, vh
                 )
                 sinks.append(vcam)
-                say(f"sending to virtual camera {vcam.device} ({src.width}x{src.height} @ {src.fps:g} fps)")
+                say(f"sending to virtual camera {vcam.device} ({vw}x{vh} @ {src.fps:g} fps)")
             else:
                 path = Path(target).expanduser()
                 sinks.append(VideoFileSink(path, src.width, src.height, src.fps, overwrite=s.overwrite))

@@ -44,3 +44,22 @@ def test_odd_frames_reach_the_virtual_camera_even(vcam_backend):
     assert sent.size == 120 * 160 * 3  # pyvirtualcam hands the backend the flat RGB buffer
     np.testing.assert_array_equal(sent.reshape(120, 160, 3), frame[:120, :160])
     assert backend.closed == 1
+
+
+def test_start_rounds_an_odd_video_for_the_virtual_camera(checkpoint_dir, tmp_path, monkeypatch, vcam_backend):
+    from typer.testing import CliRunner
+
+    from greenscreen_cam.cli import app
+
+    from .conftest import moving_disc_frames, write_jpeg_folder
+
+    monkeypatch.setenv("GREENCAM_CHECKPOINTS", str(checkpoint_dir))
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+    monkeypatch.delenv("GREENCAM_SERVER", raising=False)
+    src = write_jpeg_folder(tmp_path / "odd", [np.ascontiguousarray(f[:, :159]) for f in moving_disc_frames(3)])
+    args = ["start", "--device", "cpu", "--resolution", "256", "--source", str(src), "--bbox", "30,25,60,70"]
+    result = CliRunner().invoke(app, [*args, "--virtual-backend", "greencam-test", "--max-frames", "2"])
+    assert result.exit_code == 0, result.output
+    assert "the 159x120 picture is sent as 158x120" in result.output
+    backend = vcam_backend.instances[-1]
+    assert (backend.width, backend.height) == (158, 120) and backend.frames
