@@ -192,6 +192,7 @@ def test_two_bboxes_end_to_end_key_both_subjects(checkpoint_dir, tmp_path, monke
         for b in boxes:
             args += ["--bbox", b]
         out = tmp_path / name
+        out.mkdir()
         result = CliRunner().invoke(app, [*args, "--output", str(out / "o.mp4"), "--matte-output", str(out / "m")])
         assert result.exit_code == 0, result.output
         mattes[name] = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((out / "m").glob("*.png"))]
