@@ -200,6 +200,7 @@ def test_two_bboxes_end_to_end_key_both_subjects(checkpoint_dir, tmp_path, monke
             assert "tracking 2 subjects" in result.output
     assert len(mattes["one"]) == len(mattes["two"]) == 4
     for one, two in zip(mattes["one"], mattes["two"], strict=True):
-        # The union keeps the first subject everywhere it was keyed alone, and adds the second.
+        # The union keeps the first subject everywhere it was keyed alone (a key that kept only the
+        # last subject fails this). Random weights give soft, nearly flat logits, so how much the
+        # second subject adds is not asserted here; test_each_subject_matches_... checks the union.
         assert (two >= one - 1).all()
-        assert (two > one + 10).sum() > 50
