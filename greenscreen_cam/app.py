@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from greenscreen_cam.config import ServeSettings, Settings
 from greenscreen_cam.errors import ConfigError
-from greenscreen_cam.prompt import Prompt, build_prompt
+from greenscreen_cam.prompt import Prompt, Selection, build_prompt
 from greenscreen_cam.tracking import AsyncTracking, LoadOptions, ModelChoice, Tracker, load_model, resolve_model
 
 __all__ = ["ModelChoice", "check_start", "load_tracker", "open_pipeline", "resolve_model", "run_serve"]
@@ -84,7 +84,7 @@ def sink_policy(mode: str) -> str:
     return "block" if mode == "offline" else "drop"
 
 
-def check_start(s: Settings) -> tuple[Prompt | None, ModelChoice | None]:
+def check_start(s: Settings) -> tuple[Prompt | Selection | None, ModelChoice | None]:
     """Every check that needs no device: settings, prompt syntax, model and checkpoint, output paths."""
     from greenscreen_cam.sinks import check_outputs
 
@@ -95,6 +95,8 @@ def check_start(s: Settings) -> tuple[Prompt | None, ModelChoice | None]:
 
         base_url(s.server)  # a malformed --server is refused here, not after a DNS look-up
     files = file_outputs(s)  # an --output no registered kind handles is refused here
+    if s.server and isinstance(prompt, Selection):
+        raise ConfigError("several subjects are tracked locally only; give one --bbox/--point with --server")
     choice = None if s.server else resolve_model(s)
     check_outputs(
         files,
@@ -188,6 +190,11 @@ def open_pipeline(
         if choice is not None:
             say(f"loading {choice.describe()} ...")
             tracker = load_tracker(choice)
+            if isinstance(prompt, Selection):
+                from greenscreen_cam.multi import MultiTracker
+
+                tracker = MultiTracker(getattr(tracker, "model"), autocast=getattr(tracker, "autocast", None))  # noqa: B009
+                say(f"tracking {len(prompt)} subjects (one image encoding per frame, the key keeps them all)")
         else:
             tracker = stack.enter_context(_open_remote(s, src.width, src.height, say))
         pipeline = Pipeline(
@@ -209,11 +216,28 @@ def open_pipeline(
             on_status=on_status,
             on_event=say,
         )
+        if run_mode(s) == "live":
+            _open_control(stack, pipeline, s, say)
         yield pipeline
         if not pipeline.stats.completed:  # the caller says so (greencam start: "interrupted after ...")
             sink.abort()
             if matte is not None:
                 matte.abort()
+
+
+def _open_control(stack: ExitStack, pipeline: Any, s: Settings, say: Notify) -> None:
+    """Listen for ``greencam ctl`` on the user's control socket; a second greencam runs without one."""
+    from greenscreen_cam.compositor import make_background
+    from greenscreen_cam.control import ControlServer, Dispatcher, PipelineControl
+    from greenscreen_cam.errors import ControlError
+
+    try:
+        server = ControlServer(Dispatcher(PipelineControl(pipeline, make_background), s)).start()
+    except ControlError as e:
+        say(f"control: {e}; greencam ctl will not reach this one")
+        return
+    stack.callback(server.close)
+    say(f"control: greencam ctl talks to this camera ({server.path})")
 
 
 @contextmanager

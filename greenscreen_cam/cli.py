@@ -359,7 +359,7 @@ def devices(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List cameras and virtual cameras."""
-    from greenscreen_cam.devices import LINUX_VCAM_PERSIST, list_devices, virtual_camera_fix
+    from greenscreen_cam.devices import LINUX_VCAM_PERSIST, list_devices, virtual_camera_help
 
     found = list_devices()
     cams = [d for d in found if not d.virtual]
@@ -380,7 +380,7 @@ def devices(
     if not cams:
         out.print("No cameras found.")
     if not vcams:
-        out.print("No virtual camera found: " + virtual_camera_fix())
+        out.print("No virtual camera found: " + virtual_camera_help(), soft_wrap=True)
         if sys.platform.startswith("linux"):
             out.print(LINUX_VCAM_PERSIST, soft_wrap=True)
 
@@ -697,6 +697,73 @@ def bench(
             print_oracle(result, out)
         else:
             b.print_result(result, out)
+
+
+CTL_EPILOG = (
+    "Examples:\n\n  greencam ctl background blur:30\n\n  greencam ctl feather 4\n\n  greencam ctl reselect\n\n"
+    "  greencam ctl pause   (and: greencam ctl resume)\n\n  greencam ctl status --json\n\n  greencam ctl quit\n\n"
+    "Settings that can change mid-run: background, color, threshold, feather, grow, shrink, max-hole, min-island, "
+    "refine, smooth, despill, mirror; any other needs a restart. The socket is owner-only, in $XDG_RUNTIME_DIR/greencam."
+)
+
+
+@app.command(epilog=CTL_EPILOG)
+def ctl(
+    words: Annotated[
+        list[str], typer.Argument(help="A command: status, reselect, pause, resume, quit, or NAME VALUE.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")] = False,
+) -> None:
+    """Change the running greencam without restarting it (over its local control socket)."""
+    from greenscreen_cam.control import send
+
+    with user_errors():
+        answer = send(words)
+    if as_json:
+        out.print_json(json.dumps(answer, default=str))
+    elif answer.get("ok"):
+        out.print(str(answer.get("message", "")), soft_wrap=True, markup=False)
+    if not answer.get("ok"):
+        if not as_json:
+            err.print(f"greencam: error: {answer.get('message', 'refused')}", soft_wrap=True, markup=False)
+        raise typer.Exit(2)
+
+
+service_app = typer.Typer(help="Start greencam at login (a systemd user unit running greencam start).")
+app.add_typer(service_app, name="service")
+
+
+@service_app.command(
+    "install", epilog="Examples:\n\n  greencam service install --dry-run\n\n  greencam service install"
+)
+def service_install(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Config file for greencam start (default: your user config).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the unit and the commands; change nothing.")
+    ] = False,
+) -> None:
+    """Write and enable ~/.config/systemd/user/greencam.service (restarts on failure)."""
+    from greenscreen_cam import service
+    from greenscreen_cam.paths import user_config_path
+
+    with user_errors():
+        target = config if config is not None else user_config_path()
+        todo = service.plan("install", target) if dry_run else service.install(target)
+    out.print(todo.describe() if dry_run else f"installed and started {todo.path}", soft_wrap=True, markup=False)
+
+
+@service_app.command("remove", epilog="Examples:\n\n  greencam service remove --dry-run\n\n  greencam service remove")
+def service_remove(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be done; change nothing.")] = False,
+) -> None:
+    """Stop, disable and delete the greencam user unit."""
+    from greenscreen_cam import service
+
+    with user_errors():
+        todo = service.plan("remove") if dry_run else service.remove()
+    out.print(todo.describe() if dry_run else f"removed {todo.path}", soft_wrap=True, markup=False)
 
 
 def main() -> None:

@@ -279,12 +279,22 @@ class Settings(KeyingSettings, ModelSettings, NetworkSettings):
         check=_between(0, 86400),
     )
     # subject selection
-    bbox: str | None = setting(None, "Subject box x,y,w,h in frame pixels.", group="Subject", metavar="X,Y,W,H")
+    bbox: list[str] = setting(
+        [],
+        "Subject box x,y,w,h in frame pixels (repeatable: one subject each; the key keeps them all).",
+        group="Subject",
+        flags=("--bbox",),
+        metavar="X,Y,W,H",
+    )
     points: list[str] = setting(
-        [], "Subject point x,y (repeatable).", group="Subject", flags=("--point",), metavar="X,Y"
+        [], "Subject point x,y (repeatable: one subject each).", group="Subject", flags=("--point",), metavar="X,Y"
     )
     negative_points: list[str] = setting(
-        [], "Not-subject point x,y (repeatable).", group="Subject", flags=("--negative-point",), metavar="X,Y"
+        [],
+        "Not-subject point x,y (repeatable; goes with the last subject).",
+        group="Subject",
+        flags=("--negative-point",),
+        metavar="X,Y",
     )
     auto: bool = setting(
         False,

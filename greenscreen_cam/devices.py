@@ -43,6 +43,73 @@ def virtual_camera_fix() -> str:
     return OTHER_VCAM_FIX
 
 
+SECURE_BOOT_SIGNS = (
+    "key was rejected by service",
+    "loading of unsigned module is rejected",
+    "unsigned module loading is restricted",
+    "module verification failed",
+    "required key not available",
+)
+"""Kernel-log phrases that mean a module was refused (or would be) for lack of a trusted signature."""
+
+SECURE_BOOT_STEPS = (
+    "v4l2loopback was rejected by Secure Boot (the module is not signed with a key the firmware trusts). "
+    "Sign it with the DKMS key and enrol that key once: "
+    "1) sudo apt install v4l2loopback-dkms mokutil (DKMS builds and signs the module with /var/lib/dkms/mok.pub); "
+    "2) sudo mokutil --import /var/lib/dkms/mok.pub (choose a one-time password); "
+    "3) reboot and pick 'Enroll MOK' in the blue MOK manager, enter that password; "
+    f"4) {LINUX_VCAM_FIX}. "
+    "Check with: mokutil --sb-state and mokutil --test-key /var/lib/dkms/mok.pub"
+)
+
+
+def secure_boot_rejected(kernel_log: str, module: str = "v4l2loopback") -> bool:
+    """True when ``kernel_log`` shows ``module`` (or any module, for the generic lines) refused for its signature.
+
+    ``module verification failed`` is only counted on a line naming ``module``: with Secure
+    Boot off it is a warning and the module loads.
+    """
+    for line in kernel_log.lower().splitlines():
+        if "module verification failed" in line:
+            if module in line and "v4l2loopback" not in _loaded_modules():
+                return True
+            continue
+        if any(sign in line for sign in SECURE_BOOT_SIGNS):
+            return True
+    return False
+
+
+def _loaded_modules(proc_modules: Path = Path("/proc/modules")) -> str:
+    try:
+        return proc_modules.read_text()
+    except OSError:
+        return ""
+
+
+def kernel_log(timeout: float = 2.0) -> str:
+    """The recent kernel log as far as this user may read it (``journalctl -k``, else ``dmesg``); "" if neither."""
+    import subprocess
+
+    for cmd in (["journalctl", "-k", "-b", "-q", "--no-pager", "-n", "2000"], ["dmesg"]):
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if done.returncode == 0 and done.stdout:
+            return done.stdout
+    return ""
+
+
+def virtual_camera_help(log: str | None = None) -> str:
+    """What to tell a user with no virtual camera on Linux: the signing steps after a Secure Boot
+    rejection in the kernel log (read when ``log`` is None), else :func:`virtual_camera_fix`."""
+    if sys.platform.startswith("linux"):
+        text = kernel_log() if log is None else log
+        if secure_boot_rejected(text):
+            return SECURE_BOOT_STEPS
+    return virtual_camera_fix()
+
+
 @dataclass
 class VideoDevice:
     """One capture or virtual camera device."""

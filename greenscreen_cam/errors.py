@@ -150,3 +150,9 @@ class ClusterError(GreencamError):
     """``serve --ray``: Ray Serve is missing, the cluster cannot be reached, or the application did not deploy."""
 
     exit_code = 9
+
+
+class ControlError(GreencamError):
+    """The control channel (``greencam ctl``) cannot be reached or opened."""
+
+    exit_code = 10

@@ -108,11 +108,15 @@ class OutputKind:
 
 
 def _open_virtual(target: OutputTarget, ctx: OutputContext) -> Sink:
+    from greenscreen_cam.frame_size import EvenSizeSink, even_size
     from greenscreen_cam.sinks import VirtualCameraSink
 
-    vcam = VirtualCameraSink(ctx.width, ctx.height, ctx.fps, device=ctx.virtual_device, backend=ctx.virtual_backend)
-    ctx.say(f"sending to virtual camera {vcam.device} ({ctx.width}x{ctx.height} @ {ctx.fps:g} fps)")
-    return vcam
+    vw, vh, rounded = even_size(ctx.width, ctx.height)  # 4:2:0 needs even sizes (Chrome refuses odd ones)
+    if rounded:
+        ctx.say(rounded)
+    vcam = VirtualCameraSink(vw, vh, ctx.fps, device=ctx.virtual_device, backend=ctx.virtual_backend)
+    ctx.say(f"sending to virtual camera {vcam.device} ({vw}x{vh} @ {ctx.fps:g} fps)")
+    return EvenSizeSink(vcam, vw, vh)
 
 
 def _open_file(target: OutputTarget, ctx: OutputContext) -> Sink:

@@ -36,7 +36,7 @@ from greenscreen_cam.compositor import Compositor
 from greenscreen_cam.core import Frame, MaskResult, percentile
 from greenscreen_cam.errors import GreencamError, TrackerError
 from greenscreen_cam.outputs import sink_counts
-from greenscreen_cam.prompt import Prompt
+from greenscreen_cam.prompt import Prompt, Selection
 from greenscreen_cam.sinks import Sink
 from greenscreen_cam.sources import LatestFrameReader, PrefetchReader, Source
 from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler, ThreadedTracker
@@ -186,7 +186,7 @@ class Pipeline:
         compositor: Compositor,
         sink: Sink,
         *,
-        prompt: Prompt | None = None,
+        prompt: Prompt | Selection | None = None,
         auto: bool = False,
         matte: Sink | None = None,
         preview: PreviewSink | None = None,
@@ -232,26 +232,34 @@ class Pipeline:
         self._last_send = 0.0
         self._new_subject_at: int | None = None
         """Frame index of the latest (re-)selection: masks of earlier frames belong to another subject."""
+        self._soon: list[Callable[[], None]] = []
+        """Changes from other threads (``greencam ctl``), applied between two frames (see :meth:`call_soon`)."""
+        self.initial_prompt = prompt
         self.error: BaseException | None = None
-        if self._async is not None and prompt is not None:
-            self._async.reselect(prompt)  # it applies to the first frame it tracks
+        if self._async is not None and prompt is not None:  # it applies to the first frame it tracks
+            self._async.reselect(prompt.prompts[0] if isinstance(prompt, Selection) else prompt)
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
         """Ask the loop to end (safe from signal handlers and other threads)."""
         self._stop.set()
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the pipeline's thread after the next frame is sent (safe from any thread)."""
+        with self._lock:
+            self._soon.append(fn)
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def reselect(self, prompt: Prompt | None) -> None:
+    def reselect(self, prompt: Prompt | Selection | None) -> None:
         """Re-prompt on the next tracked frame; None = find the subject automatically.
 
         Safe from any thread: the tracker itself is only touched by the thread that tracks.
         """
         if self._async is not None:
-            self._async.reselect(prompt)
+            self._async.reselect(prompt.prompts[0] if isinstance(prompt, Selection) else prompt)  # one remote subject
         with self._lock:
             self._pending_prompt = prompt
             self._auto = prompt is None
@@ -291,7 +299,7 @@ class Pipeline:
         if prompt is not None:
             with self._lock:
                 self._new_subject_at = frame.index
-            result = tracker.prompt(frame.image, prompt)
+            result = tracker.prompt(frame.image, prompt)  # type: ignore[arg-type]  # a Selection goes to a MultiTracker
             self.compositor.reset()
             self._visibility.reset()
             self.on_event(f"subject selected on frame {frame.index}")
@@ -381,6 +389,10 @@ class Pipeline:
         self._hotkey(preview.last_key)
 
     def _after_send(self) -> None:
+        with self._lock:
+            soon, self._soon = self._soon, []
+        for fn in soon:
+            fn()
         now = time.perf_counter()
         if now - self._last_status >= 0.5:
             self._last_status = now

@@ -80,20 +80,62 @@ def parse_numbers(text: str, count: int, what: str) -> tuple[float, ...]:
     return values
 
 
-def build_prompt(bbox: str | None, points: Sequence[str] = (), negative: Sequence[str] = ()) -> Prompt | None:
-    """The prompt given by ``--bbox``, ``--point`` and ``--negative-point`` texts, or None when none is given."""
-    if bbox is None and not points and not negative:
+@dataclass(frozen=True)
+class Selection:
+    """Several subjects, one :class:`Prompt` each (tracked by :class:`greenscreen_cam.multi.MultiTracker`).
+
+    It has :class:`Prompt`'s ``validate`` and ``scaled``, so it travels wherever a prompt does.
+    """
+
+    prompts: tuple[Prompt, ...]
+
+    def validate(self, width: int, height: int) -> None:
+        if not self.prompts:
+            raise PromptError("a selection needs at least one subject")
+        for i, p in enumerate(self.prompts, start=1):
+            try:
+                p.validate(width, height)
+            except PromptError as e:
+                raise PromptError(f"subject {i}: {e}") from None
+
+    def scaled(self, sx: float, sy: float) -> Selection:
+        return Selection(tuple(p.scaled(sx, sy) for p in self.prompts))
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def build_prompt(
+    bbox: str | Sequence[str] | None, points: Sequence[str] = (), negative: Sequence[str] = ()
+) -> Prompt | Selection | None:
+    """The selection given by ``--bbox``, ``--point`` and ``--negative-point`` texts, or None when none is given.
+
+    Each ``--bbox`` and each ``--point`` is one subject (boxes first, then points, each in the
+    order given); every ``--negative-point`` goes with the last subject. One subject gives a
+    :class:`Prompt`, several a :class:`Selection`.
+
+    Example:
+        >>> build_prompt(["0,0,10,10"], ["50,50"], ["55,55"]).prompts[1]
+        Prompt(box=None, points=((50.0, 50.0), (55.0, 55.0)), labels=(1, 0))
+    """
+    boxes = [bbox] if isinstance(bbox, str) else list(bbox or [])
+    if not boxes and not points and not negative:
         return None
-    box = parse_numbers(bbox, 4, "--bbox") if bbox is not None else None  # "" is a malformed box, not none
+    parsed_boxes = [parse_numbers(b, 4, "--bbox") for b in boxes]  # "" is a malformed box, not none
     pts = [parse_numbers(p, 2, "--point") for p in points]
     neg = [parse_numbers(p, 2, "--negative-point") for p in negative]
-    if box is None and not pts:
+    if not parsed_boxes and not pts:
         raise PromptError("--negative-point needs a --bbox or a --point that selects the subject")
-    return Prompt(
-        box=(box[0], box[1], box[2], box[3]) if box else None,
-        points=tuple((p[0], p[1]) for p in pts + neg),
-        labels=tuple([1] * len(pts) + [0] * len(neg)),
-    )
+    subjects: list[Prompt] = [Prompt(box=(b[0], b[1], b[2], b[3])) for b in parsed_boxes]
+    subjects += [Prompt(points=((p[0], p[1]),), labels=(1,)) for p in pts]
+    if neg:
+        last = subjects[-1]
+        subjects[-1] = Prompt(
+            box=last.box,
+            points=last.points + tuple((p[0], p[1]) for p in neg),
+            labels=last.labels + (0,) * len(neg),
+        )
+    return subjects[0] if len(subjects) == 1 else Selection(tuple(subjects))
 
 
 def default_box(width: int, height: int) -> tuple[float, float, float, float]:

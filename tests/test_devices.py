@@ -91,3 +91,31 @@ def test_format_probe_of_a_non_camera_is_empty_not_an_error(tmp_path):
 
     assert _enum_formats("/dev/null") == []  # opens, but answers no V4L2 ioctl
     assert _enum_formats(str(tmp_path / "video9")) == []  # cannot be opened
+
+
+# --------------------------------------------------------------------------- Secure Boot (issue 20)
+from greenscreen_cam import devices as _devices  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "log, rejected",
+    [
+        ("[  12.3] modprobe: ERROR: could not insert 'v4l2loopback': Key was rejected by service", True),
+        ("[  5.1] Loading of unsigned module is rejected", True),
+        ("[  5.1] Lockdown: modprobe: unsigned module loading is restricted; see man kernel_lockdown.7", True),
+        ("[  3.0] usb 1-1: new high-speed USB device", False),
+        ("", False),
+    ],
+)
+def test_secure_boot_rejection_is_recognised(log, rejected):
+    assert _devices.secure_boot_rejected(log) is rejected
+
+
+def test_secure_boot_rejection_gives_signing_steps(monkeypatch):
+    monkeypatch.setattr(_devices.sys, "platform", "linux")
+    steps = _devices.virtual_camera_help(
+        "modprobe: ERROR: could not insert 'v4l2loopback': Key was rejected by service"
+    )
+    assert "mokutil --import /var/lib/dkms/mok.pub" in steps and "Enroll MOK" in steps and "modprobe" in steps
+    plain = _devices.virtual_camera_help("nothing here")
+    assert plain == _devices.virtual_camera_fix() and "mokutil" not in plain
