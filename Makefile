@@ -52,7 +52,9 @@ bench: install
 	$(PY) -m greenscreen_cam bench --compositor --frames 300
 
 # Everything in one go on a CUDA machine (no download, no install: run `make install` once, or carry
-# the .venv): bare tracker tiny..large at 512/1024 (+ torch.compile / CUDA graphs for tiny), live loop
+# the .venv): bare tracker tiny..large at 512/1024; tiny also with its steady-state step as a CUDA graph
+# (--compile on) against the official VOS-optimized predictor in the same run, and with torch.compile /
+# reduce-overhead of the image encoder; ops and host syncs per frame, deviation from eager fp32; live loop
 # on 720p and 1080p clips at 30 fps, offline pipeline, compositor torch path, serve worker step.
 # Results go to $(BENCH_GPU_OUT)/bench-<device>-<time>.{json,md}. DEVICE=cpu runs small settings.
 DEVICE         ?= cuda

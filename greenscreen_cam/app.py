@@ -13,6 +13,7 @@ outputs are committed only when the run completed (see
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -41,6 +42,8 @@ class ModelChoice:
     device: str
     resolution: int
     checkpoint: Path
+    captured: bool = False
+    """Replay the steady-state step as a CUDA graph (``--compile``, see :func:`greenscreen_cam.steady.resolve_compile`)."""
 
     def describe(self) -> str:
         return f"SAM 2 {self.spec.name} at {self.resolution} px on {self.device}"
@@ -53,13 +56,15 @@ def resolve_model(s: ModelSettings, *, random_weights: Path | None = None) -> Mo
     written there instead of looking for the real file (tests and benchmarks).
     """
     from greenscreen_cam import models
+    from greenscreen_cam.steady import resolve_compile
 
     spec, dev, res = models.choose(s.model, s.device, s.resolution)
+    captured = resolve_compile(s.compile, dev)
     if random_weights is not None:
         path = models.save_random_checkpoint(spec, random_weights / spec.filename)
     else:
         path = models.resolve_checkpoint(spec, Path(s.checkpoint) if s.checkpoint else None)
-    return ModelChoice(spec, dev, res, path)
+    return ModelChoice(spec, dev, res, path, captured)
 
 
 def load_tracker(choice: ModelChoice, *, profile: bool = False, compile_mode: bool | str = False) -> StreamingTracker:
@@ -78,9 +83,18 @@ def load_tracker(choice: ModelChoice, *, profile: bool = False, compile_mode: bo
     if compile_mode:
         import torch
 
+        from greenscreen_cam.paths import user_cache_dir
+
+        # Inductor's compiled kernels go to the user's cache folder, so a second start reuses them.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache_dir() / "inductor"))
         mode = compile_mode if isinstance(compile_mode, str) else None
         net.image_encoder.forward = torch.compile(net.image_encoder.forward, dynamic=False, mode=mode)
-    return StreamingTracker(net, autocast=models.autocast_dtype(choice.device), profile=profile)
+    tracker = StreamingTracker(
+        net, autocast=models.autocast_dtype(choice.device), profile=profile, captured=choice.captured
+    )
+    if choice.captured:
+        tracker.prepare()  # capture now, before the pipeline starts, never on a live frame
+    return tracker
 
 
 def run_mode(s: Settings) -> str:

@@ -515,7 +515,15 @@ def bench(
         bool, typer.Option("--e2e", help="Time the whole pipeline (decode, track, composite, encode).")
     ] = False,
     compositor: Annotated[bool, typer.Option("--compositor", help="Time only the compositor at 1280x720.")] = False,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the image encoder (CUDA).")] = False,
+    compile_model: Annotated[
+        bool, typer.Option("--compile-encoder", help="torch.compile the image encoder (CUDA).")
+    ] = False,
+    reference_vos: Annotated[
+        bool,
+        typer.Option(
+            "--reference-vos", help="Also time the official VOS-optimized predictor (torch.compile: slow to build)."
+        ),
+    ] = False,
     live: Annotated[
         bool,
         typer.Option("--live", help="Run the live loop on SOURCE paced at its fps; compare stats to a frame count."),
@@ -648,6 +656,8 @@ def bench(
                 reference=reference and not e2e,
                 e2e=e2e,
                 compile_model=compile_model,
+                reference_vos=reference_vos,
+                count_ops=True,
             )
         if as_json:
             out.print_json(json.dumps(result))

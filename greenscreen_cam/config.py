@@ -200,6 +200,8 @@ SyncMode = Literal["auto", "on", "off"]
 SYNC_MODES: tuple[str, ...] = get_args(SyncMode)
 """``--sync`` modes: ``auto`` (frame-accurate while the tracker keeps up), ``on`` (always), ``off`` (newest mask)."""
 
+_COMPILE_MODES = ("auto", "on", "off")
+
 
 @dataclass
 class ModelSettings:
@@ -216,6 +218,13 @@ class ModelSettings:
         check=_resolution,
     )
     device: str = setting("auto", "auto, cuda, cuda:N, mps or cpu.", group="Model")
+    compile: str = setting(
+        "auto",
+        "Replay the steady-state tracker step as a CUDA graph: on (CUDA only), off, or auto "
+        "(off until this path is verified on a GPU).",
+        group="Model",
+        check=lambda v: None if v in _COMPILE_MODES else f"{v!r} is not one of {', '.join(_COMPILE_MODES)}",
+    )
 
 
 @dataclass

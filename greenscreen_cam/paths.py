@@ -71,3 +71,11 @@ def checkpoint_dir(package_dir: Path | None = None) -> Path:
     if root is not None:
         return root / "checkpoints"
     return user_data_dir() / "checkpoints"
+
+
+def user_cache_dir() -> Path:
+    """The user's cache folder for greencam (absolute, e.g. ``~/.cache/greencam``): compiled kernels."""
+    import platformdirs
+
+    path = Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
+    return path if path.is_absolute() else Path.home() / ".cache" / APP_NAME

@@ -74,6 +74,8 @@ class TrackResult:
     object_score: float
     is_prompt_frame: bool = False
     _logits: torch.Tensor | None = None
+    _low_host: np.ndarray | None = None
+    """The low-resolution logits already copied to the host (the steady-state step copies them once)."""
 
     @property
     def visible(self) -> bool:
@@ -90,6 +92,8 @@ class TrackResult:
 
     def low_res_numpy(self) -> np.ndarray:
         """The low-resolution logits as a ``(S/4, S/4)`` float32 numpy array (for the compositor)."""
+        if self._low_host is not None:
+            return self._low_host
         return self.low_res_logits[0, 0].float().cpu().numpy()
 
     def probabilities(self) -> np.ndarray:
@@ -119,13 +123,27 @@ class StreamingTracker:
         model: A sam2 ``SAM2Base`` (as built by :func:`greenscreen_cam.models.load_model`).
         autocast: dtype for ``torch.autocast`` (bf16 on CUDA) or None for float32.
         profile: Record per-stage wall times (synchronising CUDA after each stage).
+        steady: Track frames whose memory bank is full with the fixed-shape, sync-free step of
+            :mod:`greenscreen_cam.steady` (bit-exact with the eager step in float32; used in
+            float32, or under autocast when ``captured``). False = always the eager step.
+        captured: Replay that step as a CUDA graph (``--compile on``; CUDA only, see
+            :func:`greenscreen_cam.steady.resolve_compile`). Call :meth:`prepare` before the camera
+            opens so that the capture does not delay a live frame.
 
     Frames are ``(H, W, 3)`` uint8 **RGB** numpy arrays. Use :meth:`prompt` on the
     frame where the subject is selected, then :meth:`track` on every following
     frame. :meth:`prompt` can be called again at any time (re-selection).
     """
 
-    def __init__(self, model: Any, *, autocast: torch.dtype | None = None, profile: bool = False) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        autocast: torch.dtype | None = None,
+        profile: bool = False,
+        steady: bool = True,
+        captured: bool = False,
+    ) -> None:
         if getattr(model, "memory_temporal_stride_for_eval", 1) != 1:
             raise ValueError("only memory_temporal_stride_for_eval == 1 is supported")
         self.model = model
@@ -144,6 +162,14 @@ class StreamingTracker:
         # Verified bit-exact in float32 (tests/test_segmenter_cache.py); under autocast sam2's own code runs.
         self._fast_memory = autocast is None and _supports_cached_memory_attention(model)
         _install_cached_pos_embed(model)
+        from greenscreen_cam.steady import SteadyBank
+
+        if captured and self.device.type != "cuda":
+            raise ValueError("a captured step needs a CUDA device")
+        supported = _supports_cached_memory_attention(model)
+        self._captured_mode = captured and supported
+        self._bank = SteadyBank(model) if steady and supported and (autocast is None or captured) else None
+        self._graph: Any = None
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -157,6 +183,9 @@ class StreamingTracker:
         # stays the same while the frame is held (see _memory_conditioned).
         self._kv_cache: dict[int, dict[str, list[torch.Tensor]]] = {}
         self._frame_index = -1
+        bank = getattr(self, "_bank", None)
+        if bank is not None:
+            bank.active = False  # its buffers (and a captured graph reading them) stay allocated
 
     @property
     def is_prompted(self) -> bool:
@@ -169,6 +198,8 @@ class StreamingTracker:
 
     def stored_entries(self) -> tuple[int, int]:
         """``(conditioning entries, non-conditioning entries)`` currently held in memory."""
+        if self.steady_active:
+            return len(self._memory["cond_frame_outputs"]), self._bank.ptr_slots  # type: ignore[union-attr]
         return len(self._memory["cond_frame_outputs"]), len(self._memory["non_cond_frame_outputs"])
 
     def stored_bytes(self) -> int:
@@ -182,7 +213,19 @@ class StreamingTracker:
         for cached in self._kv_cache.values():
             for tensors in cached.values():
                 total += sum(x.numel() * x.element_size() for x in tensors)
+        if self._bank is not None:
+            total += self._bank.nbytes()
         return total
+
+    @property
+    def steady_active(self) -> bool:
+        """True while frames run the fixed-shape steady-state step (the bank is full)."""
+        return self._bank is not None and self._bank.active
+
+    @property
+    def captured(self) -> bool:
+        """True once the steady-state step has been captured as a CUDA graph."""
+        return self._graph is not None
 
     # ------------------------------------------------------------------ public API
     def preprocess(self, frame: np.ndarray) -> torch.Tensor:
@@ -298,6 +341,8 @@ class StreamingTracker:
             raise PromptError("the tracker has no prompt yet; select a subject first")
         self._frame_index += 1
         t = self._frame_index
+        if not is_cond and self._bank is not None and (self._bank.active or t >= self._bank.full_at):
+            return self._steady_step(encoded, t, (height, width))
         point_inputs = self._point_inputs(prompt, height, width) if prompt is not None else None
         feats, pos, sizes = encoded.feats, encoded.pos, encoded.sizes
         amp = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()
@@ -349,6 +394,61 @@ class StreamingTracker:
             low = low_res.float()
             score = float(obj_score.float().reshape(-1)[0])  # also waits for the device
         return TrackResult(t, low, (height, width), score, is_cond)
+
+    def _steady_step(self, encoded: Encoded, t: int, frame_hw: tuple[int, int]) -> TrackResult:
+        """Frame ``t`` through the fixed-shape step of :mod:`greenscreen_cam.steady` (the bank is full)."""
+        from greenscreen_cam.steady import CapturedStep, steady_step
+
+        bank = self._bank
+        assert bank is not None
+        amp = (
+            torch.autocast(self.device.type, dtype=self.autocast, cache_enabled=False)
+            if self.autocast is not None
+            else nullcontext()
+        )
+        with amp:
+            if not bank.active:
+                before = dict(bank.buffers)
+                bank.prime(self._memory, t)
+                if any(before.get(k) is not v for k, v in bank.buffers.items()):
+                    self._graph = None  # new buffers: a graph over the old ones is stale
+                # the bank now holds the memory: keep only the conditioning entry (is_prompted)
+                self._memory["non_cond_frame_outputs"] = {}
+                self._kv_cache = {}
+            if self._captured_mode and self._graph is None:
+                with self._stage("capture"):
+                    self._graph = CapturedStep(bank, encoded.feats, encoded.pos, encoded.sizes, self.autocast)
+            if self._graph is not None:
+                with self._stage("steady_step"):
+                    out = self._graph(encoded.feats, encoded.pos)
+            else:
+                out = steady_step(bank, encoded.feats, encoded.pos, encoded.sizes, self._stage)
+        with self._stage("postprocess"):
+            # the frame's one device-to-host copy: mask logits with the object score behind them
+            host = out.packed if out.packed.device.type == "cpu" else out.packed.to("cpu")
+            row = host.numpy()[0]
+            score = float(row[-1])
+            side = out.low_res.shape[-1]
+            low = out.low_res.clone() if self._graph is not None else out.low_res
+        return TrackResult(t, low, frame_hw, score, False, _low_host=row[:-1].reshape(side, side))
+
+    @torch.inference_mode()
+    def prepare(self, frame_hw: tuple[int, int] = (480, 640)) -> None:
+        """Build what the steady-state step needs (buffers, a CUDA graph) on blank frames, then reset.
+
+        Call before the camera opens: the first live frames then never wait for a capture.
+        Does nothing without a steady-state step.
+        """
+        if self._bank is None:
+            return
+        h, w = frame_hw
+        blank = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
+        box = Prompt(box=(w / 4, h / 4, w / 2, h / 2))
+        self.step(blank, (h, w), box)
+        for _ in range(self._bank.full_at + 2):
+            self.step(blank, (h, w), None)
+        self.reset()
+        self.timings.clear()
 
     def _memory_conditioned(
         self, t: int, feat: torch.Tensor, feat_pos: torch.Tensor, size: tuple[int, int]

@@ -12,7 +12,7 @@ from .conftest import moving_disc_frames
 
 
 def _run(model, frames: list[np.ndarray], *, cached: bool, reprompt_at: int) -> tuple[list[torch.Tensor], list]:
-    tracker = StreamingTracker(model)
+    tracker = StreamingTracker(model, steady=False)  # the steady-state step: tests/test_steady.py
     assert tracker._fast_memory, "tiny's memory attention must take the cached path"
     tracker._fast_memory = cached
     logits, entries = [], []

@@ -47,6 +47,7 @@ def print_result(result: dict[str, Any], console: Any) -> None:
             f"(+{ref['loading_ms_per_frame']:.1f} ms/frame loading) -> ratio {result['ratio_vs_official']:.3f} "
             f"(with loading {result['ratio_vs_official_with_loading']:.3f})"
         )
+    print_steady(result, console)
     for name, label in (("vcam", "to a virtual camera"), ("mp4", "to an mp4 file")):
         if f"e2e_{name}_ms_per_frame" in result:
             console.print(
@@ -57,12 +58,44 @@ def print_result(result: dict[str, Any], console: Any) -> None:
             )
 
 
+def print_steady(result: dict[str, Any], console: Any) -> None:
+    """The steady-state lines of a tracker run: its frames against the official ones, ops, syncs, deviation."""
+    if result.get("steady_frames"):
+        line = f"steady state (bank full, {result['steady_frames']} frames): {_fmt(result['steady_ms'])} ms/frame"
+        if result.get("ratio_steady_vs_official") is not None:
+            line += (
+                f" vs official {_fmt(result['official_steady_ms'])} -> ratio {result['ratio_steady_vs_official']:.3f}"
+            )
+        console.print(line)
+    if "ops_per_frame" in result:
+        console.print(
+            f"per steady frame: {_fmt(result['ops_per_frame'], 0)} aten ops, "
+            f"{_fmt(result['host_syncs_per_frame'], 1)} host syncs (eager step: "
+            f"{_fmt(result['eager_ops_per_frame'], 0)} ops, {_fmt(result['eager_host_syncs_per_frame'], 1)} syncs)"
+        )
+    if result.get("official_vos_ms_per_frame") is not None:
+        console.print(
+            f"official VOS-optimized predictor: {result['official_vos_ms_per_frame']:.1f} ms/frame -> ratio "
+            f"{_fmt(result.get('ratio_vs_official_vos'), 3)} (steady state {_fmt(result.get('ratio_steady_vs_official_vos'), 3)})"
+        )
+    d = result.get("deviation_vs_eager_fp32")
+    if d:
+        console.print(
+            f"{d['path']} vs eager float32 over {d['frames']} frames: mean IoU {d['mean_iou']:.4f}, "
+            f"min IoU {d['min_iou']:.4f}, max logit difference {d['max_logit_diff']:.3g}"
+        )
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _deviation_cell(d: dict[str, Any] | None) -> str:
+    return "exact (eager fp32)" if not d else f"{d['mean_iou']:.4f} / {d['min_iou']:.4f}"
 
 
 def suite_markdown(result: dict[str, Any]) -> str:
@@ -80,8 +113,9 @@ def suite_markdown(result: dict[str, Any]) -> str:
         f"## Bare tracker ({result['tracker'][0]['frame_size'] if result['tracker'] else '–'} frames)",
         "",
         "| run | ms/frame | fps | image encoder | memory attention | mask decoder | memory encoder "
-        "| official ms/frame | ratio vs official | peak GPU MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| official ms/frame | ratio vs official | steady ms | ratio steady vs official (VOS) "
+        "| ops / syncs per frame | IoU vs eager fp32 mean / min | peak GPU MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["tracker"]:
         st = r["stages_ms"]
@@ -90,7 +124,10 @@ def suite_markdown(result: dict[str, Any]) -> str:
             f"| {r['label']} | {_fmt(total, 2)} | {_fmt(1000.0 / total if total else None)} "
             f"| {_fmt(st['image_encoder'], 2)} | {_fmt(st['memory_attention'], 2)} | {_fmt(st['mask_decoder'], 2)} "
             f"| {_fmt(st['memory_encoder'], 2)} | {_fmt(r.get('official_ms_per_frame'), 2)} "
-            f"| {_fmt(r.get('ratio_vs_official'), 3)} | {_fmt(r.get('peak_gpu_mb'), 0)} |"
+            f"| {_fmt(r.get('ratio_vs_official'), 3)} | {_fmt(r.get('steady_ms'), 2)} "
+            f"| {_fmt(r.get('ratio_steady_vs_official'), 3)} ({_fmt(r.get('ratio_steady_vs_official_vos'), 3)}) "
+            f"| {_fmt(r.get('ops_per_frame'), 0)} / {_fmt(r.get('host_syncs_per_frame'), 1)} "
+            f"| {_deviation_cell(r.get('deviation_vs_eager_fp32'))} | {_fmt(r.get('peak_gpu_mb'), 0)} |"
         )
     lines += [
         "",

@@ -55,7 +55,9 @@ def bench_suite(
 ) -> dict[str, Any]:
     """Everything ``make bench-gpu`` records, in one go, into ``out_dir`` (JSON + a markdown table).
 
-    On CUDA: the bare tracker for each model at 512 and 1024 px, eager; ``tiny`` also with
+    On CUDA: the bare tracker for each model at 512 and 1024 px, eager; ``tiny`` also with its
+    steady-state step replayed as a CUDA graph (``--compile on``, against the official
+    VOS-optimized predictor, ``vos_optimized=True``, in the same run), with
     ``torch.compile`` (default mode) and with CUDA graphs (``reduce-overhead``) and against
     the official predictor; the live loop on a 720p and a 1080p clip at 30 fps (tiny @ 1024);
     the end-to-end offline pipeline at 720p; the compositor's OpenCV and torch paths and
@@ -107,7 +109,7 @@ def bench_suite(
     else:
         resolutions, frames, live_s = (512, 1024), 60, 10.0
         sizes = {"720p": (1280, 720), "1080p": (1920, 1080)}
-        compile_modes = (True, "reduce-overhead")
+        compile_modes = ("graph", True, "reduce-overhead")
 
     def over_budget() -> bool:
         return time.perf_counter() - t_start > budget_s
@@ -147,15 +149,24 @@ def bench_suite(
             if over_budget() and (mode is not False or name != "tiny"):
                 result["skipped"].append(label)
                 return
+            graph = mode == "graph"  # the steady-state step as a CUDA graph (--compile on)
             r = step(
                 label,
-                lambda name=name, res=res, mode=mode: bench_tracker(
-                    ModelSettings(model=name, checkpoint=str(checkpoint(name)), resolution=res, device=dev),
+                lambda name=name, res=res, mode=mode, graph=graph: bench_tracker(
+                    ModelSettings(
+                        model=name,
+                        checkpoint=str(checkpoint(name)),
+                        resolution=res,
+                        device=dev,
+                        compile="on" if graph else "off",
+                    ),
                     source=str(clips["720p"]),
                     frames=frames,
                     reference=(name == "tiny" and mode is False and not small),
+                    reference_vos=(name == "tiny" and graph),
+                    count_ops=(name == "tiny"),
                     e2e=False,
-                    compile_model=mode,
+                    compile_model=False if graph else mode,
                     warmup=1 if small else 25,
                 ),
             )

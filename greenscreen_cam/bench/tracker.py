@@ -30,6 +30,7 @@ from greenscreen_cam.bench.common import (
     synthetic_frames,
     write_jpeg_folder,
 )
+from greenscreen_cam.bench.steady import count_frame_ops, deviation, steady_figures
 from greenscreen_cam.core import percentile
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ def bench_tracker(
     e2e: bool = False,
     compile_model: bool | str = False,
     warmup: int = 3,
+    reference_vos: bool = False,
+    count_ops: bool = False,
 ) -> dict[str, Any]:
     """Per-stage medians of the streaming tracker and, on the same frames, the official predictor.
 
@@ -61,6 +64,10 @@ def bench_tracker(
         compile_model: False, True (``torch.compile`` of the image encoder, default mode) or a
             ``torch.compile`` mode such as ``"reduce-overhead"`` (CUDA graphs).
         warmup: Tracked frames before the measured pass (kernels, allocator, compilation).
+        reference_vos: Also time the official VOS-optimized predictor (``vos_optimized=True``:
+            torch.compile of its parts, slow to build) on the same frames.
+        count_ops: Also count aten ops and host syncs per steady-state frame (``greencam bench`` does; see
+            :func:`greenscreen_cam.bench.steady.count_frame_ops`).
 
     Returns:
         ``stages_ms`` (median ms per stage), ``total_ms`` (median per frame), and with ``reference``:
@@ -94,16 +101,15 @@ def bench_tracker(
             tracker.track(imgs[1 + i % (len(imgs) - 1)])
         tracker.timings.clear()
         totals: list[float] = []
+        logits = []
         for i, img in enumerate(imgs):
             start = time.perf_counter()
-            if i == 0:
-                tracker.prompt(img, prompt)
-            else:
-                tracker.track(img)
+            out = tracker.prompt(img, prompt) if i == 0 else tracker.track(img)
             if dev.startswith("cuda"):
                 torch.cuda.synchronize()
             if i > 0:
                 totals.append((time.perf_counter() - start) * 1000.0)
+            logits.append(out.low_res_logits.clone())
         stages = {name: median_ms(tracker.timings[name][1:]) for name in STAGES}
         result: dict[str, Any] = {
             "kind": "tracker",
@@ -112,6 +118,8 @@ def bench_tracker(
             "device": dev,
             "dtype": "bf16 autocast" if models.autocast_dtype(dev) is not None else "float32",
             "compiled": compile_model,
+            "compile": settings.compile,
+            "captured": bool(getattr(tracker, "captured", False)),
             "frames": len(imgs),
             "frame_size": f"{w}x{h}",
             "source": source or "synthetic",
@@ -128,11 +136,29 @@ def bench_tracker(
         if e2e:
             result.update(_bench_pipeline(folder, tracker, prompt, result["total_ms"], tmpdir))
             result["kind"] = "e2e"
+        from greenscreen_cam.steady import bank_full_at
+
+        full_at = bank_full_at(tracker.model)
+        dev_result = deviation(tracker, imgs, prompt, logits)
+        if dev_result is not None:
+            result["deviation_vs_eager_fp32"] = dev_result
+        if count_ops:
+            result.update(count_frame_ops(tracker, imgs, prompt))
+        result.update(steady_figures(totals, None, full_at))
         if reference:
             ref = bench_official(choice.spec, choice.checkpoint, dev, choice.resolution, folder, box, len(imgs))
             result.update(reference=ref, official_ms_per_frame=ref["propagate_ms"])
             result["ratio_vs_official"] = _ratio(result["total_ms"], ref["propagate_ms"])
             result["ratio_vs_official_with_loading"] = _ratio(result["total_ms"], ref["per_frame_with_loading_ms"])
+            result.update(steady_figures(totals, ref["times_ms"], full_at))
+        if reference_vos:
+            vos = bench_official(
+                choice.spec, choice.checkpoint, dev, choice.resolution, folder, box, len(imgs), vos=True
+            )
+            result.update(reference_vos=vos, official_vos_ms_per_frame=vos["propagate_ms"])
+            result["ratio_vs_official_vos"] = _ratio(result["total_ms"], vos["propagate_ms"])
+            steady_vos = steady_figures(totals, vos["times_ms"], full_at)
+            result["ratio_steady_vs_official_vos"] = steady_vos.get("ratio_steady_vs_official")
         del tracker
     return result
 
@@ -142,9 +168,13 @@ def _ratio(ours: float, theirs: float) -> float | None:
 
 
 def bench_official(
-    spec: Any, ckpt: Path, dev: str, res: int, folder: Path, box: tuple[float, ...], n: int
+    spec: Any, ckpt: Path, dev: str, res: int, folder: Path, box: tuple[float, ...], n: int, *, vos: bool = False
 ) -> dict[str, Any]:
-    """The official ``SAM2VideoPredictor`` on the JPEG ``folder``: median ``propagate_ms`` and loading per frame."""
+    """The official ``SAM2VideoPredictor`` on the JPEG ``folder``: median ``propagate_ms`` and loading per frame.
+
+    ``vos``: the official VOS-optimized predictor (``vos_optimized=True``, torch.compile'd parts);
+    ``times_ms`` lists every propagated frame's time (frame 1 first).
+    """
     import contextlib
     import warnings
 
@@ -152,7 +182,7 @@ def bench_official(
     from sam2.build_sam import build_sam2_video_predictor
 
     predictor = build_sam2_video_predictor(
-        spec.config, str(ckpt), device=dev, hydra_overrides_extra=[f"++model.image_size={res}"]
+        spec.config, str(ckpt), device=dev, hydra_overrides_extra=[f"++model.image_size={res}"], vos_optimized=vos
     )
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.startswith("cuda") else contextlib.nullcontext()
     x, y, bw, bh = box
@@ -182,6 +212,8 @@ def bench_official(
         "propagate_ms": propagate,
         "loading_ms_per_frame": load_s * 1000.0 / n,
         "per_frame_with_loading_ms": propagate + load_s * 1000.0 / n,
+        "times_ms": times,
+        "vos_optimized": vos,
     }
 
 
