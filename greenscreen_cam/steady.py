@@ -18,8 +18,11 @@ decoder and memory encoder, so its logits are bit-identical to the eager
 tracker's (``tests/test_steady.py``, 120 frames with an occlusion and a re-prompt).
 
 Every buffer has a leading batch dimension ``B`` (1 today) so that the
-batched serve step can stack several streams' banks; only the frame counter
-differs per stream (``t`` is ``(B,)``).
+batched serve step can stack several streams' banks, and the frame counter is
+already per stream (``t`` is ``(B,)``). What still assumes ``B = 1``: the ring
+read positions and the pointer positions are computed from ``t[0]``; stacked
+streams that are not in lockstep need them per row (a ``gather`` with a
+``(B, R)`` index, and ``obj_pos`` per stream, as issue 17 says).
 
 Buffers (``R = num_maskmem - 1``, ``P = max_obj_ptrs_in_encoder - 1``,
 ``HW`` = top-level tokens, ``L`` memory-attention layers, ``h`` heads, ``D`` head dim):
