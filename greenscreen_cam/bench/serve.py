@@ -232,9 +232,10 @@ def bench_step(
     """Time the server's worker step alone (no network): ``sessions`` trackers on one model.
 
     Each step is what ``greencam serve`` runs per round: every session's newest frame
-    through preprocessing, one batched image encoder call (or one call per frame with
-    ``batch=False``), then each session's memory attention, decoder and memory encoder,
-    and the mask copied to the host.
+    through preprocessing, one batched image encoder call and, once the banks are full, one
+    stacked memory attention + decoder + memory encoder step for all sessions
+    (:class:`greenscreen_cam.batched.SessionBatch`); with ``batch=False`` everything one by one.
+    The masks are copied to the host.
 
     Args:
         model: A loaded SAM 2 model (:func:`greenscreen_cam.models.load_model`).
@@ -261,7 +262,10 @@ def bench_step(
     device = str(model.device)
     if warmup is None:
         warmup = 20 if device.startswith("cuda") else 2
+    from greenscreen_cam.batched import SessionBatch
+
     trackers = [StreamingTracker(model, autocast=models.autocast_dtype(device)) for _ in range(sessions)]
+    stacked = SessionBatch(model, autocast=models.autocast_dtype(device)) if batch else None
     h, w = frame_hw
     rng = np.random.default_rng(0)
     bases = [rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1) for _ in trackers]
@@ -285,7 +289,7 @@ def bench_step(
         imgs = frames(i)
         sync()
         t0 = time.perf_counter()
-        results = track_batch(trackers, imgs, [prompt if i == 0 else None] * sessions, batch=batch)
+        results = track_batch(trackers, imgs, [prompt if i == 0 else None] * sessions, batch=batch, stacked=stacked)
         for r in results:
             if isinstance(r, Exception):
                 raise r
