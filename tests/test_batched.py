@@ -147,7 +147,8 @@ def test_batched_step_has_no_host_sync(short_bank_model) -> None:
 
     feats = [torch.cat([e.feats[j] for _, _, e, _, _ in step_items], dim=1) for j in range(3)]
     pos = [torch.cat([e.pos[j] for _, _, e, _, _ in step_items], dim=1) for j in range(3)]
-    bucket.live.fill_(True)
+    with torch.inference_mode():
+        bucket.live.fill_(True)
     with OpCounter() as counter, torch.inference_mode():
         batched_step(model, bucket, bucket.live, feats, pos, step_items[0][2].sizes)
     assert counter.syncs == 0, counter.sync_ops
