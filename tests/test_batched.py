@@ -169,3 +169,14 @@ def test_admission_reads_the_measured_time_of_the_next_bucket() -> None:
     one_by_one = ModelWorker(None, model_name="tiny", device="cpu", resolution=256, batch=False)
     one_by_one.step_times = {1: 0.05}
     assert one_by_one.predicted_fps(3) == pytest.approx(1 / 0.15)
+
+
+def test_bench_serve_step_needs_a_source() -> None:
+    from typer.testing import CliRunner
+
+    from greenscreen_cam.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--serve-step", "--device", "cpu", "--resolution", "256"])
+    assert result.exit_code != 0
+    assert "--serve-step needs a SOURCE video" in result.output
+    assert "Traceback" not in result.output
