@@ -248,9 +248,7 @@ def batched_step(
         ring = buf["v"][li]
         ring[rows, write] = torch.where(live[:, None, None, None], v, ring[rows, write])
     write_ptr = torch.remainder(t, p)
-    buf["ptr"][rows, write_ptr] = torch.where(
-        live[:, None], obj_ptr.to(buf["ptr"].dtype), buf["ptr"][rows, write_ptr]
-    )
+    buf["ptr"][rows, write_ptr] = torch.where(live[:, None], obj_ptr.to(buf["ptr"].dtype), buf["ptr"][rows, write_ptr])
     return torch.cat([low_res.float().flatten(1), obj_score.float().reshape(batch, -1)[:, :1]], dim=1)
 
 
@@ -436,7 +434,6 @@ class SessionBatch:
         Returns:
             Per item its :class:`TrackResult`, or the PromptError its step raised.
         """
-        from greenscreen_cam.segmenter import TrackResult
 
         start = time.perf_counter()
         out: list[TrackResult | PromptError | None] = [None] * len(items)
@@ -510,4 +507,3 @@ class SessionBatch:
             else:
                 low = packed[m.row : m.row + 1, :-1].reshape(1, 1, side, side).clone()
             out[i] = TrackResult(m.frame_index, low, hw, float(row[-1]), False, _low_host=low_host)
-
