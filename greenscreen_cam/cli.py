@@ -515,6 +515,8 @@ Examples:
 
   greencam bench clip.mp4 --serve --sessions 1 --sessions 4 --random-weights  # greencam serve, N clients
 
+  greencam bench clip.mp4 --serve-step --sessions 4 --json      # one batched serve step vs one by one
+
   greencam bench --capacity --fps 30 --random-weights          # serve sessions one worker fits at 30 fps
 
   greencam bench --suite --device cuda --out bench-results     # everything make bench-gpu records
@@ -582,8 +584,18 @@ def bench(
         bool, typer.Option("--serve", help="greencam serve in its own process with N camera clients from SOURCE.")
     ] = False,
     sessions: Annotated[
-        list[int] | None, typer.Option("--sessions", help="With --serve: clients at once (repeatable; default 1).")
+        list[int] | None,
+        typer.Option(
+            "--sessions", help="With --serve: clients at once (repeatable; default 1). With --serve-step: sessions (4)."
+        ),
     ] = None,
+    serve_step: Annotated[
+        bool,
+        typer.Option(
+            "--serve-step",
+            help="One steady-state serve step of --sessions sessions: batched vs one by one (--frames timed steps).",
+        ),
+    ] = False,
     one_by_one: Annotated[
         bool, typer.Option("--one-by-one", help="With --serve/--capacity: no batched image encoder.")
     ] = False,
@@ -638,6 +650,10 @@ def bench(
             result = b.bench_compositor(frames)
         elif process:
             result = b.bench_process(settings, source=source, frames=frames, bbox=bbox, repeats=repeats)
+        elif serve_step:
+            result = b.bench_serve_step(
+                settings, source, (sessions or [4])[0], steps=frames, random_weights=random_weights
+            )
         elif capacity:
             result = b.bench_capacity(settings, fps or 30.0, random_weights=random_weights, batch=not one_by_one)
         elif serve:

@@ -16,7 +16,7 @@ from greenscreen_cam.bench.common import load_frames, synthetic_frames
 from greenscreen_cam.bench.compositor import bench_compositor, compositor_overlap
 from greenscreen_cam.bench.process import bench_process
 from greenscreen_cam.bench.report import print_result, suite_markdown
-from greenscreen_cam.bench.serve import bench_capacity, bench_link, bench_step, sessions_at_fps
+from greenscreen_cam.bench.serve import bench_capacity, bench_link, bench_serve_step, bench_step, sessions_at_fps
 from greenscreen_cam.bench.suite import SUITE_MODELS, bench_suite
 from greenscreen_cam.bench.tracker import bench_live, bench_official, bench_soak, bench_tracker
 
@@ -35,6 +35,7 @@ __all__ = [
     "compositor_overlap",
     "load_frames",
     "print_result",
+    "bench_serve_step",
     "sessions_at_fps",
     "suite_markdown",
     "synthetic_frames",

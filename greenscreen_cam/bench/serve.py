@@ -232,9 +232,10 @@ def bench_step(
     """Time the server's worker step alone (no network): ``sessions`` trackers on one model.
 
     Each step is what ``greencam serve`` runs per round: every session's newest frame
-    through preprocessing, one batched image encoder call (or one call per frame with
-    ``batch=False``), then each session's memory attention, decoder and memory encoder,
-    and the mask copied to the host.
+    through preprocessing, one batched image encoder call and, once the banks are full, one
+    stacked memory attention + decoder + memory encoder step for all sessions
+    (:class:`greenscreen_cam.batched.SessionBatch`); with ``batch=False`` everything one by one.
+    The masks are copied to the host.
 
     Args:
         model: A loaded SAM 2 model (:func:`greenscreen_cam.models.load_model`).
@@ -261,7 +262,10 @@ def bench_step(
     device = str(model.device)
     if warmup is None:
         warmup = 20 if device.startswith("cuda") else 2
+    from greenscreen_cam.batched import SessionBatch
+
     trackers = [StreamingTracker(model, autocast=models.autocast_dtype(device)) for _ in range(sessions)]
+    stacked = SessionBatch(model, autocast=models.autocast_dtype(device)) if batch else None
     h, w = frame_hw
     rng = np.random.default_rng(0)
     bases = [rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1) for _ in trackers]
@@ -285,7 +289,7 @@ def bench_step(
         imgs = frames(i)
         sync()
         t0 = time.perf_counter()
-        results = track_batch(trackers, imgs, [prompt if i == 0 else None] * sessions, batch=batch)
+        results = track_batch(trackers, imgs, [prompt if i == 0 else None] * sessions, batch=batch, stacked=stacked)
         for r in results:
             if isinstance(r, Exception):
                 raise r
@@ -362,5 +366,113 @@ def bench_capacity(
     if choice.device.startswith("cuda"):
         import torch
 
+        result["gpu"] = torch.cuda.get_device_name()
+    return result
+
+
+def bench_serve_step(
+    settings: ModelSettings,
+    source: str | None,
+    sessions: int = 4,
+    *,
+    steps: int = 10,
+    random_weights: bool = False,
+) -> dict[str, Any]:
+    """One steady-state step of ``sessions`` sessions: stacked (one batched step) against one by one.
+
+    Each session tracks ``source`` from its own starting frame with its own prompt box (so its
+    frame counter and pointer positions differ). Both sides run the same image-encoder outputs
+    (encoded once per session and frame, not timed); after the banks fill, ``steps`` steps are
+    timed: ``batched_ms`` (:class:`greenscreen_cam.batched.SessionBatch`) and ``sequential_ms``
+    (each tracker's own steady-state step, one after another), medians; the masks of both sides
+    are compared (mean and minimum IoU, largest logit difference).
+    """
+    import tempfile
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from greenscreen_cam import models
+    from greenscreen_cam.app import resolve_model
+    from greenscreen_cam.batched import SessionBatch
+    from greenscreen_cam.errors import ConfigError
+    from greenscreen_cam.segmenter import Prompt, StreamingTracker
+    from greenscreen_cam.steady import bank_full_at
+
+    if source is None:
+        raise ConfigError("--serve-step needs a SOURCE video")
+    with tempfile.TemporaryDirectory(prefix="greencam-bench-") as tmp:
+        choice = resolve_model(settings, random_weights=Path(tmp) if random_weights else None)
+        model = models.load_model(choice.spec, choice.checkpoint, device=choice.device, resolution=choice.resolution)
+    full_at = bank_full_at(model)
+    need = full_at + steps + sessions
+    cap = cv2.VideoCapture(str(source))
+    frames: list[np.ndarray] = []
+    while len(frames) < need:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    if not frames:
+        raise ConfigError(f"cannot read frames from {source}")
+    h, w = frames[0].shape[:2]
+    autocast = models.autocast_dtype(choice.device)
+    alone = [StreamingTracker(model, autocast=autocast) for _ in range(sessions)]
+    together = [StreamingTracker(model, autocast=autocast) for _ in range(sessions)]
+    stacked = SessionBatch(model, autocast=autocast)
+
+    def sync() -> None:
+        if choice.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    batched_ms: list[float] = []
+    sequential_ms: list[float] = []
+    ious: list[float] = []
+    max_diff = 0.0
+    for i in range(full_at + steps):
+        encoded = []
+        for k in range(sessions):
+            frame = frames[(i + k) % len(frames)]
+            encoded.append(alone[k].encode(alone[k].preprocess(frame))[0])
+        prompts = [
+            Prompt(box=(w * (0.2 + 0.05 * k), h * 0.2, w * 0.4, h * 0.6)) if i == 0 else None for k in range(sessions)
+        ]
+        sync()
+        t0 = time.perf_counter()
+        expected = [t.step_encoded(e, (h, w), p) for t, e, p in zip(alone, encoded, prompts, strict=True)]
+        lows_a = [r.low_res_numpy() for r in expected]
+        sync()
+        t1 = time.perf_counter()
+        got = stacked.track([(t, t, e, (h, w), p) for t, e, p in zip(together, encoded, prompts, strict=True)])
+        lows_b = [r.low_res_numpy() for r in got if not isinstance(r, Exception)]
+        sync()
+        t2 = time.perf_counter()
+        if i >= full_at:
+            assert len(stacked) == sessions
+            sequential_ms.append((t1 - t0) * 1000.0)
+            batched_ms.append((t2 - t1) * 1000.0)
+            for a, b in zip(lows_a, lows_b, strict=True):
+                max_diff = max(max_diff, float(np.abs(a - b).max()))
+                union = np.logical_or(a > 0, b > 0).sum()
+                ious.append(1.0 if union == 0 else float(np.logical_and(a > 0, b > 0).sum() / union))
+    batched, sequential = percentile(batched_ms, 50), percentile(sequential_ms, 50)
+    result: dict[str, Any] = {
+        "kind": "serve_step",
+        "model": choice.spec.name,
+        "device": choice.device,
+        "resolution": choice.resolution,
+        "sessions": sessions,
+        "bucket": stacked.bucket,
+        "steps": steps,
+        "batched_ms": round(batched, 2),
+        "sequential_ms": round(sequential, 2),
+        "ratio_batched_vs_sequential": round(batched / sequential, 3) if sequential else None,
+        "iou_batched_vs_sequential": round(float(np.mean(ious)), 5),
+        "min_iou_batched_vs_sequential": round(float(np.min(ious)), 5),
+        "max_logit_diff": max_diff,
+    }
+    if choice.device.startswith("cuda"):
         result["gpu"] = torch.cuda.get_device_name()
     return result

@@ -19,7 +19,7 @@ from greenscreen_cam.bench.common import (
 )
 from greenscreen_cam.bench.compositor import bench_compositor
 from greenscreen_cam.bench.report import suite_markdown
-from greenscreen_cam.bench.serve import bench_step
+from greenscreen_cam.bench.serve import bench_step, sessions_at_fps
 from greenscreen_cam.bench.tracker import bench_live, bench_tracker
 from greenscreen_cam.config import ModelSettings
 from greenscreen_cam.errors import ConfigError
@@ -229,6 +229,25 @@ def bench_suite(
                 result["serve_step"].append(r)
         del net
         free_device_memory()
+
+        # 4b. sessions per GPU at 30 fps with the stacked serve step, tiny@512 and tiny@1024 (GPU runs)
+        result["serve_capacity"] = []
+        for cap_res in () if small else (512, 1024):
+            if over_budget():
+                result["skipped"].append(f"serve capacity tiny@{cap_res}")
+                continue
+            r = step(
+                f"serve capacity tiny@{cap_res}",
+                lambda cap_res=cap_res: sessions_at_fps(
+                    models.load_model(models.get_spec("tiny"), checkpoint("tiny"), device=dev, resolution=cap_res),
+                    30.0,
+                    limit=16,
+                ),
+            )
+            if r is not None:
+                r.update(model="tiny", resolution=cap_res)
+                result["serve_capacity"].append(r)
+            free_device_memory()
 
         # 5. tiny compiled (Inductor) and with CUDA graphs, while the time budget lasts
         run_trackers([("tiny", res, mode) for res in sorted(resolutions, reverse=True) for mode in compile_modes])

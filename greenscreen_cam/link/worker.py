@@ -2,9 +2,12 @@
 
 Each session keeps only the newest decoded frame of its camera (older ones are dropped and
 counted); every worker step takes the newest frame of every session that has one, runs the image
-encoder on them as one batch and then each session's memory attention, mask decoder and memory
-encoder with its own :class:`~greenscreen_cam.segmenter.StreamingTracker` (all trackers share the
-one model). The worker knows sessions only by id: it calls back with each mask message, on the
+encoder on them as one batch, and then memory attention, mask decoder and memory encoder once for
+every session whose memory bank is full (:class:`~greenscreen_cam.batched.SessionBatch`: the banks
+stacked along the batch dimension, padded to a bucket of 1, 2, 4, 8 or 16 rows). Sessions being
+prompted or still filling their bank run their own
+:class:`~greenscreen_cam.segmenter.StreamingTracker` step beside it (all trackers share the one
+model). The worker knows sessions only by id: it calls back with each mask message, on the
 event loop it was started with.
 
 The per-session slots are not :class:`~greenscreen_cam.core.LatestSlot`: the worker waits for a
@@ -38,6 +41,7 @@ from greenscreen_cam.link.protocol import (
 if TYPE_CHECKING:
     import numpy as np
 
+    from greenscreen_cam.batched import SessionBatch
     from greenscreen_cam.config import ModelSettings
     from greenscreen_cam.prompt import Prompt
     from greenscreen_cam.segmenter import StreamingTracker, TrackResult
@@ -74,6 +78,7 @@ def track_batch(
     prompts: list[Prompt | None],
     *,
     batch: bool = True,
+    stacked: SessionBatch | None = None,
 ) -> list[TrackResult | PromptError]:
     """One frame for each of several trackers that share one model.
 
@@ -82,6 +87,8 @@ def track_batch(
         images: Each session's newest frame, RGB uint8 ``(H, W, 3)`` (sizes may differ).
         prompts: A prompt (in that frame's pixels) to make it a conditioning frame, or None to track.
         batch: Run the image encoder on all frames as one batch; False runs it frame by frame.
+        stacked: Run every full-bank session's memory attention, decoder and memory encoder in one
+            batched step (keyed by tracker); None runs each tracker's own step.
 
     Returns:
         Per session its :class:`TrackResult`, or the PromptError its step raised.
@@ -93,6 +100,13 @@ def track_batch(
         encoded = trackers[0].encode(torch.cat(pre, dim=0))
     else:
         encoded = [t.encode(p)[0] for t, p in zip(trackers, pre, strict=True)]
+    if stacked is not None:
+        return stacked.track(
+            [
+                (t, t, enc, img.shape[:2], prompt)
+                for t, enc, img, prompt in zip(trackers, encoded, images, prompts, strict=True)
+            ]
+        )
     out: list[TrackResult | PromptError] = []
     for t, enc, img, prompt in zip(trackers, encoded, images, prompts, strict=True):
         try:
@@ -123,8 +137,15 @@ class ModelWorker:
         model_name: Its registry name (``tiny``...), for ``/health``.
         device: Its torch device.
         resolution: Its input size in pixels.
-        batch: Run the image encoder on all sessions' frames as one batch (False: one by one).
+        batch: Run the image encoder on all sessions' frames as one batch, and every full-bank
+            session's memory attention, decoder and memory encoder in one stacked step (False: one by one).
+        captured: Replay the stacked step as one CUDA graph per bucket (CUDA only).
         on_event: One line per event (a failed step).
+
+    ``step_times`` (and so ``/health``'s ``step_ms`` and ``--min-fps`` admission) holds, per bucket,
+    the measured wall time of worker steps in which every session ran in the stacked step; until a
+    bucket has one, steps with sessions still filling their bank stand in (``fill_times``, per
+    session count).
     """
 
     def __init__(
@@ -135,9 +156,11 @@ class ModelWorker:
         device: str,
         resolution: int,
         batch: bool = True,
+        captured: bool = False,
         on_event: EventFn | None = None,
     ) -> None:
         from greenscreen_cam import models
+        from greenscreen_cam.batched import SessionBatch
 
         self.model = model
         self.model_name = model_name
@@ -152,8 +175,13 @@ class ModelWorker:
         self._running = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.stacked = (
+            SessionBatch(model, autocast=self.autocast, captured=captured) if batch and model is not None else None
+        )
         self.step_times: dict[int, float] = {}
-        """EWMA of the step wall time in seconds, per batch size."""
+        """EWMA of the wall time in seconds of fully stacked worker steps, per bucket (batch=False: per session count)."""
+        self.fill_times: dict[int, float] = {}
+        """EWMA of the other steps' wall time, per session count."""
         self.steps = 0
 
     # -------------------------------------------------------------- sessions (loop side)
@@ -193,15 +221,31 @@ class ModelWorker:
                 entry.prompt, entry.reset = msg, reset
 
     # -------------------------------------------------------------- admission
+    def _key(self, sessions: int) -> int:
+        """The ``step_times`` key a step of ``sessions`` sessions is measured under: its bucket when stacked."""
+        from greenscreen_cam.batched import BUCKETS, bucket_for
+
+        return bucket_for(sessions) if self.batch and sessions <= BUCKETS[-1] else sessions
+
     def predicted_fps(self, sessions: int) -> float | None:
-        """Masks per second each of ``sessions`` sessions would get, from measured step times (None: unknown)."""
-        if not self.step_times or sessions < 1:
+        """Masks per second each of ``sessions`` sessions would get, from measured step times (None: unknown).
+
+        A step pads to its bucket, so ``sessions`` costs what its bucket was measured at: a new
+        camera that stays within the current bucket costs nothing more. A bucket not measured yet
+        is scaled from the largest measured one below it (linearly: an upper bound where batching
+        helps), or else takes the smallest measured one above it.
+        """
+        times = self.step_times or self.fill_times
+        if not times or sessions < 1:
             return None
-        if sessions in self.step_times:
-            t = self.step_times[sessions]
+        key = self._key(sessions) if times is self.step_times else sessions
+        if key in times:
+            t = times[key]
+        elif any(k < key for k in times):
+            n = max(k for k in times if k < key)
+            t = times[n] * key / n
         else:
-            n = max((k for k in self.step_times if k <= sessions), default=min(self.step_times))
-            t = self.step_times[n] * sessions / n
+            t = times[min(times)]
         return 1.0 / t if t > 0 else None
 
     # -------------------------------------------------------------- lifecycle
@@ -257,6 +301,8 @@ class ModelWorker:
                     jobs.append((e, frame, tag, e.prompt, e.reset))
                     e.slot, e.prompt, e.reset = None, None, False
             for e in retired:
+                if self.stacked is not None:
+                    self.stacked.leave(e.tracker)
                 with contextlib.suppress(Exception):
                     e.tracker.reset()  # frees the session's memory now, not at garbage collection
             if jobs:
@@ -280,6 +326,8 @@ class ModelWorker:
         active: list[tuple[_Entry, int, Any, Prompt | None]] = []
         for e, frame, tag, prompt_msg, reset in jobs:
             if reset:
+                if self.stacked is not None:
+                    self.stacked.leave(e.tracker)
                 e.tracker.reset()
             image = frame.to_ndarray(format="rgb24")
             h, w = image.shape[:2]
@@ -301,6 +349,7 @@ class ModelWorker:
             [image for _, _, image, _ in active],
             [prompt for *_, prompt in active],
             batch=self.batch,
+            stacked=self.stacked,
         )
         for (e, tag, _, _), result in zip(active, results, strict=True):
             if isinstance(result, PromptError):
@@ -312,6 +361,13 @@ class ModelWorker:
             self._call(e.deliver, msg, STATE_NAMES[state])
         elapsed = time.perf_counter() - start
         n = len(active)
-        old = self.step_times.get(n)
-        self.step_times[n] = elapsed if old is None else 0.8 * old + 0.2 * elapsed
+        stacked = self.stacked
+        if stacked is None:
+            times, key = self.step_times, n
+        elif all(e.tracker in stacked for e, *_ in active):
+            times, key = self.step_times, stacked.bucket
+        else:
+            times, key = self.fill_times, n
+        old = times.get(key)
+        times[key] = elapsed if old is None else 0.8 * old + 0.2 * elapsed
         self.steps += 1
