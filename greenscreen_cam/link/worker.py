@@ -19,12 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from greenscreen_cam.errors import LinkProtocolError, PromptError
@@ -54,22 +52,17 @@ ErrorFn = Callable[[str], None]
 
 
 def load_serving_model(s: ModelSettings, *, random_weights: bool = False) -> tuple[Any, str, str, int]:
-    """Load SAM 2 as ``s`` says: ``(model, model name, device, resolution)``.
+    """Load the model as ``s`` says, through the tracker backend registry: ``(net, name, device, resolution)``.
 
-    With ``random_weights``, exactly the weights of ``greencam start --random-weights`` (seed 0,
-    through the real loader) instead of a checkpoint.
+    The same factory as ``greencam start`` and ``greencam bench``
+    (:func:`greenscreen_cam.tracking.open_model`); the worker's stacked step needs SAM 2's own
+    network, so only the ``sam2`` backend is asked. With ``random_weights``, exactly the weights of
+    ``greencam start --random-weights`` (seed 0, through the real loader) instead of a checkpoint.
     """
-    from greenscreen_cam import models
+    from greenscreen_cam import tracking
 
-    spec, dev, res = models.choose(s.model, s.device, s.resolution)
-    if random_weights:
-        with tempfile.TemporaryDirectory(prefix="greencam-weights-") as tmp:
-            path = models.save_random_checkpoint(spec, Path(tmp) / spec.filename)
-            model = models.load_model(spec, path, device=dev, resolution=res)
-    else:
-        path = models.resolve_checkpoint(spec, Path(s.checkpoint).expanduser() if s.checkpoint else None)
-        model = models.load_model(spec, path, device=dev, resolution=res)
-    return model, spec.name, dev, res
+    loaded = tracking.open_model(s, random_weights=random_weights, backend="sam2")
+    return loaded.net, loaded.name, loaded.device, loaded.resolution
 
 
 def track_batch(
