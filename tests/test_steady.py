@@ -85,9 +85,11 @@ def test_steady_step_makes_no_host_sync_and_dispatches_fewer_ops(tiny_model):
 
         counts[steady] = count_step(step, frames=2)
         assert tracker.steady_active is steady
-    # eager: float(score) waits for the device; steady: the score travels with the mask
-    assert counts[False]["host_syncs_per_frame"] >= 1
+    # steady: the score travels with the mask, so nothing waits for the device inside the step. (On the
+    # CPU the eager step may also count 0: reading a CPU tensor's value through numpy dispatches no op;
+    # test_op_counter_counts_syncs_and_ops shows the counter does see float()/.item().)
     assert counts[True]["host_syncs_per_frame"] == 0, counts[True]["sync_ops"]
+    assert counts[True]["host_syncs_per_frame"] <= counts[False]["host_syncs_per_frame"]
     assert 0 < counts[True]["ops_per_frame"] < counts[False]["ops_per_frame"]
 
 
