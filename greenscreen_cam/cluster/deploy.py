@@ -206,7 +206,7 @@ class SessionHost:
         return Load(
             sessions=len(r.sessions) + r._opening,
             max_sessions=r.max_sessions,
-            step_ms={n: t * 1000.0 for n, t in self.worker.step_times.items()},
+            step_ms={n: t * 1000.0 for n, t in self.worker.measured_step_times().items()},
             draining=self.draining,
         )
 

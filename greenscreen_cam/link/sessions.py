@@ -389,7 +389,7 @@ class SessionRegistry:
             "model": w.model_name,
             "device": w.device,
             "resolution": w.resolution,
-            "step_ms": {str(n): round(t * 1000.0, 1) for n, t in sorted(w.step_times.items())},
+            "step_ms": {str(n): round(t * 1000.0, 1) for n, t in sorted(w.measured_step_times().items())},
         }
 
     # -------------------------------------------------------------- lifecycle

@@ -214,6 +214,11 @@ class ModelWorker:
                 entry.prompt, entry.reset = msg, reset
 
     # -------------------------------------------------------------- admission
+    def measured_step_times(self) -> dict[int, float]:
+        """What admission goes by, in seconds per step: ``step_times`` once a stacked step was measured,
+        until then ``fill_times`` (steps with sessions still filling their bank, per session count)."""
+        return dict(self.step_times or self.fill_times)
+
     def _key(self, sessions: int) -> int:
         """The ``step_times`` key a step of ``sessions`` sessions is measured under: its bucket when stacked."""
         from greenscreen_cam.batched import BUCKETS, bucket_for
@@ -228,7 +233,7 @@ class ModelWorker:
         is scaled from the largest measured one below it (linearly: an upper bound where batching
         helps), or else takes the smallest measured one above it.
         """
-        times = self.step_times or self.fill_times
+        times = self.step_times or self.fill_times  # as measured_step_times(), keeping the identity test below
         if not times or sessions < 1:
             return None
         key = self._key(sessions) if times is self.step_times else sessions
