@@ -40,10 +40,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from greenscreen_cam.errors import PromptError
-from greenscreen_cam.steady import SteadyBank, _ensure_freqs, _rotate, bank_full_at
+from greenscreen_cam.steady import SteadyBank, attend_memory, bank_full_at
 
 if TYPE_CHECKING:
     from greenscreen_cam.prompt import Prompt
@@ -148,7 +147,6 @@ def batched_step(
     Returns:
         ``(B, S/4 * S/4 + 1)`` float32: per row the low-resolution mask logits, then the object score.
     """
-    from sam2.modeling.position_encoding import apply_rotary_enc
     from sam2.modeling.sam2_utils import get_1d_sine_pe
 
     buf = bucket.buffers
@@ -189,34 +187,19 @@ def batched_step(
     ptr_mem_bf = ptr_mem.to(mem_dtype).transpose(0, 1)
     ptr_pos_bf = ptr_pos.to(pos_dtype).transpose(0, 1)
 
-    output = feat
-    if attention.pos_enc_at_input:
-        output = output + 0.1 * feat_pos
-    output = output.transpose(0, 1)
-    query_pos = feat_pos.transpose(0, 1)
-    for li, layer in enumerate(attention.layers):
-        output = layer._forward_sa(output, query_pos)
-        tgt2 = layer.norm2(output)
-        attn = layer.cross_attn_image
-        q = attn.q_proj(tgt2 + query_pos if layer.pos_enc_at_cross_attn_queries else tgt2)
-        q = attn._separate_heads(q, attn.num_heads)
-        _ensure_freqs(attn, q.shape[-2], device)
-        k_mem = attn.k_proj(mem + mem_pos if layer.pos_enc_at_cross_attn_keys else mem)
-        k_mem = attn._separate_heads(k_mem, attn.num_heads)
-        k_mem = _rotate(k_mem.unflatten(-2, (r, hw)), attn.freqs_cis).flatten(-3, -2)
-        v_mem = buf["v"][li][rows[:, None], read_mem].transpose(1, 2).flatten(2, 3)  # (B, h, R*HW, D)
-        q, _ = apply_rotary_enc(q, q[:, :, :0], freqs_cis=attn.freqs_cis)
-        k_ptr = attn.k_proj(ptr_mem_bf + ptr_pos_bf if layer.pos_enc_at_cross_attn_keys else ptr_mem_bf)
-        keys = torch.cat([buf["k_cond"][li], k_mem, attn._separate_heads(k_ptr, attn.num_heads)], dim=-2)
-        values = torch.cat(
-            [buf["v_cond"][li], v_mem, attn._separate_heads(attn.v_proj(ptr_mem_bf), attn.num_heads)], dim=-2
-        )
-        attended = F.scaled_dot_product_attention(q, keys, values)
-        output = output + layer.dropout2(attn.out_proj(attn._recombine_heads(attended)))
-        tgt2 = layer.norm3(output)
-        tgt2 = layer.linear2(layer.dropout(layer.activation(layer.linear1(tgt2))))
-        output = output + layer.dropout3(tgt2)
-    pix_feat = attention.norm(output).transpose(0, 1).permute(1, 2, 0).view(batch, channels, height, width)
+    pix_feat = attend_memory(
+        attention,
+        feat,
+        feat_pos,
+        mem,
+        mem_pos,
+        ptr_mem_bf,
+        ptr_pos_bf,
+        buf,
+        lambda li: buf["v"][li][rows[:, None], read_mem].transpose(1, 2).flatten(2, 3),  # (B, h, R*HW, D)
+        (r, hw),
+        (batch, channels, height, width),
+    )
 
     high_res_features = [
         x.permute(1, 2, 0).view(x.size(1), x.size(2), *s) for x, s in zip(feats[:-1], sizes[:-1], strict=True)

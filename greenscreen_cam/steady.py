@@ -200,6 +200,66 @@ class SteadyBank:
         return sum(x.numel() * x.element_size() for x in self.buffers.values()) if self.active else 0
 
 
+def attend_memory(
+    attention: Any,
+    feat: torch.Tensor,
+    feat_pos: torch.Tensor,
+    mem: torch.Tensor,
+    mem_pos: torch.Tensor,
+    ptr_mem: torch.Tensor,
+    ptr_pos: torch.Tensor,
+    buf: dict[str, Any],
+    recent_values: Callable[[int], torch.Tensor],
+    mem_shape: tuple[int, int],
+    out_shape: tuple[int, int, int, int],
+) -> torch.Tensor:
+    """sam2's memory attention over a full bank, op for op (the one loop of the steady and stacked steps).
+
+    Args:
+        attention: The model's ``memory_attention``.
+        feat, feat_pos: The current frame's features and positions, ``(HW, B, C)``.
+        mem, mem_pos: The recent memories and their positions as read from the bank.
+        ptr_mem, ptr_pos: Object-pointer tokens and positions, ``(B, tokens, mem_dim)``.
+        buf: The bank's buffers (``k_cond`` and ``v_cond`` per layer: the conditioning frame's keys and values).
+        recent_values: ``recent_values(layer)`` -> the recent memories' values for that layer, ``(B, h, R*HW, D)``.
+        mem_shape: ``(R, HW)``: recent memories read and tokens per memory.
+        out_shape: ``(B, C, H, W)`` of the conditioned features returned.
+    """
+    from sam2.modeling.position_encoding import apply_rotary_enc
+
+    r, hw = mem_shape
+    batch, channels, height, width = out_shape
+    device = feat.device
+    output = feat
+    if attention.pos_enc_at_input:
+        output = output + 0.1 * feat_pos
+    output = output.transpose(0, 1)
+    query_pos = feat_pos.transpose(0, 1)
+    for li, layer in enumerate(attention.layers):
+        output = layer._forward_sa(output, query_pos)
+        tgt2 = layer.norm2(output)
+        attn = layer.cross_attn_image
+        q = attn.q_proj(tgt2 + query_pos if layer.pos_enc_at_cross_attn_queries else tgt2)
+        q = attn._separate_heads(q, attn.num_heads)
+        _ensure_freqs(attn, q.shape[-2], device)
+        k_mem = attn.k_proj(mem + mem_pos if layer.pos_enc_at_cross_attn_keys else mem)
+        k_mem = attn._separate_heads(k_mem, attn.num_heads)
+        k_mem = _rotate(k_mem.unflatten(-2, (r, hw)), attn.freqs_cis).flatten(-3, -2)
+        v_mem = recent_values(li)
+        q, _ = apply_rotary_enc(q, q[:, :, :0], freqs_cis=attn.freqs_cis)
+        k_ptr = attn.k_proj(ptr_mem + ptr_pos if layer.pos_enc_at_cross_attn_keys else ptr_mem)
+        keys = torch.cat([buf["k_cond"][li], k_mem, attn._separate_heads(k_ptr, attn.num_heads)], dim=-2)
+        values = torch.cat(
+            [buf["v_cond"][li], v_mem, attn._separate_heads(attn.v_proj(ptr_mem), attn.num_heads)], dim=-2
+        )
+        attended = F.scaled_dot_product_attention(q, keys, values)
+        output = output + layer.dropout2(attn.out_proj(attn._recombine_heads(attended)))
+        tgt2 = layer.norm3(output)
+        tgt2 = layer.linear2(layer.dropout(layer.activation(layer.linear1(tgt2))))
+        output = output + layer.dropout3(tgt2)
+    return attention.norm(output).transpose(0, 1).permute(1, 2, 0).view(batch, channels, height, width)
+
+
 def _ensure_freqs(attn: Any, tokens: int, device: torch.device) -> None:
     """sam2's RoPEAttention keeps its rotation for the last token count it saw: make it fit ``tokens``."""
     attn.freqs_cis = attn.freqs_cis.to(device)
@@ -234,7 +294,6 @@ def steady_step(
     Returns:
         The frame's outputs, still on the device.
     """
-    from sam2.modeling.position_encoding import apply_rotary_enc
     from sam2.modeling.sam2_utils import get_1d_sine_pe
 
     timed = stage or (lambda _name: nullcontext())
@@ -277,34 +336,19 @@ def steady_step(
         ptr_mem_bf = ptr_mem.to(mem_dtype).transpose(0, 1)
         ptr_pos_bf = ptr_pos.to(pos_dtype).transpose(0, 1)
 
-        output = feat
-        if attention.pos_enc_at_input:
-            output = output + 0.1 * feat_pos
-        output = output.transpose(0, 1)
-        query_pos = feat_pos.transpose(0, 1)
-        for li, layer in enumerate(attention.layers):
-            output = layer._forward_sa(output, query_pos)
-            tgt2 = layer.norm2(output)
-            attn = layer.cross_attn_image
-            q = attn.q_proj(tgt2 + query_pos if layer.pos_enc_at_cross_attn_queries else tgt2)
-            q = attn._separate_heads(q, attn.num_heads)
-            _ensure_freqs(attn, q.shape[-2], device)
-            k_mem = attn.k_proj(mem + mem_pos if layer.pos_enc_at_cross_attn_keys else mem)
-            k_mem = attn._separate_heads(k_mem, attn.num_heads)
-            k_mem = _rotate(k_mem.unflatten(-2, (r, hw)), attn.freqs_cis).flatten(-3, -2)
-            v_mem = buf["v"][li].index_select(2, read_mem).flatten(2, 3)
-            q, _ = apply_rotary_enc(q, q[:, :, :0], freqs_cis=attn.freqs_cis)
-            k_ptr = attn.k_proj(ptr_mem_bf + ptr_pos_bf if layer.pos_enc_at_cross_attn_keys else ptr_mem_bf)
-            keys = torch.cat([buf["k_cond"][li], k_mem, attn._separate_heads(k_ptr, attn.num_heads)], dim=-2)
-            values = torch.cat(
-                [buf["v_cond"][li], v_mem, attn._separate_heads(attn.v_proj(ptr_mem_bf), attn.num_heads)], dim=-2
-            )
-            attended = F.scaled_dot_product_attention(q, keys, values)
-            output = output + layer.dropout2(attn.out_proj(attn._recombine_heads(attended)))
-            tgt2 = layer.norm3(output)
-            tgt2 = layer.linear2(layer.dropout(layer.activation(layer.linear1(tgt2))))
-            output = output + layer.dropout3(tgt2)
-        pix_feat = attention.norm(output).transpose(0, 1).permute(1, 2, 0).view(batch, channels, height, width)
+        pix_feat = attend_memory(
+            attention,
+            feat,
+            feat_pos,
+            mem,
+            mem_pos,
+            ptr_mem_bf,
+            ptr_pos_bf,
+            buf,
+            lambda li: buf["v"][li].index_select(2, read_mem).flatten(2, 3),
+            (r, hw),
+            (batch, channels, height, width),
+        )
 
     with timed("mask_decoder"):
         high_res_features = [
