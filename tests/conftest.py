@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -153,3 +154,14 @@ def vcam_backend():
     pyvirtualcam.register_backend("greencam-test", RecordingBackend)
     yield RecordingBackend
     pyvirtualcam.camera.BACKENDS.pop("greencam-test", None)
+
+
+@pytest.fixture(scope="module")
+def loopback_ice() -> Iterator[None]:
+    """Keep WebRTC media on 127.0.0.1 (aioice leaves loopback out of its host candidates)."""
+    import aioice.ice
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    yield
+    mp.undo()

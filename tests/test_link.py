@@ -37,22 +37,14 @@ from greenscreen_cam.prompt import Prompt
 from greenscreen_cam.sources import VideoFileSource
 from tests.conftest import REPO, moving_disc_frames, write_video
 
-pytestmark = pytest.mark.slow  # every test here runs a real server and real model steps
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("loopback_ice"),
+]  # every test here runs a real server and real model steps; WebRTC on 127.0.0.1
 
 TOKEN = "test-token-0123456789"
 DISC_BOX = Prompt(box=(25.0, 28.0, 66.0, 64.0))  # the red disc of moving_disc_frames at 160x120
 CORNER_BOX = Prompt(box=(110.0, 2.0, 48.0, 40.0))  # background, top right
-
-
-@pytest.fixture(scope="module", autouse=True)
-def loopback_ice() -> Iterator[None]:
-    """Keep WebRTC media on 127.0.0.1 (aioice leaves loopback out of its host candidates)."""
-    import aioice.ice
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-    yield
-    mp.undo()
 
 
 class ServerThread:

@@ -24,18 +24,10 @@ from greenscreen_cam.config import ServeSettings
 from greenscreen_cam.link.server import ServeLimits
 
 TOKEN = "whip-test-token-0123456789"
-pytestmark = pytest.mark.slow  # a live server with the model (make test-fast skips it)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def loopback_ice() -> Iterator[None]:
-    """Keep WebRTC media on 127.0.0.1 (aioice leaves loopback out of its host candidates)."""
-    import aioice.ice
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-    yield
-    mp.undo()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("loopback_ice"),
+]  # a live server with the model (make test-fast skips it); WebRTC on 127.0.0.1
 
 
 class Serve:
