@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from greenscreen_cam.errors import PromptError
-from greenscreen_cam.steady import SteadyBank, attend_memory, bank_full_at
+from greenscreen_cam.steady import SteadyBank, attend_memory, bank_full_at, decode_masks, encode_memory, pointer_tokens
 
 if TYPE_CHECKING:
     from greenscreen_cam.prompt import Prompt
@@ -180,12 +180,7 @@ def batched_step(
         ptr_pos = model.obj_ptr_tpos_proj(obj_pos).transpose(0, 1)  # (1+P, B, mem_dim)
     else:
         ptr_pos = ptr_mem.new_zeros(n_ptr, batch, model.mem_dim)
-    if model.mem_dim < channels:
-        split = channels // model.mem_dim
-        ptr_mem = ptr_mem.reshape(-1, batch, split, model.mem_dim).permute(0, 2, 1, 3).flatten(0, 1)
-        ptr_pos = ptr_pos.repeat_interleave(split, dim=0)
-    ptr_mem_bf = ptr_mem.to(mem_dtype).transpose(0, 1)
-    ptr_pos_bf = ptr_pos.to(pos_dtype).transpose(0, 1)
+    ptr_mem_bf, ptr_pos_bf = pointer_tokens(model, ptr_mem, ptr_pos, channels, mem_dtype, pos_dtype)
 
     pix_feat = attend_memory(
         attention,
@@ -201,27 +196,9 @@ def batched_step(
         (batch, channels, height, width),
     )
 
-    high_res_features = [
-        x.permute(1, 2, 0).view(x.size(1), x.size(2), *s) for x, s in zip(feats[:-1], sizes[:-1], strict=True)
-    ]
-    heads = model._forward_sam_heads(
-        backbone_features=pix_feat,
-        point_inputs=None,
-        mask_inputs=None,
-        high_res_features=high_res_features,
-        multimask_output=model._use_multimask(False, None),
-    )
-    low_res, high_res, obj_ptr, obj_score = heads[3], heads[4], heads[5], heads[6]
+    low_res, high_res, obj_ptr, obj_score = decode_masks(model, pix_feat, feats, sizes)
 
-    maskmem, _ = model._encode_new_memory(
-        current_vision_feats=feats,
-        feat_sizes=sizes,
-        pred_masks_high_res=high_res,
-        object_score_logits=obj_score,
-        is_mask_from_pts=False,
-    )
-    # stored in bf16 like the official predictor, read back in the bank's dtype
-    new_mem = maskmem.to(torch.bfloat16).flatten(2).permute(2, 0, 1).to(mem_dtype).transpose(0, 1)  # (B, HW, C)
+    new_mem = encode_memory(model, feats, sizes, high_res, obj_score, mem_dtype)  # (B, HW, C)
     write = torch.remainder(t, r)
     keep3 = live[:, None, None]
     buf["mem"][rows, write] = torch.where(keep3, new_mem.to(buf["mem"].dtype), buf["mem"][rows, write])

@@ -200,6 +200,66 @@ class SteadyBank:
         return sum(x.numel() * x.element_size() for x in self.buffers.values()) if self.active else 0
 
 
+def pointer_tokens(
+    model: Any,
+    ptr_mem: torch.Tensor,
+    ptr_pos: torch.Tensor,
+    channels: int,
+    mem_dtype: torch.dtype,
+    pos_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Object pointers ``(tokens, B, C)`` and their positions as memory attention reads them.
+
+    Pointers wider than the memory are split into ``C // mem_dim`` tokens each, as sam2 does;
+    returned batch-first in the attention's dtypes: ``(B, tokens, mem_dim)`` twice.
+    """
+    batch = ptr_mem.shape[1]
+    if model.mem_dim < channels:
+        split = channels // model.mem_dim
+        ptr_mem = ptr_mem.reshape(-1, batch, split, model.mem_dim).permute(0, 2, 1, 3).flatten(0, 1)
+        ptr_pos = ptr_pos.repeat_interleave(split, dim=0)
+    return ptr_mem.to(mem_dtype).transpose(0, 1), ptr_pos.to(pos_dtype).transpose(0, 1)
+
+
+def decode_masks(
+    model: Any, pix_feat: torch.Tensor, feats: list[torch.Tensor], sizes: list[tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """sam2's mask decoder on memory-conditioned features: ``(low_res, high_res, obj_ptr, obj_score)``."""
+    high_res_features = [
+        x.permute(1, 2, 0).view(x.size(1), x.size(2), *s) for x, s in zip(feats[:-1], sizes[:-1], strict=True)
+    ]
+    heads = model._forward_sam_heads(
+        backbone_features=pix_feat,
+        point_inputs=None,
+        mask_inputs=None,
+        high_res_features=high_res_features,
+        multimask_output=model._use_multimask(False, None),
+    )
+    return heads[3], heads[4], heads[5], heads[6]
+
+
+def encode_memory(
+    model: Any,
+    feats: list[torch.Tensor],
+    sizes: list[tuple[int, int]],
+    high_res: torch.Tensor,
+    obj_score: torch.Tensor,
+    mem_dtype: torch.dtype,
+) -> torch.Tensor:
+    """sam2's memory encoder for this frame's mask, batch-first ``(B, HW, C)`` in the bank's dtype.
+
+    Stored through bf16 like the official predictor, then read back in ``mem_dtype``.
+    """
+    maskmem, _ = model._encode_new_memory(
+        current_vision_feats=feats,
+        feat_sizes=sizes,
+        pred_masks_high_res=high_res,
+        object_score_logits=obj_score,
+        is_mask_from_pts=False,
+    )
+    return maskmem.to(torch.bfloat16).flatten(2).permute(2, 0, 1).to(mem_dtype).transpose(0, 1)
+
+
 def attend_memory(
     attention: Any,
     feat: torch.Tensor,
@@ -329,12 +389,7 @@ def steady_step(
             ptr_pos = model.obj_ptr_tpos_proj(obj_pos).unsqueeze(1).expand(-1, batch, model.mem_dim)
         else:
             ptr_pos = ptr_mem.new_zeros(n_ptr, batch, model.mem_dim)
-        if model.mem_dim < channels:
-            split = channels // model.mem_dim
-            ptr_mem = ptr_mem.reshape(-1, batch, split, model.mem_dim).permute(0, 2, 1, 3).flatten(0, 1)
-            ptr_pos = ptr_pos.repeat_interleave(split, dim=0)
-        ptr_mem_bf = ptr_mem.to(mem_dtype).transpose(0, 1)
-        ptr_pos_bf = ptr_pos.to(pos_dtype).transpose(0, 1)
+        ptr_mem_bf, ptr_pos_bf = pointer_tokens(model, ptr_mem, ptr_pos, channels, mem_dtype, pos_dtype)
 
         pix_feat = attend_memory(
             attention,
@@ -351,28 +406,10 @@ def steady_step(
         )
 
     with timed("mask_decoder"):
-        high_res_features = [
-            x.permute(1, 2, 0).view(x.size(1), x.size(2), *s) for x, s in zip(feats[:-1], sizes[:-1], strict=True)
-        ]
-        heads = model._forward_sam_heads(
-            backbone_features=pix_feat,
-            point_inputs=None,
-            mask_inputs=None,
-            high_res_features=high_res_features,
-            multimask_output=model._use_multimask(False, None),
-        )
-        low_res, high_res, obj_ptr, obj_score = heads[3], heads[4], heads[5], heads[6]
+        low_res, high_res, obj_ptr, obj_score = decode_masks(model, pix_feat, feats, sizes)
 
     with timed("memory_encoder"):
-        maskmem, _ = model._encode_new_memory(
-            current_vision_feats=feats,
-            feat_sizes=sizes,
-            pred_masks_high_res=high_res,
-            object_score_logits=obj_score,
-            is_mask_from_pts=False,
-        )
-        # stored in bf16 like the official predictor, read back in the bank's dtype
-        new_mem = maskmem.to(torch.bfloat16).flatten(2).permute(2, 0, 1).to(mem_dtype).transpose(0, 1)
+        new_mem = encode_memory(model, feats, sizes, high_res, obj_score, mem_dtype)
         write = torch.remainder(t, r)[:1]
         bank._store_spatial(new_mem, write)
         buf["ptr"].index_copy_(1, torch.remainder(t, p)[:1], obj_ptr.to(buf["ptr"].dtype).unsqueeze(1))
