@@ -38,7 +38,7 @@ from hypothesis import strategies as st  # noqa: E402
 from greenscreen_cam.errors import GreencamError, PromptError  # noqa: E402
 from greenscreen_cam.link.sdp import check_offer  # noqa: E402
 from greenscreen_cam.prompt import build_prompt  # noqa: E402
-from tests.test_link_whip import TOKEN, Serve, loopback_ice, wait_for  # noqa: E402, F401 - loopback_ice: fixture
+from tests.test_link_whip import TOKEN, Serve, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slow  # about 20 s of cases plus the model (make test still runs it)
 CASES: dict[str, int] = {}

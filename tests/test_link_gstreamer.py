@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_link_whip import TOKEN, Serve, loopback_ice, wait_for  # noqa: F401 - loopback_ice is a fixture
+from tests.test_link_whip import TOKEN, Serve, wait_for
 
 HELPER = Path(__file__).with_name("gst_webrtc_peer.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
