@@ -69,3 +69,19 @@ def test_no_import_cycles():
             visit(module, [module])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
     assert len(graph) > 10  # the walk really saw the package
+
+
+def test_no_merge_conflict_markers_were_committed():
+    """A merge left unresolved shows up here, not in a user's README."""
+    root = PACKAGE.parent
+    files = [root / "README.md", root / "Makefile", *(root / "docs").glob("*.md"), *root.glob("configs/*")]
+    files += [*PACKAGE.rglob("*.py"), *PACKAGE.rglob("*.js"), *PACKAGE.rglob("*.html"), *(root / "tests").glob("*.py")]
+    markers = ("<" * 7 + " ", "=" * 7 + "\n", ">" * 7 + " ")
+    found = [
+        f"{path.relative_to(root)}:{n}"
+        for path in files
+        if path.is_file()
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), 1)
+        if line.startswith(markers)
+    ]
+    assert not found, f"unresolved merge conflict markers at {', '.join(found)}"
