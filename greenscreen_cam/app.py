@@ -28,6 +28,7 @@ from greenscreen_cam.tracking import AsyncTracking, LoadOptions, ModelChoice, Tr
 __all__ = ["ModelChoice", "check_start", "load_tracker", "open_pipeline", "resolve_model", "run_serve"]
 
 if TYPE_CHECKING:
+    from greenscreen_cam.idle import IdleGate
     from greenscreen_cam.link.sessions import ServeLimits
     from greenscreen_cam.pipeline import Pipeline
 
@@ -172,15 +173,21 @@ def open_pipeline(
             virtual_backend=virtual_backend,
             say=say,
         )
+        virtual_devices: list[str] = []
         for target in outputs.parse_outputs(s.outputs):
             opened = outputs.open_output(target, ctx)
-            sinks.append(outputs.ThreadedSink(opened, name=target.text, policy=policy))
+            sinks.append(_threaded(outputs, opened, target.text, policy, file=outputs.writes_file(target), ctx=ctx))
+            if target.kind == "virtual":
+                virtual_devices.append(str(getattr(opened, "device", "") or ""))
         matte = (
             stack.enter_context(
-                outputs.ThreadedSink(
+                _threaded(
+                    outputs,
                     MatteWriter(Path(s.matte_output).expanduser(), overwrite=s.overwrite),
-                    name="matte",
-                    policy=policy,
+                    "matte",
+                    policy,
+                    file=True,
+                    ctx=ctx,
                 )
             )
             if s.matte_output
@@ -190,13 +197,19 @@ def open_pipeline(
         if choice is not None:
             say(f"loading {choice.describe()} ...")
             tracker = load_tracker(choice)
-            if isinstance(prompt, Selection):
+            if isinstance(prompt, Selection) or s.preview:  # the preview's r adds subjects
                 from greenscreen_cam.multi import MultiTracker
 
                 tracker = MultiTracker(getattr(tracker, "model"), autocast=getattr(tracker, "autocast", None))  # noqa: B009
+            if isinstance(prompt, Selection):
                 say(f"tracking {len(prompt)} subjects (one image encoding per frame, the key keeps them all)")
         else:
             tracker = stack.enter_context(_open_remote(s, src.width, src.height, say))
+        gate = (
+            _open_idle(stack, s, src, virtual_devices, keep_on=bool(preview or matte or file_outputs(s)), say=say)
+            if mode == "live"
+            else None
+        )
         pipeline = Pipeline(
             src,
             tracker,
@@ -215,6 +228,7 @@ def open_pipeline(
             lost_after=s.lost_after,
             on_status=on_status,
             on_event=say,
+            idle=gate,
         )
         if run_mode(s) == "live":
             _open_control(stack, pipeline, s, say)
@@ -223,6 +237,49 @@ def open_pipeline(
             sink.abort()
             if matte is not None:
                 matte.abort()
+
+
+def _threaded(outputs: Any, sink: Any, name: str, policy: str, *, file: bool, ctx: Any) -> Any:
+    """``sink`` on a thread of its own; a file written live keeps about a second of frames (``buffer``)."""
+    if file and policy == "drop":
+        depth = outputs.buffer_depth(ctx.width, ctx.height, ctx.fps)
+        return outputs.ThreadedSink(sink, name=name, policy="buffer", depth=depth)
+    return outputs.ThreadedSink(sink, name=name, policy=policy)
+
+
+def _open_idle(
+    stack: ExitStack, s: Settings, src: Any, devices: list[str], *, keep_on: bool, say: Notify
+) -> IdleGate | None:
+    """The gate that idles a live run while no app has the virtual camera open, or None (and why, when it matters).
+
+    Idle needs a camera (it is released while idle), exactly one virtual camera whose device file
+    can be watched (Linux), and no recording, matte or preview (those want every frame).
+    """
+    import sys
+
+    from greenscreen_cam.idle import IdleGate, ViewerWatch, support
+
+    if s.idle == "never" or not devices or not callable(getattr(src, "suspend", None)):
+        return None
+    if keep_on:
+        say("idle: stays off while recording to a file, writing mattes or showing the preview")
+        return None
+    ok, why = support(sys.platform, devices[0] if len(devices) == 1 else None)
+    if not ok:
+        say(why)
+        return None
+    device = devices[0]
+    if not os.path.exists(device):
+        say(f"idle: cannot watch {device} for apps that open it; the camera stays on")
+        return None
+    gate = IdleGate(hold_off=s.idle_after)
+    watch = ViewerWatch(device, on_change=gate.update).start()
+    stack.callback(watch.close)
+    say(
+        f"idle: the camera and SAM 2 pause {s.idle_after:g} s after the last app closes {device}, "
+        "and resume when one opens it (--idle never keeps them on)"
+    )
+    return gate
 
 
 def _open_control(stack: ExitStack, pipeline: Any, s: Settings, say: Notify) -> None:

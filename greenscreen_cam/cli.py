@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from greenscreen_cam import __version__
+from greenscreen_cam.cli_help import BENCH_EPILOG, CTL_EPILOG, SERVE_EPILOG, START_EPILOG
 from greenscreen_cam.config import (
     GROUPS,
     SYNC_MODES,
@@ -190,24 +191,6 @@ def settings_options(
 
 # --------------------------------------------------------------------------- start
 
-START_EPILOG = """
-Examples:
-
-  greencam start --bbox 400,80,480,640            # webcam 0 -> virtual camera
-
-  greencam start --auto --preview                  # find the face, show a preview window
-
-  greencam start --source /dev/video2 --width 1280 --height 720 --fourcc MJPG --bbox 400,80,480,640
-
-  greencam start --bbox 400,80,480,640 --sync on --max-delay 200   # every frame keyed with its own mask
-
-  greencam start --source talk.mp4 --bbox 780,120,280,340 --output keyed.mp4 --background blur:30
-
-  greencam start --source frames/ --point 640,360 --output out.mp4 --matte-output mattes/ --refine none
-
-  greencam start --server https://gpu-box:8470 --token $TOKEN --bbox 400,80,480,640   # SAM 2 on another machine
-"""
-
 
 @app.command(epilog=START_EPILOG)
 @settings_options(Settings)
@@ -320,16 +303,6 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[list[int]]:
 
 
 # --------------------------------------------------------------------------- serve
-
-SERVE_EPILOG = """
-Examples:
-
-  greencam serve                                        # 127.0.0.1:8470, prints a new token
-
-  greencam serve --host 0.0.0.0 --cert-file cert.pem --key-file key.pem --token-file token.txt
-
-  greencam serve --model small --resolution 512 --max-sessions 8
-"""
 
 
 @app.command(epilog=SERVE_EPILOG)
@@ -494,34 +467,6 @@ def show_config(
 
 # --------------------------------------------------------------------------- bench
 
-BENCH_EPILOG = """
-Examples:
-
-  greencam bench clip.mp4 --frames 30                          # tracker vs official predictor
-
-  greencam bench --synthetic --random-weights --resolution 256  # no checkpoint, no video needed
-
-  greencam bench clip.mp4 --e2e --frames 60                    # whole pipeline vs bare tracker
-
-  greencam bench --compositor --frames 300                     # 1280x720 compositor only
-
-  greencam bench clip.mp4 --live --seconds 20                  # real-time loop paced like a camera
-
-  greencam bench clip.mp4 --soak --frames 3000                 # memory over a long run
-
-  greencam bench davis/lucia/frames --oracle davis/lucia/masks --tracker-ms 250 --fps 24 --json
-
-  greencam bench clip.mp4 --process --frames 40 --resolution 256  # whole processes vs the official script
-
-  greencam bench clip.mp4 --serve --sessions 1 --sessions 4 --random-weights  # greencam serve, N clients
-
-  greencam bench clip.mp4 --serve-step --sessions 4 --json      # one batched serve step vs one by one
-
-  greencam bench --capacity --fps 30 --random-weights          # serve sessions one worker fits at 30 fps
-
-  greencam bench --suite --device cuda --out bench-results     # everything make bench-gpu records
-"""
-
 
 @app.command(epilog=BENCH_EPILOG)
 @settings_options(ModelSettings, layered=False)
@@ -579,7 +524,15 @@ def bench(
     process: Annotated[
         bool, typer.Option("--process", help="Whole greencam start processes vs the official predictor's script.")
     ] = False,
-    repeats: Annotated[int, typer.Option(help="With --process: runs of each process.")] = 3,
+    repeats: Annotated[
+        int, typer.Option(help="With --process: runs of each process. With --idle: viewer arrivals timed.")
+    ] = 3,
+    idle: Annotated[
+        bool, typer.Option("--idle", help="CPU with and without a viewer, and resume latency, of the live loop.")
+    ] = False,
+    subjects: Annotated[
+        list[int] | None, typer.Option("--subjects", help="Frame time with N subjects (repeatable: 1, 2, 3...).")
+    ] = None,
     serve: Annotated[
         bool, typer.Option("--serve", help="greencam serve in its own process with N camera clients from SOURCE.")
     ] = False,
@@ -648,6 +601,12 @@ def bench(
             return
         elif compositor:
             result = b.bench_compositor(frames)
+        elif idle:
+            result = b.bench_idle(settings, random_weights=random_weights, seconds=min(seconds, 60.0), resumes=repeats)
+        elif subjects:
+            result = b.bench_subjects(
+                settings, counts=sorted(set(subjects)), frames=frames, random_weights=random_weights
+            )
         elif process:
             result = b.bench_process(settings, source=source, frames=frames, bbox=bbox, repeats=repeats)
         elif serve_step:
@@ -713,14 +672,6 @@ def bench(
             print_oracle(result, out)
         else:
             b.print_result(result, out)
-
-
-CTL_EPILOG = (
-    "Examples:\n\n  greencam ctl background blur:30\n\n  greencam ctl feather 4\n\n  greencam ctl reselect\n\n"
-    "  greencam ctl pause   (and: greencam ctl resume)\n\n  greencam ctl status --json\n\n  greencam ctl quit\n\n"
-    "Settings that can change mid-run: background, color, threshold, feather, grow, shrink, max-hole, min-island, "
-    "refine, smooth, despill, mirror; any other needs a restart. The socket is owner-only, in $XDG_RUNTIME_DIR/greencam."
-)
 
 
 @app.command(epilog=CTL_EPILOG)

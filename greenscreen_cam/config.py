@@ -315,7 +315,9 @@ class Settings(KeyingSettings, ModelSettings, NetworkSettings):
     virtual_device: str | None = setting(
         None, "Virtual camera: /dev/video10 (Linux) or 'OBS Virtual Camera'.", group="Output"
     )
-    preview: bool = setting(False, "Show a preview window (hotkeys: r a space m h q).", group="Output")
+    preview: bool = setting(
+        False, "Show a preview window (hotkeys: r add a subject, d drop one, a space m h q).", group="Output"
+    )
     matte_output: str | None = setting(None, "Write each frame's alpha as PNG into this folder.", group="Output")
     overwrite: bool = setting(
         False,
@@ -341,6 +343,20 @@ class Settings(KeyingSettings, ModelSettings, NetworkSettings):
     )
     flow: bool = setting(
         False, "With --sync off: warp the newest mask with optical flow between tracker updates.", group="Live loop"
+    )
+    idle: str = setting(
+        "auto",
+        "auto = while no app has the virtual camera open (Linux), close the webcam, stop SAM 2 and send a "
+        "placeholder; back within about a second when an app opens it. never = always on.",
+        group="Live loop",
+        check=_one_of("auto", "never"),
+    )
+    idle_after: float = setting(
+        10.0,
+        "Seconds with no app reading the virtual camera before going idle (an app that opens and closes it "
+        "every few seconds keeps it on).",
+        group="Live loop",
+        check=_between(0, 3600, unit=" s"),
     )
     # remote
     server: str | None = setting(

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,11 +120,17 @@ class _Inotify:
             err = ctypes.get_errno()
             os.close(self.fd)
             raise OSError(err, f"cannot watch {path}")
+        self._wake_r, self._wake_w = os.pipe()  # wake() ends a wait at once (close() must not wait a poll period)
+
+    def wake(self) -> None:
+        """End a :meth:`wait` in another thread now."""
+        with suppress(OSError):
+            os.write(self._wake_w, b"x")
 
     def wait(self, timeout: float) -> int:
         """Wait up to ``timeout`` s for events; the number read (0 on timeout)."""
-        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
-        if not ready:
+        ready, _, _ = select.select([self.fd, self._wake_r], [], [], max(0.0, timeout))
+        if self.fd not in ready:
             return 0
         count = 0
         try:
@@ -140,6 +147,8 @@ class _Inotify:
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
             self.fd = -1
 
 
@@ -218,6 +227,8 @@ class ViewerWatch:
 
     def close(self) -> None:
         self._stop.set()
+        if self._notify is not None:
+            self._notify.wake()
         if self._thread is not None:
             self._thread.join(timeout=self.poll_s + 1.0)
         if self._notify is not None:

@@ -15,6 +15,9 @@ a busy disk) never stalls keying. The policy depends on the run (see
 - ``drop`` (live runs: a camera, ``--realtime``): the sink's thread takes the newest frame from
   a one-frame :class:`~greenscreen_cam.core.LatestSlot`; frames it could not take in time are
   dropped and counted (:func:`sink_counts`, the summary's ``sink_dropped``).
+- ``buffer`` (files written during a live run: a recording, mattes): up to ``depth`` frames wait
+  in order (about a second, see :func:`buffer_depth`), so a disk that pauses for a moment loses
+  nothing; past that the oldest waiting frame is dropped and counted. The loop never waits.
 - ``block`` (offline runs: a file rendered as fast as possible): every frame reaches every output,
   in order; the keying loop waits when an output is ``depth`` frames behind.
 
@@ -40,7 +43,7 @@ from greenscreen_cam.core import LatestSlot
 from greenscreen_cam.errors import SinkError
 from greenscreen_cam.sinks import Sink, _Closing, abort_sink
 
-Policy = Literal["drop", "block"]
+Policy = Literal["drop", "buffer", "block"]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -200,9 +203,11 @@ class ThreadedSink(_Closing):
         sink: The output (``send``/``close``, optionally ``abort``).
         name: Its name in :func:`sink_counts` (the ``--output`` value).
         policy: ``"drop"``: keep only the newest frame not taken yet (a
-            :class:`~greenscreen_cam.core.LatestSlot`), dropping and counting the rest; ``"block"``:
-            every frame, in order, :meth:`send` waits while ``depth`` frames are pending.
-        depth: Frames that may wait with ``"block"``.
+            :class:`~greenscreen_cam.core.LatestSlot`), dropping and counting the rest; ``"buffer"``:
+            up to ``depth`` frames wait in order and :meth:`send` never waits (a full buffer drops
+            its oldest frame, counted); ``"block"``: every frame, in order, :meth:`send` waits while
+            ``depth`` frames are pending.
+        depth: Frames that may wait with ``"buffer"`` and ``"block"``.
         close_timeout: Seconds :meth:`close` waits for the pending frames to go out.
 
     Frames are handed over, not copied: the caller must not modify a frame after sending it (the
@@ -213,13 +218,14 @@ class ThreadedSink(_Closing):
     def __init__(
         self, sink: Any, *, name: str, policy: Policy = "drop", depth: int = 2, close_timeout: float = 30.0
     ) -> None:
-        if policy not in ("drop", "block"):
+        if policy not in ("drop", "buffer", "block"):
             raise ValueError(f"unknown sink policy {policy!r}")
         self.sink = sink
         self.name = name
         self.policy = policy
         self.close_timeout = close_timeout
         self.sent = 0
+        self._overflow = 0
         self.error: BaseException | None = None
         self._slot: LatestSlot[np.ndarray] = LatestSlot()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
@@ -230,8 +236,8 @@ class ThreadedSink(_Closing):
 
     @property
     def dropped(self) -> int:
-        """Frames that never went out because a newer one replaced them (``"drop"`` only)."""
-        return self._slot.dropped
+        """Frames that never went out: replaced by a newer one (``"drop"``) or pushed out of a full buffer."""
+        return self._slot.dropped + self._overflow
 
     def send(self, frame: np.ndarray) -> None:
         """Hand ``frame`` to the sink's thread (``"drop"``: never waits)."""
@@ -241,6 +247,17 @@ class ThreadedSink(_Closing):
         if self.policy == "drop":
             self._slot.put(frame)
             return
+        if self.policy == "buffer":
+            while True:
+                try:
+                    self._queue.put_nowait(frame)
+                    return
+                except queue.Full:
+                    try:  # the output is a second behind: its oldest waiting frame goes
+                        self._queue.get_nowait()
+                        self._overflow += 1
+                    except queue.Empty:
+                        pass
         while True:
             try:
                 self._queue.put(frame, timeout=0.1)
@@ -321,6 +338,12 @@ class ThreadedSink(_Closing):
         if name == "sink":
             raise AttributeError(name)
         return getattr(self.sink, name)
+
+
+def buffer_depth(width: int, height: int, fps: float, budget_bytes: int = 256 << 20) -> int:
+    """Frames a ``buffer`` output may hold: about one second at ``fps``, at most ``budget_bytes`` of RGB frames."""
+    frame_bytes = max(1, width * height * 3)
+    return max(2, min(round(fps or 30.0), budget_bytes // frame_bytes))
 
 
 def sink_counts(sink: object) -> dict[str, dict[str, int]]:

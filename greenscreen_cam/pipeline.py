@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ import numpy as np
 from greenscreen_cam.compositor import Compositor
 from greenscreen_cam.core import Frame, MaskResult, percentile
 from greenscreen_cam.errors import GreencamError, TrackerError
+from greenscreen_cam.idle import IDLE_LABEL, IdleGate, placeholder_frame
 from greenscreen_cam.outputs import sink_counts
 from greenscreen_cam.prompt import Prompt, Selection
 from greenscreen_cam.sinks import Sink
@@ -49,7 +51,9 @@ RemoteTracking = AsyncTracking
 """The former name of :class:`greenscreen_cam.tracking.AsyncTracking` (a tracker that owns its prompt)."""
 
 
-HOTKEYS = "r re-select  a auto re-select  space pause keying  m mask view  h help  q/Esc quit"
+HOTKEYS = (
+    "r add a subject (drag)  d drop the one under the cursor  a auto re-select  space pause  m mask  h help  q quit"
+)
 
 
 @dataclass
@@ -76,6 +80,15 @@ class Stats:
     stopped: float | None = None
     sinks: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per output on a thread of its own: frames ``sent`` and ``dropped`` (see :mod:`greenscreen_cam.outputs`)."""
+    idle_periods: int = 0
+    """Times the run went idle because no app had the virtual camera open."""
+    idle_seconds: float = 0.0
+    idle_frames: int = 0
+    """Placeholder frames sent while idle."""
+    resume_times: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+    """Per resume: seconds from deciding to resume (a viewer opened the device) to the first frame sent
+    that was keyed with a mask of a frame captured after the resume (the subject's or, if SAM 2 no
+    longer sees it, the key colour)."""
 
     def elapsed(self) -> float:
         return (self.stopped or time.perf_counter()) - self.started
@@ -109,6 +122,10 @@ class Stats:
             "sync": self.sync,
             "completed": self.completed,
             "seconds": secs,
+            "idle_periods": self.idle_periods,
+            "idle_seconds": self.idle_seconds,
+            "idle_frames": self.idle_frames,
+            "resume_ms": ms(self.resume_times, 50),
             "sink_dropped": sum(c["dropped"] for c in self.sinks.values()),
             "sinks": {name: dict(c) for name, c in self.sinks.items()},
         }
@@ -129,6 +146,11 @@ class _Visibility:
 
     def reset(self) -> None:
         self.lost = False
+        self._missing_since = None
+        self._last_visible = None
+
+    def after_gap(self) -> None:
+        """The picture stopped for a while (idle): the last mask is stale and the grace period starts over."""
         self._missing_since = None
         self._last_visible = None
 
@@ -177,6 +199,11 @@ class Pipeline:
             subject counts as lost; the last visible mask is kept meanwhile.
         on_status: Called about twice a second with :meth:`Stats.snapshot`.
         on_event: Called with one-line messages (subject found/lost, re-selection).
+        idle: Live only: while this gate says idle (no app has the virtual camera open), release
+            the camera (the source must have ``suspend()``/``resume()``, as
+            :class:`~greenscreen_cam.sources.CameraSource` has), run no tracker step and send a
+            placeholder frame ``idle_fps`` times a second; resume when it says active again.
+        idle_fps: Placeholder frames per second while idle.
     """
 
     def __init__(
@@ -197,8 +224,17 @@ class Pipeline:
         lost_after: float = 1.0,
         on_status: Callable[[dict[str, Any]], None] | None = None,
         on_event: Callable[[str], None] | None = None,
+        idle: IdleGate | None = None,
+        idle_fps: float = 2.0,
     ) -> None:
+        if idle is not None and not (callable(getattr(source, "suspend", None)) and source.live):
+            raise ValueError("idle needs a live source that can be suspended (a camera)")
         self.source = source
+        self.idle = idle
+        self.idle_fps = idle_fps
+        self._resumed_at: float | None = None
+        self._resume_index = 0
+        """Index of the first frame captured after the latest resume (see ``Stats.resume_times``)."""
         self.tracker = tracker
         self._async: AsyncTracking | None = tracker if is_async(tracker) else None  # type: ignore[assignment]
         self._local: Tracker | None = None if self._async is not None else tracker  # type: ignore[assignment]
@@ -232,6 +268,8 @@ class Pipeline:
         self._last_send = 0.0
         self._new_subject_at: int | None = None
         """Frame index of the latest (re-)selection: masks of earlier frames belong to another subject."""
+        self._subject_ops: list[tuple[str, Any]] = []
+        """Subjects to add (``("add", Prompt)``) or drop (``("drop", (x, y))``), applied by the tracking thread."""
         self._soon: list[Callable[[], None]] = []
         """Changes from other threads (``greencam ctl``), applied between two frames (see :meth:`call_soon`)."""
         self.initial_prompt = prompt
@@ -267,6 +305,42 @@ class Pipeline:
                 self._pending_reset = True
                 self._said_searching = False
 
+    def add_subject(self, prompt: Prompt) -> None:
+        """Track one more subject from the next tracked frame on (the first one is a selection); any thread.
+
+        Needs a tracker of several subjects (:class:`~greenscreen_cam.multi.MultiTracker`); any
+        other tracker re-selects instead.
+        """
+        if self._async is not None or not callable(getattr(self._local, "add", None)):
+            self.reselect(prompt)
+            self.on_event("re-selecting the subject")
+            return
+        with self._lock:
+            self._subject_ops.append(("add", prompt))
+
+    def drop_subject_at(self, x: float, y: float) -> None:
+        """Stop tracking the subject whose mask covers frame pixel ``(x, y)``; any thread."""
+        with self._lock:
+            self._subject_ops.append(("drop", (x, y)))
+
+    def _apply_drops(self, tracker: Tracker, points: list[tuple[float, float]], frame: Frame) -> None:
+        for x, y in points:
+            index = tracker.subject_at(x, y) if callable(getattr(tracker, "subject_at", None)) else None  # type: ignore[attr-defined]
+            if index is None:
+                self.on_event(f"no subject under the cursor at {x:.0f},{y:.0f}: nothing dropped")
+                continue
+            tracker.drop(index)  # type: ignore[attr-defined]
+            with self._lock:
+                self._new_subject_at = frame.index  # held frames must not show the dropped subject
+            left = len(getattr(tracker, "subjects", ()))
+            if left:
+                self.on_event(f"subject {index + 1} dropped; {left} left")
+            else:
+                tracker.reset()
+                with self._lock:
+                    self._auto = False  # the user dropped it: do not pick a face on our own
+                self.on_event("last subject dropped: sending the key colour; press r to select one")
+
     # ------------------------------------------------------------------ tracking
     def _track(self, frame: Frame) -> MaskResult | None:
         """Run the local tracker on ``frame`` (prompting first if a prompt is pending); None = no subject yet."""
@@ -276,6 +350,12 @@ class Pipeline:
             prompt, self._pending_prompt = self._pending_prompt, None
             auto = self._auto
             reset, self._pending_reset = self._pending_reset, False
+            ops, self._subject_ops = self._subject_ops, []
+        self._apply_drops(tracker, [arg for kind, arg in ops if kind == "drop"], frame)
+        adds: list[Prompt] = [arg for kind, arg in ops if kind == "add"]
+        if len(adds) > 1:  # one new subject per frame; the others on the next frames
+            with self._lock:
+                self._subject_ops[:0] = [("add", p) for p in adds[1:]]
         if reset:
             with self._lock:
                 self._new_subject_at = frame.index
@@ -284,6 +364,8 @@ class Pipeline:
             if self._face_finder is not None:
                 self._face_finder.reset()  # a new search: earlier sightings must not confirm a face
         start = time.perf_counter()
+        if prompt is None and not tracker.is_prompted and adds:
+            prompt = adds.pop(0)  # the first subject of an empty tracker is a selection
         if prompt is None and not tracker.is_prompted:
             if not auto:
                 return None
@@ -303,11 +385,25 @@ class Pipeline:
             self.compositor.reset()
             self._visibility.reset()
             self.on_event(f"subject selected on frame {frame.index}")
+        elif adds:
+            result = self._add(tracker, frame, adds[0])
         else:
             result = tracker.track(frame.image)
         self.stats.track_times.append(time.perf_counter() - start)
         self.stats.tracked += 1
         return MaskResult(frame.index, frame.timestamp, result.low_res_numpy(), result.visible, result.object_score)
+
+    def _add(self, tracker: Tracker, frame: Frame, prompt: Prompt) -> Any:
+        """Add ``prompt``'s subject on ``frame`` (the frame is tracked for the others too); its union result."""
+        from greenscreen_cam.errors import PromptError
+
+        try:
+            result = tracker.add(frame.image, prompt)  # type: ignore[attr-defined]
+        except PromptError as e:  # too many subjects, or a box off the frame: say so and keep tracking
+            self.on_event(f"subject not added: {e}")
+            return tracker.track(frame.image)
+        self.on_event(f"subject {len(getattr(tracker, 'subjects', ()))} added on frame {frame.index}")
+        return result
 
     def _track_remote(self, frame: Frame) -> MaskResult | None:
         """Offline with a tracker of its own time (over the link): send ``frame`` and wait for its own mask."""
@@ -384,8 +480,7 @@ class Pipeline:
         preview.send(out)
         box = preview.take_selection()
         if box is not None:
-            self.reselect(Prompt.from_box(box))
-            self.on_event("re-selecting the subject")
+            self.add_subject(Prompt.from_box(box))
         self._hotkey(preview.last_key)
 
     def _after_send(self) -> None:
@@ -421,7 +516,14 @@ class Pipeline:
             self.on_event("automatic re-selection")
         elif key == ord("r") and self.preview is not None:
             self.preview.begin_select()  # the output keeps running while the user drags
-            self.on_event("drag a box around the subject in the preview window")
+            several = self._async is None and callable(getattr(self._local, "add", None))
+            self.on_event(f"drag a box around the {'subject to add' if several else 'subject'} in the preview window")
+        elif key == ord("d") and self.preview is not None:
+            cursor = self.preview.cursor
+            if cursor is None:
+                self.on_event("point at a subject in the preview window, then press d")
+            else:
+                self.drop_subject_at(*cursor)
 
     # ------------------------------------------------------------------ loops
     def run(self) -> dict[str, Any]:
@@ -472,6 +574,9 @@ class Pipeline:
         source_error: GreencamError | None = None
         try:
             while not self.stopping:
+                if self.idle is not None and self.idle.idle:
+                    self._go_idle(reader, scheduler, tracker)
+                    continue
                 now = time.perf_counter()
                 wait = interval
                 if tracker.busy:
@@ -509,6 +614,50 @@ class Pipeline:
         if source_error is not None:
             raise source_error
 
+    def _go_idle(
+        self, reader: LatestFrameReader, scheduler: KeyScheduler, tracker: AsyncTracker | AsyncTracking
+    ) -> None:
+        """Nobody watches: release the camera, stop tracking, send placeholders; come back when somebody does."""
+        gate = self.idle
+        assert gate is not None
+        for keyed in scheduler.flush(time.perf_counter()):  # frames held for their masks go out first
+            self._emit_keyed(keyed)
+        self.source.suspend()  # type: ignore[attr-defined]
+        settle = time.perf_counter() + 30.0
+        while tracker.busy and not self.stopping and time.perf_counter() < settle:
+            time.sleep(0.01)  # the step in flight finishes; no new one starts while idle
+        self._take_results(tracker, scheduler)
+        with suppress(TimeoutError, GreencamError):  # a frame captured as the camera was let go is stale by then
+            reader.get(timeout=0)
+        last = reader.last_frame
+        self.stats.subject = IDLE_LABEL
+        self.stats.idle_periods += 1
+        self.on_event(f"{IDLE_LABEL}: no app has the virtual camera open, so the camera and the tracker are off")
+        w, h = self.source.width, self.source.height
+        placeholder = placeholder_frame(w, h, self.compositor.settings.rgb)
+        self._last_out = placeholder
+        period = 1.0 / max(self.idle_fps, 0.1)
+        began = time.perf_counter()
+        while not self.stopping and gate.idle:
+            self.sink.send(placeholder)
+            self._last_send = time.perf_counter()
+            self.stats.idle_frames += 1
+            self._after_send()  # the status line and greencam ctl keep working
+            until = self._last_send + period
+            while not self.stopping and gate.idle and (left := until - time.perf_counter()) > 0:
+                gate.wait_viewer(min(left, 0.25))
+        self.stats.idle_seconds += time.perf_counter() - began
+        if self.stopping:
+            return
+        self._resumed_at = time.perf_counter()
+        self.source.resume()  # type: ignore[attr-defined]
+        self._resume_index = last.index + 1 if last is not None else 0
+        scheduler.forget_masks(before=self._resume_index)  # no frame after the gap gets a mask from before it
+        self._visibility.after_gap()
+        self.compositor.reset()
+        self.stats.subject = self._visibility.state
+        self.on_event("an app opened the virtual camera: the camera and the tracker are back on")
+
     def _keep_alive(self, reader: LatestFrameReader) -> None:
         """No camera frame for a while: say why, and send the last picture again (or the key colour)."""
         if self._limit_reached():
@@ -529,21 +678,8 @@ class Pipeline:
 
     def _pump(self, tracker: AsyncTracker | AsyncTracking, scheduler: KeyScheduler) -> None:
         """Take the tracker's results, hand it its next frame, and send the frames the scheduler releases."""
-        try:
-            results = tracker.poll()
-        except BaseException as e:  # the tracker thread failed: end the run with one line
-            self._fail(e)
+        if not self._take_results(tracker, scheduler):
             return
-        with self._lock:  # set by the tracking thread
-            fresh, self._new_subject_at = self._new_subject_at, None
-        if fresh is not None:
-            scheduler.forget_masks(before=fresh)  # held frames must not get the old subject's mask
-        if self._async is not None:  # a local tracker counts its own steps in _track
-            self.stats.tracked += sum(1 for r in results if r.selected)
-        for result in results:
-            if result.selected:
-                result = replace(result, logits=self._shown(result, result.timestamp))
-            scheduler.add_result(result)  # no subject yet (still searching): nothing to judge
         nxt = scheduler.take_submission(tracker.busy)
         if nxt is not None:
             tracker.submit(nxt)
@@ -558,7 +694,30 @@ class Pipeline:
                 "edges trail fast motion; for a recording or OBS (with its audio sync offset) use --sync on"
             )
 
+    def _take_results(self, tracker: AsyncTracker | AsyncTracking, scheduler: KeyScheduler) -> bool:
+        """Hand the tracker's finished results to the scheduler; False when the tracker failed."""
+        try:
+            results = tracker.poll()
+        except BaseException as e:  # the tracker thread failed: end the run with one line
+            self._fail(e)
+            return False
+        with self._lock:  # set by the tracking thread
+            fresh, self._new_subject_at = self._new_subject_at, None
+        if fresh is not None:
+            scheduler.forget_masks(before=fresh)  # held frames must not get the old subject's mask
+        if self._async is not None:  # a local tracker counts its own steps in _track
+            self.stats.tracked += sum(1 for r in results if r.selected)
+        for result in results:
+            if result.selected:
+                result = replace(result, logits=self._shown(result, result.timestamp))
+            scheduler.add_result(result)  # no subject yet (still searching): nothing to judge
+        return True
+
     def _emit_keyed(self, keyed: Keyed) -> None:
+        after_gap = keyed.result is not None and (keyed.mask_index or 0) >= self._resume_index
+        if self._resumed_at is not None and after_gap:  # the first frame keyed with a mask from after the gap
+            self.stats.resume_times.append(time.perf_counter() - self._resumed_at)
+            self._resumed_at = None
         self.stats.delays.append(keyed.delay)
         if keyed.result is not None:
             self.stats.mask_age = keyed.frame.timestamp - keyed.result.timestamp

@@ -551,6 +551,8 @@ class PreviewSink(_Closing):
         self._sized: tuple[int, int] | None = None
         self._selection: BoxSelection | None = None
         self._wanted = False
+        self.cursor: tuple[float, float] | None = None
+        """Where the mouse last was over the picture, in frame pixels (None before it moved there)."""
 
     @property
     def selecting(self) -> bool:
@@ -558,6 +560,8 @@ class PreviewSink(_Closing):
         return self._wanted or (self._selection is not None and self._selection.active)
 
     def _on_mouse(self, event: int, x: int, y: int, flags: int, param: object = None) -> None:
+        if self.scale > 0:
+            self.cursor = (x / self.scale, y / self.scale)
         selection = self._selection
         if selection is not None:
             selection.on_mouse(event, x, y, flags)

@@ -264,7 +264,11 @@ class CameraSource:
         self._closed = threading.Event()
         self._reconnecting = threading.Event()
         self._cap: Capture | None = None
+        self._suspended = threading.Event()
+        self._wake = threading.Event()  # set by resume() and close(): a suspended read goes on
         self.reconnects = 0
+        self.opens = 0
+        """Times the device was opened (the first open included)."""
         if reconnect_timeout < 0:
             raise SourceError(f"--reconnect-timeout must be 0 or more seconds, got {reconnect_timeout:g}")
         if fourcc is not None and len(fourcc) != 4:
@@ -313,6 +317,25 @@ class CameraSource:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def suspended(self) -> bool:
+        """True between :meth:`suspend` and :meth:`resume`: the device is released (its light is off)."""
+        return self._suspended.is_set()
+
+    def suspend(self) -> None:
+        """Release the device until :meth:`resume` (safe from any thread); a :meth:`read` meanwhile waits.
+
+        A read in flight finishes with its frame and releases the device itself.
+        """
+        self._wake.clear()
+        self._suspended.set()
+        self._release_unless_reading()
+
+    def resume(self) -> None:
+        """Open the device again: the waiting :meth:`read` returns its first frame (safe from any thread)."""
+        self._suspended.clear()
+        self._wake.set()
+
     def _open(self) -> Capture | None:
         """A configured capture of :attr:`device`, or None if it cannot be opened now."""
         width, height, fps, fourcc = self.requested
@@ -325,6 +348,7 @@ class CameraSource:
         if not cap.isOpened():
             cap.release()
             return None
+        self.opens += 1
         if fourcc:
             cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*fourcc.upper()))
         if width:
@@ -356,6 +380,8 @@ class CameraSource:
             if self._closed.is_set():  # close() ran meanwhile and left the release to us
                 self._release_locked()
                 return None
+            if self._suspended.is_set():  # suspend() ran meanwhile: this frame goes out, the device is let go
+                self._release_locked()
         return image if ok and image is not None else None
 
     def _release_locked(self) -> None:
@@ -373,7 +399,14 @@ class CameraSource:
             return None
         image: np.ndarray | None = self._pending
         self._pending = None
-        if image is None:
+        if image is None and self._suspended.is_set():
+            while not self._wake.wait(0.25):  # until resume() or close()
+                if self._closed.is_set():
+                    return None
+            if self._closed.is_set():
+                return None
+            image = self._reconnect(resuming=True)
+        elif image is None:
             image = self._grab()
         if image is None:
             image = self._reconnect()
@@ -385,11 +418,12 @@ class CameraSource:
         self._index += 1
         return frame
 
-    def _reconnect(self) -> np.ndarray | None:
-        """Reopen a camera that stopped delivering; its first image, or None if closed meanwhile."""
+    def _reconnect(self, *, resuming: bool = False) -> np.ndarray | None:
+        """Reopen a camera that stopped delivering (or was suspended); its first image, or None if closed meanwhile."""
         if self._closed.is_set():
             return None
-        self._reconnecting.set()
+        if not resuming:
+            self._reconnecting.set()
         try:
             deadline = time.monotonic() + self.reconnect_timeout
             delay = 0.25
@@ -401,7 +435,7 @@ class CameraSource:
                     self._cap = self._open()
                 image = self._grab()
                 if image is not None:
-                    self.reconnects += 1
+                    self.reconnects += int(not resuming)
                     return image
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -411,6 +445,11 @@ class CameraSource:
                 delay = min(2 * delay, 2.0)
         finally:
             self._reconnecting.clear()
+        if resuming:
+            raise CameraLostError(
+                f"camera {self.device} could not be opened again when an app started watching (tried for "
+                f"{self.reconnect_timeout:g} s); is another program using it? check the cable, or raise --reconnect-timeout"
+            )
         raise CameraLostError(
             f"camera {self.device} stopped delivering frames and did not come back within "
             f"{self.reconnect_timeout:g} s; check the cable, or raise --reconnect-timeout"
@@ -423,12 +462,16 @@ class CameraSource:
     def close(self) -> None:
         """Release the camera; safe from any thread, also while another thread is in :meth:`read`."""
         self._closed.set()
+        self._wake.set()
+        self._release_unless_reading()
+
+    def _release_unless_reading(self) -> None:
+        """Release the device now, unless a read is in flight: that read sees the flag and releases it itself."""
         if self._lock.acquire(timeout=0.05):
             try:
                 self._release_locked()
             finally:
                 self._lock.release()
-        # else: a read is in flight; it sees the closed flag and releases the device itself.
 
 
 def _available_cameras_hint() -> str:

@@ -125,6 +125,20 @@ class StatusLine:
             line += f"; {_join_and(unwritten)} not written"
         self.console.print(line, soft_wrap=True, markup=False)
 
+    @staticmethod
+    def _idle_part(s: dict[str, Any]) -> str:
+        """``, idle (no viewer) 2 times for 1 min 05 s`` when the run went idle, else nothing."""
+        times = s.get("idle_periods", 0)
+        if not times:
+            return ""
+        return f", idle (no viewer) {times} time{'s' if times != 1 else ''} for {format_duration(s['idle_seconds'])}"
+
+    @staticmethod
+    def _sinks_part(s: dict[str, Any]) -> str:
+        """``, 3 frames not written to keyed.mp4 (too slow)`` when an output dropped frames, else nothing."""
+        slow = [f"{c['dropped']} to {name}" for name, c in s.get("sinks", {}).items() if c.get("dropped")]
+        return f", frames an output was too slow for: {', '.join(slow)}" if slow else ""
+
     def summary(self, s: dict[str, Any]) -> None:
         self.__exit__()
         self.console.print(
@@ -132,7 +146,7 @@ class StatusLine:
             f"(output {s['output_fps']:.1f} fps, tracker {s['tracker_fps']:.1f} fps, {s['dropped']} dropped, "
             f"latency p50 {s['latency_p50_ms']:.0f} ms / p95 {s['latency_p95_ms']:.0f} ms, "
             f"sync {s['sync']} added delay p50 {s['delay_p50_ms']:.0f} ms / p95 {s['delay_p95_ms']:.0f} ms, "
-            f"{s['own_mask_share'] * 100:.1f}% keyed with their own mask)",
+            f"{s['own_mask_share'] * 100:.1f}% keyed with their own mask{self._idle_part(s)}{self._sinks_part(s)})",
             soft_wrap=True,
             markup=False,
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from greenscreen_cam import idle
+from greenscreen_cam.bench.idle import LoopingWebcam
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and inotify (Linux)")
 
@@ -197,3 +198,140 @@ def test_placeholder_is_flat_and_sized():
     frame = idle.placeholder_frame(64, 48)
     assert frame.shape == (48, 64, 3) and frame.dtype.name == "uint8"
     assert (frame == frame[0, 0]).all()
+
+
+# --------------------------------------------------------------------------- the live loop, idle for real
+# LoopingWebcam: a stand-in webcam (a capture factory playing frames at 30 fps) that counts its opens.
+def test_camera_source_suspend_releases_the_device_and_resume_opens_it_again():
+    from greenscreen_cam.sources import CameraSource
+    from tests.conftest import moving_disc_frames
+
+    webcam = LoopingWebcam(moving_disc_frames(4))
+    src = CameraSource(0, capture_factory=webcam)
+    assert src.read().index == 0 and src.opens == 1
+    src.read()
+    src.suspend()
+    assert src.suspended and not webcam.light_on, "suspended: the webcam's light goes off"
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(src.read()))
+    reader.start()
+    time.sleep(0.3)
+    assert reader.is_alive() and not got and src.opens == 1, "a read waits while suspended, nothing opens"
+    src.resume()
+    reader.join(5)
+    assert got and got[0].index == 2 and src.opens == 2 and webcam.light_on
+    assert src.reconnects == 0 and not src.reconnecting, "a resume is not a lost camera"
+    src.suspend()
+    reader = threading.Thread(target=lambda: got.append(src.read()))
+    reader.start()
+    src.close()  # closing while suspended ends the waiting read
+    reader.join(5)
+    assert not reader.is_alive() and got[-1] is None and not webcam.light_on
+
+
+@pytest.mark.slow
+def test_live_run_idles_without_a_viewer_and_resumes_with_its_selection(device, tiny_model, vcam_backend):
+    """The real loop: no viewer -> no camera open and no tracker step; a viewer -> keyed frames again."""
+    from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.pipeline import Pipeline
+    from greenscreen_cam.segmenter import Prompt, StreamingTracker
+    from greenscreen_cam.sinks import VirtualCameraSink
+    from greenscreen_cam.sources import CameraSource
+    from tests.conftest import moving_disc_frames
+
+    webcam = LoopingWebcam(moving_disc_frames(30))
+    src = CameraSource(0, capture_factory=webcam, reconnect_timeout=10)
+    gate = idle.IdleGate(hold_off=0.3)
+    events: list[str] = []
+    first = viewer(device, hold=60.0)  # an app has the camera open from the start
+    summary: dict = {}
+    try:
+        with (
+            idle.ViewerWatch(device, poll_s=30.0, on_change=gate.update),
+            VirtualCameraSink(160, 120, 30.0, backend="greencam-test", device=str(device), pace=False) as vcam,
+        ):
+            assert wait_for(lambda: gate.viewers == 1, 10.0)
+            tracker = StreamingTracker(tiny_model)
+            pipe = Pipeline(
+                src,
+                tracker,
+                Compositor(CompositorSettings()),
+                vcam,
+                prompt=Prompt(box=(30, 25, 60, 70)),
+                sync="off",
+                idle=gate,
+                idle_fps=10.0,
+                on_event=events.append,
+            )
+            runner = threading.Thread(target=lambda: summary.update(pipe.run()))
+            runner.start()
+            try:
+                assert wait_for(lambda: pipe.stats.tracked >= 2 and pipe.stats.keyed >= 2, 60.0)
+                first.terminate()  # the app closes the virtual camera
+                first.wait(10)
+                assert wait_for(lambda: pipe.stats.subject == idle.IDLE_LABEL, 15.0), events
+                opens, steps, sent = len(webcam.opened), pipe.stats.tracked, pipe.stats.idle_frames
+                assert not webcam.light_on, "idle: the physical camera is closed"
+                time.sleep(1.0)
+                assert len(webcam.opened) == opens and pipe.stats.tracked == steps, "no camera open, no step"
+                assert pipe.stats.idle_frames >= sent + 3, "placeholders keep the device alive"
+                placeholder = vcam_backend.instances[0].frames[-1].reshape(-1, 3)  # RGB pixels, as the device got them
+                assert (placeholder == placeholder[0]).all(), "the placeholder is one flat colour"
+                second = viewer(device, hold=60.0)  # an app opens it again
+                try:
+                    assert wait_for(lambda: len(pipe.stats.resume_times) == 1, 60.0), events
+                    assert len(webcam.opened) == opens + 1 and webcam.light_on
+                    assert pipe.stats.tracked > steps and tracker.is_prompted
+                finally:
+                    second.terminate()
+                    second.wait(10)
+            finally:
+                pipe.stop()
+                runner.join(30)
+    finally:
+        first.kill()
+        first.wait(10)
+        src.close()
+    assert not runner.is_alive() and summary["idle_periods"] == 1
+    assert sum("subject selected" in e for e in events) == 1, "the selection was kept, not made again"
+    assert any(idle.IDLE_LABEL in e for e in events) and any("back on" in e for e in events)
+
+
+def test_open_idle_says_when_it_stays_off(monkeypatch, device):
+    from contextlib import ExitStack
+
+    from greenscreen_cam.app import _open_idle
+    from greenscreen_cam.config import Settings
+    from greenscreen_cam.sources import CameraSource
+    from tests.conftest import moving_disc_frames
+
+    src = CameraSource(0, capture_factory=LoopingWebcam(moving_disc_frames(2)))
+    said: list[str] = []
+    with ExitStack() as stack:
+        stack.callback(src.close)
+        assert _open_idle(stack, Settings(idle="never"), src, [str(device)], keep_on=False, say=said.append) is None
+        assert said == [], "--idle never: nothing to say"
+        assert _open_idle(stack, Settings(), src, [str(device)], keep_on=True, say=said.append) is None
+        assert "recording" in said[-1]
+        monkeypatch.setattr(sys, "platform", "darwin")
+        assert _open_idle(stack, Settings(), src, ["OBS Virtual Camera"], keep_on=False, say=said.append) is None
+        assert "cannot tell" in said[-1]
+        monkeypatch.setattr(sys, "platform", "linux")
+        gate = _open_idle(stack, Settings(idle_after=2.5), src, [str(device)], keep_on=False, say=said.append)
+        assert isinstance(gate, idle.IdleGate) and gate.hold_off == 2.5 and str(device) in said[-1]
+
+
+@pytest.mark.slow
+def test_bench_idle_counts_no_work_while_idle_and_times_a_resume():
+    from greenscreen_cam.bench import bench_idle, bench_subjects
+    from greenscreen_cam.config import ModelSettings
+
+    settings = ModelSettings(model="tiny", resolution=256, device="cpu")
+    r = bench_idle(settings, random_weights=True, seconds=0.5, resumes=1, hold_off=0.2, size=(160, 120))
+    assert r["camera_opens_idle"] == 0 and r["tracker_steps_idle"] == 0
+    assert r["resumes"] == 1 and r["resume_ms_p50"] > 0
+    assert r["resume_ms_p50"] == pytest.approx(r["detect_ms"][0] + r["keyed_ms"][0], abs=0.2)
+    assert r["cpu_idle_pct"] >= 0 and r["cpu_active_pct"] > 0
+    r = bench_subjects(settings, random_weights=True, counts=(1, 2), frames=2, size=(160, 120))
+    assert [row["subjects"] for row in r["rows"]] == [1, 2] and len(r["rows"][1]["memory_bytes"]) == 2
+    assert r["rows"][0]["frame_ms_p50"] > 0 and "extra_subject_ratio" in r

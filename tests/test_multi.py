@@ -204,3 +204,77 @@ def test_two_bboxes_end_to_end_key_both_subjects(checkpoint_dir, tmp_path, monke
         # last subject fails this). Random weights give soft, nearly flat logits, so how much the
         # second subject adds is not asserted here; test_each_subject_matches_... checks the union.
         assert (two >= one - 1).all()
+
+
+class _Preview:
+    """The preview window's side of the pipeline (no display needed): a cursor, keys and one dragged box."""
+
+    def __init__(self) -> None:
+        self.overlay: list[str] = []
+        self.last_key = -1
+        self.cursor: tuple[float, float] | None = None
+        self.box: tuple[int, int, int, int] | None = None
+        self.selecting = False
+
+    def send(self, frame: np.ndarray) -> None:
+        pass
+
+    def begin_select(self) -> None:
+        self.selecting = True
+
+    def take_selection(self):
+        box, self.box = self.box, None
+        return box
+
+
+def _only_under(results, index: int, frame_hw: tuple[int, int]) -> tuple[float, float]:
+    """A frame pixel where subject ``index``'s mask is on and beats every other subject's."""
+    logits = [r.low_res_logits[0, 0].float() for r in results]
+    others = torch.stack([lg for i, lg in enumerate(logits) if i != index]).amax(0) if len(logits) > 1 else None
+    margin = logits[index] - (others if others is not None else 0)
+    margin = torch.where(logits[index] > 0, margin, torch.full_like(margin, -1e9))
+    iy, ix = divmod(int(margin.argmax()), margin.shape[1])
+    assert float(margin[iy, ix]) > 0, "the subject's mask is on somewhere"
+    h, w = frame_hw
+    return ((ix + 0.5) * w / margin.shape[1], (iy + 0.5) * h / margin.shape[0])
+
+
+def test_preview_r_adds_a_subject_and_d_drops_the_one_under_the_cursor(tiny_model, tmp_path):
+    from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.pipeline import Pipeline
+    from greenscreen_cam.sources import ImageFolderSource
+
+    frames = moving_disc_frames(6)
+    events: list[str] = []
+    preview = _Preview()
+    tracker = MultiTracker(tiny_model)
+    pipe = Pipeline(
+        ImageFolderSource(write_jpeg_folder(tmp_path / "f", frames)),
+        tracker,
+        Compositor(CompositorSettings()),
+        _Preview(),
+        prompt=Prompt(box=(30, 25, 60, 70)),
+        preview=preview,  # type: ignore[arg-type]
+        on_event=events.append,
+    )
+    src = pipe.source
+    pipe._track(src.read())
+    assert len(tracker.subjects) == 1
+    pipe._hotkey(ord("r"))
+    assert preview.selecting and "subject to add" in events[-1]
+    preview.box = (100, 10, 50, 60)  # the user finished dragging a second box
+    pipe._update_preview(frames[0])
+    result = pipe._track(src.read())
+    assert len(tracker.subjects) == 2 and "subject 2 added" in events[-1] and result.logits is not None
+    hw = frames[0].shape[:2]
+    preview.cursor = _only_under(tracker.last_results, 1, hw)
+    pipe._hotkey(ord("d"))
+    pipe._track(src.read())
+    assert len(tracker.subjects) == 1 and "subject 2 dropped; 1 left" in events[-1]
+    preview.cursor = _only_under(tracker.last_results, 0, hw)
+    pipe._hotkey(ord("d"))
+    assert pipe._track(src.read()) is None and not tracker.is_prompted
+    assert "last subject dropped" in events[-1] and "press r" in events[-1]
+    preview.box = (30, 25, 60, 70)  # r on an empty tracker selects again
+    pipe._update_preview(frames[0])
+    assert pipe._track(src.read()) is not None and len(tracker.subjects) == 1

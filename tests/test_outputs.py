@@ -14,7 +14,7 @@ from greenscreen_cam import outputs
 from greenscreen_cam.cli import app
 from greenscreen_cam.compositor import Compositor, CompositorSettings
 from greenscreen_cam.errors import SinkError
-from greenscreen_cam.outputs import OutputKind, ThreadedSink
+from greenscreen_cam.outputs import OutputKind, ThreadedSink, buffer_depth
 from greenscreen_cam.pipeline import Pipeline
 from greenscreen_cam.prompt import Prompt
 from greenscreen_cam.sinks import MultiSink
@@ -183,6 +183,32 @@ def test_block_policy_delivers_every_frame_in_order():
     threaded.close()
     assert [int(f[0, 0, 0]) for f in slow.frames] == list(range(25)) and slow.closed
     assert threaded.dropped == 0
+
+
+def test_buffer_policy_rides_out_a_stall_and_then_drops_the_oldest_never_waiting():
+    """A live recording: a disk that pauses loses nothing within the buffer; past it the oldest frames go."""
+
+    class Hangs(Stuck):
+        entered = threading.Event()
+
+        def send(self, frame: np.ndarray) -> None:
+            self.entered.set()
+            super().send(frame)
+
+    stuck = Hangs()
+    threaded = ThreadedSink(stuck, name="rec.mp4", policy="buffer", depth=6)
+    frames = [np.full((4, 4, 3), i, np.uint8) for i in range(10)]
+    started = time.monotonic()
+    threaded.send(frames[0])
+    assert stuck.entered.wait(5.0)  # frame 0 is being written, and hangs
+    for f in frames[1:]:
+        threaded.send(f)  # 1-9 arrive while it hangs
+    assert time.monotonic() - started < 1.0, "send never waits for the output"
+    stuck.release.set()
+    threaded.close()
+    got = [int(f[0, 0, 0]) for f in stuck.frames]
+    assert got == [0, *range(4, 10)] and threaded.dropped == 3, "the newest 6 waited in order; 1-3 were dropped"
+    assert buffer_depth(1280, 720, 30.0) == 30 and buffer_depth(7680, 4320, 60.0) == 2
 
 
 def test_block_policy_raises_a_late_error_on_close_and_aborts_the_output():
