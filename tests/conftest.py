@@ -109,6 +109,24 @@ def tiny_model(tiny_checkpoint: Path):
     return models.load_model(models.get_spec("tiny"), tiny_checkpoint, device="cpu", resolution=256)
 
 
+@pytest.fixture(scope="session")
+def short_bank_model(tiny_model):
+    """The tiny model reading a shorter bank (2 spatial memories, 4 pointers: full from frame 4, not 16).
+
+    The same weights and code; only the bank length changes, so that a CPU test sees sessions join
+    (and leave and rejoin) the stacked serve step within a few frames. ``greencam bench --serve-step`` checks the real 1 + 6 + 15 bank.
+    """
+    import copy
+
+    from greenscreen_cam.steady import bank_full_at
+
+    model = copy.copy(tiny_model)  # shares every module and weight
+    model.num_maskmem = 3
+    model.max_obj_ptrs_in_encoder = 4
+    assert bank_full_at(model) == 4
+    return model
+
+
 @pytest.fixture()
 def clip(tmp_path: Path) -> tuple[Path, list[np.ndarray]]:
     frames = moving_disc_frames(12)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -21,20 +19,6 @@ BOXES = [(30, 25, 60, 70), (50, 30, 60, 60), (20, 10, 80, 90), (60, 40, 50, 50)]
 REPROMPT = (1, 9, (40, 20, 70, 80))  # session 1 is re-selected mid-batch (leaves, refills, rejoins at 13)
 LEAVES = (3, 11)  # session 3 ends at frame 11 (the bucket shrinks from 4 to 2)
 SKIPS = {(2, 8), (0, 12)}  # (session, frame) with no new camera frame: its row waits, untouched
-
-
-@pytest.fixture(scope="module")
-def short_bank_model(tiny_model):
-    """The tiny model reading a shorter bank (2 spatial memories, 4 pointers: full from frame 4, not 16).
-
-    The same weights and code; only the bank length changes, so that a CPU test sees sessions join,
-    leave and rejoin in 15 frames. ``greencam bench --serve-step`` checks the real 1 + 6 + 15 bank.
-    """
-    model = copy.copy(tiny_model)  # shares every module and weight
-    model.num_maskmem = 3
-    model.max_obj_ptrs_in_encoder = 4
-    assert bank_full_at(model) == 4
-    return model
 
 
 def _encodings(tracker: StreamingTracker, frames: list[np.ndarray]) -> list:

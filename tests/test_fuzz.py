@@ -250,6 +250,8 @@ def channel_messages(draw: st.DrawFn) -> str | bytes:
             pts = draw(st.lists(st.lists(NUMBER, max_size=3), max_size=4))
             msg["points"] = pts
             msg["labels"] = draw(st.one_of(st.lists(st.sampled_from([0, 1, 2, True, 1.0, "1"]), max_size=4), NUMBER))
+        if draw(st.booleans()):  # "add": true keeps the other subjects (up to multi.MAX_SUBJECTS, then refused)
+            msg["add"] = draw(st.one_of(st.booleans(), st.booleans(), JSONISH))
     if draw(st.booleans()):
         msg[draw(st.text(max_size=6))] = draw(JSONISH)
     return json.dumps(msg, allow_nan=True)

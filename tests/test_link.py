@@ -522,6 +522,7 @@ def test_bad_channel_messages_get_an_error_and_the_session_goes_on(server: Serve
             '{"type": "prompt", "box": [1, 2, 3, 4], "width": "abc", "height": 120}',
             '{"type": "prompt", "box": [1, 2, 3, 4]}',
             '{"type": "prompt", "box": null, "points": [], "labels": [], "width": 160, "height": 120}',
+            '{"type": "prompt", "box": [1, 2, 30, 40], "width": 160, "height": 120, "add": "yes"}',
             b"\x00binary",
         ]
         for msg in bad:

@@ -82,6 +82,24 @@ def test_prompt_message_is_scaled_into_the_receiving_frame() -> None:
     assert clipped.box == (60, 40, 4, 8)
 
 
+def test_a_prompt_adds_its_subject_only_with_add_true() -> None:
+    box = P.Prompt(box=(10, 10, 50, 50))
+    added = P.parse_text(P.prompt_message(box, 100, 100, 7, add=True))
+    plain = P.parse_text(P.prompt_message(box, 100, 100, 7))
+    assert added["add"] is True and "add" not in plain
+    assert P.prompt_adds(added) and not P.prompt_adds(plain) and not P.prompt_adds({**plain, "add": False})
+    assert P.parse_prompt(added, 100, 100) == P.parse_prompt(plain, 100, 100) == box
+
+
+@pytest.mark.parametrize("add", [None, 1, 0, 1.0, "true", "", [], [True], {}, {"add": True}, 2**70, float("nan")])
+def test_an_add_that_is_not_a_boolean_is_refused(add: object) -> None:
+    msg = {"type": "prompt", "box": [10, 10, 50, 50], "width": 100, "height": 100, "add": add}
+    with pytest.raises(P.LinkProtocolError, match="add must be true or false"):
+        P.prompt_adds(msg)
+    with pytest.raises(P.LinkProtocolError, match="add must be true or false"):
+        P.parse_prompt(msg, 100, 100)
+
+
 @pytest.mark.parametrize(
     ("msg", "error"),
     [

@@ -278,3 +278,153 @@ def test_preview_r_adds_a_subject_and_d_drops_the_one_under_the_cursor(tiny_mode
     preview.box = (30, 25, 60, 70)  # r on an empty tracker selects again
     pipe._update_preview(frames[0])
     assert pipe._track(src.read()) is not None and len(tracker.subjects) == 1
+
+
+# --------------------------------------------------------------------------- several subjects in one serve session
+class DrivenWorker:
+    """A real :class:`ModelWorker` with one session ``"s"``, its loop on a thread; one frame in, one mask out."""
+
+    def __init__(self, model, **kw) -> None:
+        import asyncio
+        import queue
+        import threading
+
+        from greenscreen_cam.link.worker import ModelWorker
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.masks: queue.Queue[bytes] = queue.Queue()
+        self.errors: queue.Queue[str] = queue.Queue()
+        self.worker = ModelWorker(model, model_name="tiny", device="cpu", resolution=256, **kw)
+        self.worker.add("s", lambda msg, state: self.masks.put(msg), self.errors.put)
+        self.entry = self.worker._entries["s"]
+        self.worker.start(self.loop)
+
+    def prompt(self, prompt: Prompt | None, *, add: bool = False, hw: tuple[int, int] = (120, 160)) -> None:
+        from greenscreen_cam.link.protocol import parse_text, prompt_message
+
+        msg = None if prompt is None else parse_text(prompt_message(prompt, hw[1], hw[0], add=add))
+        self.worker.set_prompt("s", msg)
+
+    def frame(self, rgb: np.ndarray, tag: int):
+        """The mask message for ``rgb`` (decoded) and the error lines sent before it."""
+        import av
+
+        from greenscreen_cam.link.protocol import decode_mask
+
+        self.worker.put_frame("s", av.VideoFrame.from_ndarray(rgb, format="rgb24"), tag)
+        mask = decode_mask(self.masks.get(timeout=120))
+        errors = []
+        while not self.errors.empty():
+            errors.append(self.errors.get_nowait())
+        return mask, errors
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.worker.release()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+UNIQUE = 3  # the clips below loop over their first frames: the reference encodes each once
+
+
+def test_a_serve_session_with_an_added_subject_keys_the_union_of_two_trackers(short_bank_model):
+    """Prompt, then ``add``: the session's mask is the union of two StreamingTrackers on the same frames.
+
+    The first subject joins the stacked step once its bank is full (frame 4 of the short bank);
+    the added one keeps stepping on its own on the same encoding. Until the stacked step the masks
+    are bit for bit the union of the two trackers; after it, within the stacked step's float
+    rounding (one level of 255). A plain prompt then drops the added subject.
+    """
+    from greenscreen_cam.link.protocol import STATE_LOST, STATE_TRACKING, probability_u8
+    from greenscreen_cam.steady import bank_full_at
+
+    model = short_bank_model
+    frames = moving_disc_frames(UNIQUE, seed=3)
+    hw = frames[0].shape[:2]
+    first, second, third = SUBJECTS[0][0], SUBJECTS[1][0], Prompt(box=(100.0, 10.0, 50.0, 60.0))
+    alone = [StreamingTracker(model), StreamingTracker(model)]
+    encoded = [alone[0].encode(alone[0].preprocess(f))[0] for f in frames]
+    n = bank_full_at(model) + 3
+    driven = DrivenWorker(model, batch=True)
+    try:
+        stacked = driven.worker.stacked
+        assert stacked is not None
+        differs = 0
+        for i in range(n):
+            if i == 0:
+                driven.prompt(first)
+            if i == 1:
+                driven.prompt(second, add=True)
+            mask, errors = driven.frame(frames[i % UNIQUE], tag=100 + i)
+            assert not errors and mask.tag == 100 + i
+            results = [alone[0].step_encoded(encoded[i % UNIQUE], hw, first if i == 0 else None)]
+            if i >= 1:
+                results.append(alone[1].step_encoded(encoded[i % UNIQUE], hw, second if i == 1 else None))
+            union = results[0].low_res_logits
+            for r in results[1:]:
+                union = torch.maximum(union, r.low_res_logits)
+            expected = probability_u8(union[0, 0].numpy())
+            score = max(r.object_score for r in results)
+            assert mask.state == (STATE_TRACKING if score > 0 else STATE_LOST)
+            assert len(driven.entry.extras) == min(i, 1)
+            if driven.entry.tracker in stacked:
+                diff = np.abs(mask.probability.astype(int) - expected.astype(int)).max()
+                assert diff <= 1, f"frame {i}: stacked union off by {diff}"
+                assert mask.object_score == pytest.approx(score, abs=1e-3)
+            else:
+                np.testing.assert_array_equal(mask.probability, expected, err_msg=f"frame {i}")
+                assert mask.object_score == np.float32(score)
+            if i >= 1:
+                differs += int((expected != probability_u8(results[0].low_res_numpy())).any())
+        assert driven.entry.tracker in stacked, "the first subject should have joined the stacked step"
+        assert differs, "the added subject never changed the mask: the union was not tested"
+
+        # A plain prompt replaces both subjects: the mask is that of a fresh tracker prompted there.
+        driven.prompt(third)
+        mask, errors = driven.frame(frames[0], tag=200)
+        fresh = StreamingTracker(model).step_encoded(encoded[0], hw, third)
+        assert not errors and not driven.entry.extras and driven.entry.tracker not in stacked
+        np.testing.assert_array_equal(mask.probability, probability_u8(fresh.low_res_numpy()))
+    finally:
+        driven.close()
+
+
+def test_a_serve_session_refuses_a_subject_beyond_the_most_and_keeps_tracking(tiny_model):
+    from greenscreen_cam.link.protocol import STATE_WAITING
+    from greenscreen_cam.multi import MAX_SUBJECTS
+
+    frames = moving_disc_frames(2, seed=5)
+    boxes = [Prompt(box=(5.0 + 15 * k, 10.0, 30.0, 40.0)) for k in range(MAX_SUBJECTS + 1)]
+    driven = DrivenWorker(tiny_model, batch=False)
+    try:
+        # One plain prompt and MAX_SUBJECTS - 1 adds, all queued before one frame: all tracked on it.
+        driven.prompt(boxes[0])
+        for box in boxes[1:MAX_SUBJECTS]:
+            driven.prompt(box, add=True)
+        with pytest.raises(PromptError, match=f"already tracking {MAX_SUBJECTS} subjects .the most is {MAX_SUBJECTS}"):
+            driven.prompt(boxes[MAX_SUBJECTS], add=True)
+        mask, errors = driven.frame(frames[0], tag=1)
+        assert not errors and mask.state != STATE_WAITING
+        assert len(driven.entry.extras) == MAX_SUBJECTS - 1
+        # Still full after the step; the session keeps tracking every subject.
+        with pytest.raises(PromptError, match="already tracking"):
+            driven.prompt(boxes[MAX_SUBJECTS], add=True)
+        mask, errors = driven.frame(frames[1], tag=2)
+        assert not errors and mask.state != STATE_WAITING and mask.seq == 2
+        assert len(driven.entry.extras) == MAX_SUBJECTS - 1
+
+        # A reset drops them all (their memory freed); an add with no subject left is the first.
+        driven.prompt(None)
+        mask, _ = driven.frame(frames[0], tag=3)
+        assert mask.state == STATE_WAITING and not driven.entry.extras
+        assert not driven.entry.tracker.is_prompted
+        driven.prompt(boxes[1], add=True)
+        mask, errors = driven.frame(frames[0], tag=4)
+        assert not errors and mask.state != STATE_WAITING
+        assert driven.entry.tracker.is_prompted and not driven.entry.extras
+    finally:
+        driven.close()

@@ -9,6 +9,7 @@ Playwright is missing. Screenshots are kept in each test's temporary folder.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import queue
 import shutil
@@ -345,7 +346,36 @@ def test_capture_page_tracks_and_keys_with_the_received_mask(page, serve: ServeP
     assert raw[fg].std() > 5
 
 
+RECORD_SENT_JS = """(() => {
+  // The page's text messages to the server, newest last (at most 64): what a drag sent.
+  window.sentTexts = [];
+  const send = RTCDataChannel.prototype.send;
+  RTCDataChannel.prototype.send = function (data) {
+    if (typeof data === "string") {
+      window.sentTexts.push(data);
+      if (window.sentTexts.length > 64) window.sentTexts.shift();
+    }
+    return send.call(this, data);
+  };
+})();"""
+
+
+def drag_on_canvas(page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """A mouse drag on the keyed canvas between two points given as fractions of its size."""
+    box = page.locator("#output").bounding_box()
+
+    def at(fx: float, fy: float) -> tuple[float, float]:
+        return box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+
+    page.mouse.move(*at(*start))
+    page.mouse.down()
+    page.mouse.move(*at((start[0] + end[0]) / 2, (start[1] + end[1]) / 2), steps=5)
+    page.mouse.move(*at(*end), steps=5)
+    page.mouse.up()
+
+
 def test_without_a_prompt_the_page_asks_and_a_drag_selects(page, serve: ServeProcess) -> None:
+    page.add_init_script(RECORD_SENT_JS)
     page.goto(f"{serve.url}/?token={TOKEN}&debug=1")
     wait_for(
         page,
@@ -363,17 +393,30 @@ def test_without_a_prompt_the_page_asks_and_a_drag_selects(page, serve: ServePro
     assert len(pixels) > 100 and all(p == [*KEY, 255] for p in pixels)
 
     # Drag a box on the canvas: the prompt goes to the server, the address bar keeps it.
-    box = page.locator("#output").bounding_box()
-    page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.2 * box["height"])
-    page.mouse.down()
-    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.5 * box["height"], steps=5)
-    page.mouse.move(box["x"] + 0.7 * box["width"], box["y"] + 0.9 * box["height"], steps=5)
-    page.mouse.up()
+    drag_on_canvas(page, (0.3, 0.2), (0.7, 0.9))
     wait_for(page, "greencam.stats.state === 'tracking'", MASK_WAIT_S, "tracking after a drag")
     bbox = [int(v) for v in page.evaluate("new URLSearchParams(location.search).get('bbox')").split(",")]
     w, h = page.evaluate("[greencam.keyer.canvas.width, greencam.keyer.canvas.height]")
     expected = [0.3 * w, 0.2 * h, 0.4 * w, 0.7 * h]
     assert all(abs(a - b) <= 3 for a, b in zip(bbox, expected)), (bbox, expected)
+    prompts = [m for m in map(json.loads, page.evaluate("window.sentTexts")) if m["type"] == "prompt"]
+    assert prompts and all("add" not in m for m in prompts), "a plain drag replaces the selection"
+
+    # Shift+drag sends the same prompt with "add": true; the server tracks both (no error, masks go on).
+    masks = page.evaluate("greencam.stats.masks")
+    page.keyboard.down("Shift")
+    drag_on_canvas(page, (0.05, 0.1), (0.25, 0.6))
+    page.keyboard.up("Shift")
+    wait_for(page, "window.sentTexts.some((t) => JSON.parse(t).add === true)", 30, "an added subject sent")
+    added = [m for m in map(json.loads, page.evaluate("window.sentTexts")) if m.get("add")]
+    assert len(added) == 1 and added[0]["type"] == "prompt" and added[0]["add"] is True
+    second = [0.05 * w, 0.1 * h, 0.2 * w, 0.5 * h]
+    assert all(abs(a - b) <= 3 for a, b in zip(added[0]["box"], second)), (added[0]["box"], second)
+    assert (added[0]["width"], added[0]["height"]) == (w, h)
+    assert len(page.evaluate("new URLSearchParams(location.search).getAll('bbox')")) == 2
+    wait_for(page, f"greencam.stats.masks > {masks + 2}", MASK_WAIT_S, "masks with two subjects")
+    assert page.evaluate("greencam.stats.state") in ("tracking", "lost")
+    assert "Server:" not in (page.text_content("#message") or "")
 
     # Re-select: back to waiting, all key colour again.
     page.click("#reset")

@@ -167,8 +167,12 @@ def decode_mask(data: bytes) -> MaskMessage:
 # --------------------------------------------------------------------------- text messages
 
 
-def prompt_message(prompt: Prompt, width: int, height: int, msg_id: int | None = None) -> str:
-    """The ``{"type": "prompt", ...}`` message for ``prompt`` drawn on a ``width x height`` frame."""
+def prompt_message(prompt: Prompt, width: int, height: int, msg_id: int | None = None, *, add: bool = False) -> str:
+    """The ``{"type": "prompt", ...}`` message for ``prompt`` drawn on a ``width x height`` frame.
+
+    With ``add`` the subject joins the ones already tracked (``"add": true``); without it, it
+    replaces them all.
+    """
     msg: dict[str, Any] = {
         "type": "prompt",
         "box": list(prompt.box) if prompt.box is not None else None,
@@ -177,6 +181,8 @@ def prompt_message(prompt: Prompt, width: int, height: int, msg_id: int | None =
         "width": int(width),
         "height": int(height),
     }
+    if add:
+        msg["add"] = True
     if msg_id is not None:
         msg["id"] = int(msg_id)
     return json.dumps(msg)
@@ -210,15 +216,28 @@ def _number(value: Any, what: str, low: float = -MAX_COORDINATE, high: float = M
     return number
 
 
+def prompt_adds(msg: dict[str, Any]) -> bool:
+    """True when a ``prompt`` message adds its subject to those tracked (``"add": true``), False when it replaces them.
+
+    Raises LinkProtocolError unless ``add`` is absent or a JSON boolean.
+    """
+    add = msg.get("add", False)
+    if not isinstance(add, bool):
+        raise LinkProtocolError(f"add must be true or false, not {type(add).__name__}")
+    return add
+
+
 def parse_prompt(msg: dict[str, Any], frame_width: int, frame_height: int) -> Prompt:
     """A ``prompt`` message -> :class:`Prompt` in a ``frame_width x frame_height`` frame.
 
     The message's coordinates are in its own ``width x height`` frame; they are
     scaled to the receiving frame and clipped into it. Every number must be finite:
     ``width`` and ``height`` in ``[1, MAX_FRAME_SIDE]``, coordinates and sizes within
-    ``±MAX_COORDINATE``. Raises LinkProtocolError on a malformed message (with the
-    reason) and PromptError on an empty or degenerate prompt.
+    ``±MAX_COORDINATE``; ``add``, if there, a boolean (see :func:`prompt_adds`). Raises
+    LinkProtocolError on a malformed message (with the reason) and PromptError on an empty or
+    degenerate prompt.
     """
+    prompt_adds(msg)
     w = _number(msg.get("width"), "width", 1.0, MAX_FRAME_SIDE)
     h = _number(msg.get("height"), "height", 1.0, MAX_FRAME_SIDE)
     sx, sy = frame_width / w, frame_height / h

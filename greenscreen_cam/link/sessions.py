@@ -370,14 +370,17 @@ class SessionRegistry:
     def set_prompt(self, session_id: str, msg: dict[str, Any] | None) -> None:
         """Select the subject on the session's next frame (a ``prompt`` message), or None to reset.
 
+        A prompt with ``"add": true`` adds a subject and keeps the others; any other replaces them all.
+
         Raises:
-            ServeNotFound: no such session. LinkProtocolError/PromptError: a malformed prompt.
+            ServeNotFound: no such session. LinkProtocolError/PromptError: a malformed prompt, or
+            an added subject beyond the most one session may track.
         """
         if session_id not in self.sessions:
             raise ServeNotFound("no such session")
         if msg is not None:
             parse_prompt(msg, 1000, 1000)  # check it now (scaling keeps its proportions)
-        self.worker.set_prompt(session_id, msg, reset=msg is None)
+        self.worker.set_prompt(session_id, msg)
 
     def health(self) -> dict[str, Any]:
         """What ``GET /health`` answers (no secrets)."""

@@ -10,6 +10,13 @@ prompted or still filling their bank run their own
 model). The worker knows sessions only by id: it calls back with each mask message, on the
 event loop it was started with.
 
+A session may track several subjects (prompts with ``"add": true``, at most
+:data:`~greenscreen_cam.multi.MAX_SUBJECTS`): its first subject is the tracker above, each
+further one a tracker of its own that steps after the batch on the same image encoding (no
+second encoder run), and the session's mask is their union
+(:func:`~greenscreen_cam.multi.union_result`), as the local :class:`~greenscreen_cam.multi.MultiTracker`
+keys it. A step's measured time includes those extra steps.
+
 The per-session slots are not :class:`~greenscreen_cam.core.LatestSlot`: the worker waits for a
 frame in *any* session, so all slots share one condition.
 """
@@ -22,7 +29,7 @@ import gc
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from greenscreen_cam.errors import LinkProtocolError, PromptError
@@ -34,6 +41,7 @@ from greenscreen_cam.link.protocol import (
     encode_mask,
     parse_prompt,
     probability_u8,
+    prompt_adds,
 )
 
 if TYPE_CHECKING:
@@ -42,7 +50,7 @@ if TYPE_CHECKING:
     from greenscreen_cam.batched import SessionBatch
     from greenscreen_cam.config import ModelSettings
     from greenscreen_cam.prompt import Prompt
-    from greenscreen_cam.segmenter import StreamingTracker, TrackResult
+    from greenscreen_cam.segmenter import Encoded, StreamingTracker, TrackResult
 
 EventFn = Callable[[str], None]
 DeliverFn = Callable[[bytes, str], None]
@@ -63,6 +71,45 @@ def load_serving_model(s: ModelSettings, *, random_weights: bool = False) -> tup
 
     loaded = tracking.open_model(s, random_weights=random_weights, backend="sam2")
     return loaded.net, loaded.name, loaded.device, loaded.resolution
+
+
+def encode_batch(trackers: list[StreamingTracker], images: list[np.ndarray], *, batch: bool = True) -> list[Encoded]:
+    """The image encoder on each session's newest frame (as one batch with ``batch``); one encoding each."""
+    import torch
+
+    pre = [t.preprocess(img) for t, img in zip(trackers, images, strict=True)]
+    if batch and len(pre) > 1:
+        return trackers[0].encode(torch.cat(pre, dim=0))
+    return [t.encode(p)[0] for t, p in zip(trackers, pre, strict=True)]
+
+
+def step_batch(
+    trackers: list[StreamingTracker],
+    encoded: list[Encoded],
+    images: list[np.ndarray],
+    prompts: list[Prompt | None],
+    *,
+    stacked: SessionBatch | None = None,
+) -> list[TrackResult | PromptError]:
+    """Memory attention, decoder and memory encoder for each session's frame already through :func:`encode_batch`.
+
+    With ``stacked``, every full-bank session runs in one batched step (keyed by tracker); the
+    others (and every session without it) run their tracker's own step.
+    """
+    if stacked is not None:
+        return stacked.track(
+            [
+                (t, t, enc, img.shape[:2], prompt)
+                for t, enc, img, prompt in zip(trackers, encoded, images, prompts, strict=True)
+            ]
+        )
+    out: list[TrackResult | PromptError] = []
+    for t, enc, img, prompt in zip(trackers, encoded, images, prompts, strict=True):
+        try:
+            out.append(t.step_encoded(enc, img.shape[:2], prompt))
+        except PromptError as e:
+            out.append(e)
+    return out
 
 
 def track_batch(
@@ -86,40 +133,41 @@ def track_batch(
     Returns:
         Per session its :class:`TrackResult`, or the PromptError its step raised.
     """
-    import torch
-
-    pre = [t.preprocess(img) for t, img in zip(trackers, images, strict=True)]
-    if batch and len(pre) > 1:
-        encoded = trackers[0].encode(torch.cat(pre, dim=0))
-    else:
-        encoded = [t.encode(p)[0] for t, p in zip(trackers, pre, strict=True)]
-    if stacked is not None:
-        return stacked.track(
-            [
-                (t, t, enc, img.shape[:2], prompt)
-                for t, enc, img, prompt in zip(trackers, encoded, images, prompts, strict=True)
-            ]
-        )
-    out: list[TrackResult | PromptError] = []
-    for t, enc, img, prompt in zip(trackers, encoded, images, prompts, strict=True):
-        try:
-            out.append(t.step_encoded(enc, img.shape[:2], prompt))
-        except PromptError as e:
-            out.append(e)
-    return out
+    encoded = encode_batch(trackers, images, batch=batch)
+    return step_batch(trackers, encoded, images, prompts, stacked=stacked)
 
 
 @dataclass
 class _Entry:
-    """One session as the worker sees it. Fields after ``error`` are guarded by the worker's lock."""
+    """One session as the worker sees it. Fields from ``slot`` to ``subjects`` are guarded by the worker's lock.
+
+    The first subject is ``tracker`` (the one that can run in the stacked step); every subject
+    added after it (``"add": true``) has its own tracker in ``extras``, stepped on the same
+    image encoding, and the session's mask is the union of all of them.
+    """
 
     tracker: StreamingTracker
     deliver: DeliverFn
     error: ErrorFn
     slot: tuple[Any, int] | None = None
-    prompt: dict[str, Any] | None = None
+    prompts: list[tuple[dict[str, Any], bool]] = field(default_factory=list)
+    """Prompt messages for the next frame, each with whether it adds its subject (a replacing one is first)."""
     reset: bool = False
+    subjects: int = 0
+    """Subjects the session holds once its queued prompts are applied (what a new ``add`` is counted against)."""
     seq: int = 0
+    extras: list[StreamingTracker] = field(default_factory=list)
+    """The trackers of the second and later subjects (worker thread only)."""
+
+    def held(self) -> int:
+        """Subjects the worker tracks for the session now (worker thread)."""
+        return (1 if self.tracker.is_prompted else 0) + len(self.extras)
+
+    def drop_extras(self) -> None:
+        """Forget every subject but the first; their memory is freed now (worker thread)."""
+        for t in self.extras:
+            t.reset()
+        self.extras = []
 
 
 class ModelWorker:
@@ -154,6 +202,7 @@ class ModelWorker:
     ) -> None:
         from greenscreen_cam import models
         from greenscreen_cam.batched import SessionBatch
+        from greenscreen_cam.multi import MAX_SUBJECTS
 
         self.model = model
         self.model_name = model_name
@@ -176,6 +225,8 @@ class ModelWorker:
         self.fill_times: dict[int, float] = {}
         """EWMA of the other steps' wall time, per session count."""
         self.steps = 0
+        self.max_subjects = MAX_SUBJECTS
+        """Subjects one session may track at once; one more ``add`` is refused."""
 
     # -------------------------------------------------------------- sessions (loop side)
     def add(self, sid: str, deliver: DeliverFn, error: ErrorFn) -> None:
@@ -206,12 +257,33 @@ class ModelWorker:
             self._cond.notify()
             return dropped
 
-    def set_prompt(self, sid: str, msg: dict[str, Any] | None, *, reset: bool) -> None:
-        """Apply a prompt message (or a reset) to the session's next frame."""
+    def set_prompt(self, sid: str, msg: dict[str, Any] | None) -> None:
+        """Apply a prompt message, or None for a reset, to the session's next frame.
+
+        A message with ``"add": true`` adds its subject to the session's others (the first
+        subject when it has none); any other prompt replaces them all, and a reset drops them all.
+
+        Raises:
+            PromptError: an ``add`` beyond ``max_subjects``; the session keeps its subjects.
+            LinkProtocolError: a malformed ``add``.
+        """
+        add = msg is not None and prompt_adds(msg)
         with self._cond:
             entry = self._entries.get(sid)
-            if entry is not None:
-                entry.prompt, entry.reset = msg, reset
+            if entry is None:
+                return
+            if msg is None:
+                entry.prompts, entry.reset, entry.subjects = [], True, 0
+            elif add and entry.subjects > 0:
+                if entry.subjects >= self.max_subjects:
+                    raise PromptError(
+                        f"already tracking {entry.subjects} subjects (the most is {self.max_subjects});"
+                        " a plain prompt or a reset starts again"
+                    )
+                entry.prompts.append((msg, True))
+                entry.subjects += 1
+            else:
+                entry.prompts, entry.reset, entry.subjects = [(msg, False)], False, 1
 
     # -------------------------------------------------------------- admission
     def measured_step_times(self) -> dict[int, float]:
@@ -296,13 +368,15 @@ class ModelWorker:
                     if e.slot is None:
                         continue
                     frame, tag = e.slot
-                    jobs.append((e, frame, tag, e.prompt, e.reset))
-                    e.slot, e.prompt, e.reset = None, None, False
+                    jobs.append((e, frame, tag, e.prompts, e.reset))
+                    e.slot, e.prompts, e.reset = None, [], False
             for e in retired:
                 if self.stacked is not None:
                     self.stacked.leave(e.tracker)
                 with contextlib.suppress(Exception):
                     e.tracker.reset()  # frees the session's memory now, not at garbage collection
+                with contextlib.suppress(Exception):
+                    e.drop_extras()
             if jobs:
                 try:
                     self._step(jobs)
@@ -319,40 +393,87 @@ class ModelWorker:
         msg = encode_mask(tag, e.seq, STATE_WAITING, 0.0, np.zeros((side, side), np.uint8))
         self._call(e.deliver, msg, STATE_NAMES[STATE_WAITING])
 
-    def _step(self, jobs: list[tuple[_Entry, Any, int, dict[str, Any] | None, bool]]) -> None:
-        """One worker step: the newest frame of every session with one, through the model."""
-        active: list[tuple[_Entry, int, Any, Prompt | None]] = []
-        for e, frame, tag, prompt_msg, reset in jobs:
+    def _prompts(
+        self, e: _Entry, messages: list[tuple[dict[str, Any], bool]], w: int, h: int
+    ) -> tuple[Prompt | None, list[Prompt]]:
+        """The session's queued prompt messages on a ``w x h`` frame: ``(prompt for the first subject, added subjects)``.
+
+        A replacing prompt drops the extra subjects; an ``add`` with no subject left is the
+        first. A message that does not fit the frame, or an add beyond ``max_subjects``, is
+        refused with its reason and changes nothing.
+        """
+        first: Prompt | None = None
+        added: list[Prompt] = []
+        for msg, add in messages:
+            try:
+                prompt = parse_prompt(msg, w, h)
+                if add and (first is not None or e.tracker.is_prompted):
+                    held = 1 + len(e.extras) + len(added)
+                    if held >= self.max_subjects:
+                        raise PromptError(f"already tracking {held} subjects (the most is {self.max_subjects})")
+                    added.append(prompt)
+                else:
+                    first, added = prompt, []
+                    e.drop_extras()
+            except (LinkProtocolError, PromptError) as ex:
+                self._call(e.error, str(ex))
+        return first, added
+
+    def _union(
+        self, e: _Entry, first: TrackResult, encoded: Encoded, hw: tuple[int, int], added: list[Prompt]
+    ) -> TrackResult:
+        """The session's extra subjects (and ``added`` ones) on the first subject's encoding; the union mask."""
+        from greenscreen_cam.multi import union_result
+        from greenscreen_cam.segmenter import StreamingTracker
+
+        results = [first] + [t.step_encoded(encoded, hw, None) for t in e.extras]
+        for prompt in added:
+            tracker = StreamingTracker(self.model, autocast=self.autocast)
+            results.append(tracker.step_encoded(encoded, hw, prompt))
+            e.extras.append(tracker)
+        return union_result(results, first.frame_index, any(r.is_prompt_frame for r in results))
+
+    def _step(self, jobs: list[tuple[_Entry, Any, int, list[tuple[dict[str, Any], bool]], bool]]) -> None:
+        """One worker step: the newest frame of every session with one, through the model.
+
+        The first subject of every session runs in :func:`step_batch` (stacked when its bank is
+        full); a session's other subjects then step on the same encoding, after the batch.
+        """
+        active: list[tuple[_Entry, int, Any, Prompt | None, list[Prompt]]] = []
+        for e, frame, tag, messages, reset in jobs:
             if reset:
                 if self.stacked is not None:
                     self.stacked.leave(e.tracker)
                 e.tracker.reset()
+                e.drop_extras()
             image = frame.to_ndarray(format="rgb24")
             h, w = image.shape[:2]
-            prompt = None
-            if prompt_msg is not None:
-                try:
-                    prompt = parse_prompt(prompt_msg, w, h)
-                except (LinkProtocolError, PromptError) as ex:
-                    self._call(e.error, str(ex))
+            prompt, added = self._prompts(e, messages, w, h)
             if prompt is None and not e.tracker.is_prompted:
                 self._waiting_mask(e, tag)
                 continue
-            active.append((e, tag, image, prompt))
-        if not active:
-            return
+            active.append((e, tag, image, prompt, added))
+        try:
+            if active:
+                self._track(active)
+        finally:
+            with self._cond:  # what a new add is counted against: the subjects held, plus the adds queued since
+                for e, *_ in jobs:
+                    if not e.reset and all(add for _, add in e.prompts):
+                        e.subjects = e.held() + len(e.prompts)
+
+    def _track(self, active: list[tuple[_Entry, int, Any, Prompt | None, list[Prompt]]]) -> None:
         start = time.perf_counter()
-        results = track_batch(
-            [e.tracker for e, *_ in active],
-            [image for _, _, image, _ in active],
-            [prompt for *_, prompt in active],
-            batch=self.batch,
-            stacked=self.stacked,
-        )
-        for (e, tag, _, _), result in zip(active, results, strict=True):
+        trackers = [e.tracker for e, *_ in active]
+        images = [image for _, _, image, _, _ in active]
+        encoded = encode_batch(trackers, images, batch=self.batch)
+        results = step_batch(trackers, encoded, images, [p for *_, p, _ in active], stacked=self.stacked)
+        for (e, tag, image, _, added), enc, result in zip(active, encoded, results, strict=True):
             if isinstance(result, PromptError):
                 self._call(e.error, str(result))
                 continue
+            if e.extras or added:
+                result = self._union(e, result, enc, image.shape[:2], added)
             state = STATE_TRACKING if result.visible else STATE_LOST
             e.seq += 1
             msg = encode_mask(tag, e.seq, state, result.object_score, probability_u8(result.low_res_numpy()))

@@ -1,7 +1,16 @@
 // The capture page: camera -> greencam serve (WHIP) -> masks back -> keyed canvas.
 
 import { Keyer } from "./keyer.js";
-import { decodeMask, iceGathered, postOffer, Rate, seqNewer, SignalError } from "./protocol.js";
+import {
+  decodeMask,
+  iceGathered,
+  MAX_SUBJECTS,
+  postOffer,
+  promptMessage,
+  Rate,
+  seqNewer,
+  SignalError,
+} from "./protocol.js";
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
@@ -38,7 +47,7 @@ const firstSent = []; // the first RTP timestamps of this connection (candidate 
 
 let token = params.get("token") || "";
 dropTokenFromAddressBar();
-let prompt = promptFromUrl();
+let subjects = subjectsFromUrl(); // each {box, points}; the first replaces, the others are added
 let stream = null;
 let conn = null; // the live connection (see connect())
 let retryMs = 1000;
@@ -80,19 +89,39 @@ window.greencam = {
   resume() {
     paused = false;
   },
+  /** Select one subject ({box, points}, camera pixels), or several (an array): replaces the selection. */
   setPrompt(p) {
-    prompt = p;
-    sendPrompt();
+    subjects = Array.isArray(p) ? p.slice(0, MAX_SUBJECTS) : p ? [p] : [];
+    sendSelection();
   },
 };
 
-function promptFromUrl() {
-  const nums = (s) => (s ? s.split(",").map((v) => Number(v.trim())) : null);
-  const box = nums(params.get("bbox"));
-  if (box && box.length === 4 && box.every(Number.isFinite) && box[2] > 0 && box[3] > 0) return { box, points: [] };
-  const pt = nums(params.get("point"));
-  if (pt && pt.length === 2 && pt.every(Number.isFinite)) return { box: null, points: [pt] };
-  return null;
+/** The subjects the address names: every ``bbox=x,y,w,h``, then every ``point=x,y`` (camera pixels). */
+function subjectsFromUrl() {
+  const nums = (s) => s.split(",").map((v) => Number(v.trim()));
+  const boxes = params
+    .getAll("bbox")
+    .map(nums)
+    .filter((b) => b.length === 4 && b.every(Number.isFinite) && b[2] > 0 && b[3] > 0)
+    .map((box) => ({ box, points: [] }));
+  const points = params
+    .getAll("point")
+    .map(nums)
+    .filter((p) => p.length === 2 && p.every(Number.isFinite))
+    .map((p) => ({ box: null, points: [p] }));
+  return [...boxes, ...points].slice(0, MAX_SUBJECTS);
+}
+
+/** Keep the selection in the address bar (bookmarkable). */
+function subjectsToUrl() {
+  const url = new URL(location.href);
+  url.searchParams.delete("bbox");
+  url.searchParams.delete("point");
+  for (const s of subjects) {
+    if (s.box) url.searchParams.append("bbox", s.box.join(","));
+    else url.searchParams.append("point", s.points[0].join(","));
+  }
+  history.replaceState(null, "", url);
 }
 
 function setState(state, text) {
@@ -151,7 +180,7 @@ function toCamera(ev) {
 let drag = null;
 ui.canvas.addEventListener("pointerdown", (ev) => {
   if (!ui.canvas.width) return;
-  drag = { start: toCamera(ev), css: [ev.clientX, ev.clientY] };
+  drag = { start: toCamera(ev), css: [ev.clientX, ev.clientY], add: ev.shiftKey };
   ui.canvas.setPointerCapture(ev.pointerId);
 });
 ui.canvas.addEventListener("pointermove", (ev) => {
@@ -171,51 +200,50 @@ ui.canvas.addEventListener("pointerup", (ev) => {
   const [x0, y0] = drag.start;
   const [x1, y1] = toCamera(ev);
   const moved = Math.hypot(ev.clientX - drag.css[0], ev.clientY - drag.css[1]);
+  const add = (drag.add || ev.shiftKey) && subjects.length > 0; // shift+drag (or click) adds a subject
   drag = null;
   ui.band.hidden = true;
   const r = (v) => Math.round(v);
-  prompt =
+  const subject =
     moved < 6
       ? { box: null, points: [[r(x1), r(y1)]] }
       : { box: [r(Math.min(x0, x1)), r(Math.min(y0, y1)), r(Math.abs(x1 - x0)), r(Math.abs(y1 - y0))], points: [] };
-  const url = new URL(location.href);
-  url.searchParams.delete("bbox");
-  url.searchParams.delete("point");
-  if (prompt.box) url.searchParams.set("bbox", prompt.box.join(","));
-  else url.searchParams.set("point", prompt.points[0].join(","));
-  history.replaceState(null, "", url); // bookmarkable
-  sendPrompt();
+  if (!add) {
+    subjects = [subject];
+    subjectsToUrl();
+    sendSelection();
+  } else if (subjects.length >= MAX_SUBJECTS) {
+    setMessage(`At most ${MAX_SUBJECTS} subjects: drag without Shift to start again.`, "error");
+  } else {
+    subjects.push(subject);
+    subjectsToUrl();
+    sendSubject(subject, true);
+  }
 });
 
-function sendPrompt() {
+/** Send one subject: it replaces the selection, or with ``add`` joins the subjects already tracked. */
+function sendSubject(subject, add) {
   if (!conn || !conn.dc || conn.dc.readyState !== "open" || !ui.video.videoWidth) return;
-  if (!prompt) {
+  conn.dc.send(promptMessage(subject, ui.video.videoWidth, ui.video.videoHeight, add));
+}
+
+/** Send the whole selection: the first subject replaces whatever the server tracks, the others are added. */
+function sendSelection() {
+  if (!subjects.length) {
     showWaitingHint();
     return;
   }
-  conn.dc.send(
-    JSON.stringify({
-      type: "prompt",
-      box: prompt.box,
-      points: prompt.points,
-      labels: prompt.points.map(() => 1),
-      width: ui.video.videoWidth,
-      height: ui.video.videoHeight,
-    }),
-  );
+  subjects.forEach((s, i) => sendSubject(s, i > 0));
 }
 
 function showWaitingHint() {
-  setMessage("No subject selected yet: drag a box around yourself or click on yourself.");
+  setMessage("No subject selected yet: drag a box around yourself or click on yourself (Shift adds another subject).");
 }
 
 ui.reset.addEventListener("click", () => {
-  prompt = null;
+  subjects = [];
   keyer.setMask(null);
-  const url = new URL(location.href);
-  url.searchParams.delete("bbox");
-  url.searchParams.delete("point");
-  history.replaceState(null, "", url);
+  subjectsToUrl();
   if (conn?.dc?.readyState === "open") conn.dc.send(JSON.stringify({ type: "reset" }));
   showWaitingHint();
 });
@@ -303,7 +331,7 @@ async function connect() {
     if (conn !== mine) return;
     retryMs = 1000;
     mine.lastPong = performance.now();
-    if (prompt) sendPrompt();
+    if (subjects.length) sendSelection();
     else {
       setState("waiting");
       showWaitingHint();
@@ -425,7 +453,7 @@ async function onMessage(mine, data) {
       showViewerLink(`/view/${encodeURIComponent(msg.id)}?token=${encodeURIComponent(msg.viewer_token)}`);
       bindViewerLink(mine, msg.id);
     } else if (msg.type === "state") {
-      if (msg.state === "waiting" && !prompt) {
+      if (msg.state === "waiting" && !subjects.length) {
         setState("waiting");
         showWaitingHint();
       } else if (msg.state === "lost" || msg.state === "tracking") {
@@ -461,8 +489,8 @@ async function onMessage(mine, data) {
   if (mask.state === "waiting") {
     keyer.setMask(null);
     setState("waiting");
-    if (!prompt) showWaitingHint();
-    else sendPrompt();
+    if (!subjects.length) showWaitingHint();
+    else sendSelection();
     return;
   }
   const tm = performance.now();

@@ -12,6 +12,7 @@
 
 export const KEY_COLOR = [0, 175, 57];
 export const STATES = ["tracking", "lost", "waiting"];
+export const MAX_SUBJECTS = 8; // greenscreen_cam/multi.py: the server refuses one more
 const HEADER = 24;
 const MAGIC = 0x47434d31; // "GCM1"
 
@@ -42,6 +43,27 @@ export async function decodeMask(buffer) {
     score: view.getFloat32(20),
     data,
   };
+}
+
+/**
+ * The text message that selects one subject (greenscreen_cam/link/protocol.py prompt_message).
+ * @param {{box: number[]|null, points: number[][]}} subject a box [x, y, w, h] or points, camera pixels
+ * @param {number} width  the camera frame's width
+ * @param {number} height its height
+ * @param {boolean} add   keep the subjects already tracked ("add": true); otherwise replace them all
+ * @returns {string}
+ */
+export function promptMessage(subject, width, height, add = false) {
+  const msg = {
+    type: "prompt",
+    box: subject.box,
+    points: subject.points,
+    labels: subject.points.map(() => 1),
+    width,
+    height,
+  };
+  if (add) msg.add = true;
+  return JSON.stringify(msg);
 }
 
 /** Newer-than for 32-bit wrapping sequence numbers. */
