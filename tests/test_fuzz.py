@@ -5,7 +5,8 @@ order: malformed raw HTTP requests, mutated SDP offers (to ``/whip`` and ``/whep
 requests, and data-channel messages and prompts from a connected publisher. Config files and
 ``--bbox``/``--point`` strings go through the CLI's own parsers. Every case must get its
 answer (an HTTP status below 500, a data-channel ``ack``/``pong``/``error``, a one-line
-error), no log line or output may hold a traceback or the token, and afterwards ``/health``
+error); a ``greencam ctl`` control socket in front of a real pipeline gets drawn request lines,
+each answered with one JSON line. No log line or output may hold a traceback or the token, and afterwards ``/health``
 answers with no session left.
 
 Hypothesis draws the cases (``derandomize=True``: the same cases on every run, no example
@@ -335,6 +336,54 @@ class Publisher:
             self.loop.close()
 
 
+@contextlib.contextmanager
+def _control_socket(model: Any) -> Iterator[tuple[Path, Any]]:
+    """A ControlServer answering for a real (not running) Pipeline; ``(socket path, pipeline)``."""
+    import tempfile
+
+    import numpy as np
+
+    from greenscreen_cam.compositor import Compositor, make_background
+    from greenscreen_cam.config import Settings
+    from greenscreen_cam.control import ControlServer, Dispatcher, PipelineControl
+    from greenscreen_cam.pipeline import Pipeline
+    from greenscreen_cam.segmenter import StreamingTracker
+    from greenscreen_cam.sources import ImageFolderSource
+    from tests.conftest import write_jpeg_folder
+
+    with tempfile.TemporaryDirectory(prefix="gc-fz-") as tmp:  # short: Unix socket paths are ~108 bytes at most
+        folder = write_jpeg_folder(Path(tmp) / "f", [np.zeros((48, 64, 3), np.uint8)] * 2)
+        settings = Settings()
+        pipeline = Pipeline(ImageFolderSource(folder), StreamingTracker(model), Compositor(settings), _NullSink())
+        server = ControlServer(Dispatcher(PipelineControl(pipeline, make_background), settings), Path(tmp) / "c.sock")
+        with server:
+            yield server.path, pipeline
+
+
+class _NullSink:
+    def send(self, frame: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _ask_control(path: Path, data: bytes, timeout: float = 5.0) -> bytes:
+    """One request line on the control socket; its answer line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(data)
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in buf and time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        return buf
+
+
 def offer_text() -> str:
     async def make() -> str:
         from aiortc import RTCConfiguration, RTCPeerConnection
@@ -356,7 +405,7 @@ def offer_text() -> str:
 # The server runs on threads of this process and its ICE uses `random` while cases are drawn.
 @pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 def test_hostile_input_gets_its_answer_never_a_traceback_or_the_token(
-    serve: Serve, logs: Lines, tmp_path: Path
+    serve: Serve, logs: Lines, tmp_path: Path, tiny_model: Any
 ) -> None:
     from aiortc.sdp import SessionDescription
     from typer.testing import CliRunner
@@ -495,6 +544,30 @@ def test_hostile_input_gets_its_answer_never_a_traceback_or_the_token(
 
     prompts = st.tuples(st.one_of(st.none(), coord), st.lists(coord, max_size=2), st.lists(coord, max_size=2))
     fuzz(60)(given(prompts)(one_prompt))()
+
+    # 7. The control socket of a live camera (greencam ctl): every line gets one JSON answer, no
+    #    traceback, and the camera's control keeps answering. A real Pipeline behind PipelineControl.
+    with _control_socket(tiny_model) as (ctl_path, pipeline):
+        words = st.sampled_from(
+            ["status", "--json", "background", "blur:30", "blur:-1", "set", "feather", "nan", "1e309", "color",
+             "#00ff00", "pause", "resume", "reselect", "model", "large", "quit", "help", "", "\x00", "x" * 200]
+        )  # fmt: skip
+        lines = st.one_of(
+            st.lists(st.one_of(words, TEXT, HOSTILE), max_size=9).map(lambda argv: json.dumps({"argv": argv})),
+            st.one_of(TEXT, HOSTILE, st.sampled_from(["{", "[]", '{"argv": 1}', '{"argv": [1]}', "null", "x" * 5000])),
+        )
+
+        def one_control(line: str) -> None:
+            answer = _ask_control(ctl_path, line.encode("utf-8", "surrogatepass") + b"\n")
+            outputs.append(answer.decode("utf-8", "replace"))
+            reply = json.loads(answer)
+            assert isinstance(reply["ok"], bool) and "\n" not in reply.get("message", ""), (line, reply)
+            assert "Traceback" not in answer.decode("utf-8", "replace")
+            count("control")
+
+        fuzz(60)(given(lines)(one_control))()
+        pipeline._soon.clear()  # the accepted changes would apply between two frames; this camera shows none
+        assert json.loads(_ask_control(ctl_path, b'{"argv": ["status"]}\n'))["ok"]
 
     # Afterwards: still serving, no session left, nothing printed a traceback or the token.
     wait_for(lambda: serve.health()["sessions"] == 0, 20, "every fuzz session to end")
