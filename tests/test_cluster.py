@@ -1,9 +1,11 @@
 """``greencam serve --ray``: placement rules, and a real local Ray Serve cluster on 127.0.0.1.
 
 The cluster tests share one ``greencam serve --ray`` process (tiny, 256 px, seeded random weights,
-autoscaled between 2 and 3 CPU replicas of 2 sessions each) and run in file order: bad requests,
-four ``greencam start --server`` clients (scaling 2 -> 3 under them), a replica killed mid-stream,
-and last Ctrl-C, after which no process of that Ray instance may be left.
+autoscaled between 2 and 3 CPU replicas of 2 sessions each) and run in file order: bad requests
+(publisher and viewer endpoints, against plain ``serve``), sessions spread over the replicas,
+viewers (aiortc, then the viewer page in headless Chromium) of a session held by the second
+replica, four ``greencam start --server`` clients (scaling 2 -> 3 under them), a replica killed
+mid-stream, and last Ctrl-C, after which no process of that Ray instance may be left.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +35,10 @@ from tests.test_link_cli import BOX, LOOPBACK, free_port, mattes
 
 TOKEN = "cluster-test-token-0123456789"
 MODEL = ["--model", "tiny", "--device", "cpu", "--resolution", "256"]
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SDP_AUTH = {**AUTH, "Content-Type": "application/sdp"}
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
+LINK_NAME, LINK_SECRET = "viewer-link-name-0001", "viewer-link-secret-0001"
 
 
 # --------------------------------------------------------------------------- placement rules (no Ray)
@@ -239,31 +246,190 @@ BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str]]] = [
     ("DELETE", "/whip/nope", b"", {"Authorization": f"Bearer {TOKEN}"}),
     ("DELETE", "/whip/0ph0oirn.gone", b"", {"Authorization": f"Bearer {TOKEN}"}),
     ("DELETE", "/whip/nope", b"", {}),
-]
+    # Viewers (WHEP) and stable viewer links, where no session or link is: 404 for anyone.
+    ("POST", "/whep/nope", b"v=0\r\n", {"Content-Type": "application/sdp"}),
+    ("POST", "/whep/0ph0oirn.gone", b"v=0\r\n", SDP_AUTH),
+    ("POST", "/whep/no-such-link-name", b"v" * 200_000, {"Content-Type": "application/sdp"}),
+    ("DELETE", "/whep/nope/viewer", b"", {}),
+    ("DELETE", "/whep/0ph0oirn.gone/0ph0oirn.viewer", b"", AUTH),
+    ("POST", "/web/viewer-link", b"{}", {"Content-Type": "application/json"}),
+    ("POST", "/web/viewer-link", b"{}", {"Content-Type": "application/json", "Authorization": "Bearer nope"}),
+    ("POST", "/web/viewer-link", b"{}", JSON_AUTH),
+    ("POST", "/web/viewer-link", b"[" * 5000, JSON_AUTH),
+    ("POST", "/web/viewer-link", json.dumps({"session": "0ph0oirn.gone", "name": LINK_NAME, "secret": LINK_SECRET}).encode(), JSON_AUTH),
+    ("POST", "/web/viewer-link", json.dumps({"session": "nope", "name": "short", "secret": LINK_SECRET}).encode(), JSON_AUTH),
+    ("GET", "/view/no-such-link-name?token=x", b"", {}),
+]  # fmt: skip
+
+LIVE_REQUESTS: list[tuple[str, str, bytes, dict[str, str]]] = [
+    # A live session (SID: its id; OFFER: a viewer's offer): what a viewer may and may not do.
+    ("POST", "/whep/SID", b"OFFER", {"Content-Type": "application/sdp"}),
+    ("POST", "/whep/SID", b"OFFER", {"Content-Type": "application/sdp", "Authorization": "Bearer nope"}),
+    ("POST", "/whep/SID", b"v" * 70_000, {"Content-Type": "application/sdp"}),  # 401 before 413
+    ("POST", "/whep/SID", b"v" * 70_000, SDP_AUTH),
+    ("POST", "/whep/SID", b"OFFER", {**AUTH, "Content-Type": "text/plain"}),
+    ("POST", "/whep/SID", b"v=0\r\nm=video nonsense", SDP_AUTH),
+    ("POST", "/whep/SID", b"\xff\xfe\x00", SDP_AUTH),
+    ("DELETE", "/whep/SID/nope", b"", AUTH),
+    ("POST", "/web/viewer-link", json.dumps({"session": "SID", "name": "a/b" * 5, "secret": LINK_SECRET}).encode(), JSON_AUTH),
+    ("POST", "/web/viewer-link", json.dumps({"session": "SID", "name": LINK_NAME, "secret": LINK_SECRET}).encode(), {"Content-Type": "application/json"}),
+    ("POST", "/web/viewer-link", json.dumps({"session": "SID", "name": LINK_NAME, "secret": LINK_SECRET}).encode(), JSON_AUTH),
+    # The link, bound by the line above.
+    ("POST", f"/whep/{LINK_NAME}", b"OFFER", {"Content-Type": "application/sdp", "Authorization": "Bearer nope"}),
+    ("POST", f"/whep/{LINK_NAME}", b"OFFER", {"Content-Type": "application/sdp", "Authorization": f"Bearer {TOKEN}x"}),
+    ("POST", f"/whep/{LINK_NAME}", b"v=0\r\n", {"Content-Type": "application/sdp", "Authorization": f"Bearer {LINK_SECRET}"}),
+    ("POST", f"/whep/{LINK_NAME}", b"v" * 70_000, {"Content-Type": "application/sdp", "Authorization": f"Bearer {LINK_SECRET}"}),
+    ("DELETE", f"/whep/{LINK_NAME}/nope", b"", {"Authorization": f"Bearer {LINK_SECRET}"}),
+]  # fmt: skip
+"""Compared with plain serve's answers, SID and the session's own id taken out of them."""
+
+
+class ClipTrack:
+    """A synthetic camera: the moving disc clip at 160x120, looped (aiortc paces it at 30 fps)."""
+
+    def __new__(cls) -> Any:
+        import av
+        from aiortc.mediastreams import VideoStreamTrack
+
+        frames = moving_disc_frames(12)
+
+        class Clip(VideoStreamTrack):
+            n = 0
+
+            async def recv(self) -> Any:
+                pts, time_base = await self.next_timestamp()
+                frame = av.VideoFrame.from_ndarray(frames[self.n % len(frames)], format="rgb24")
+                frame.pts, frame.time_base = pts, time_base
+                self.n += 1
+                return frame
+
+        return Clip()
+
+
+async def _until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Camera:
+    """An aiortc publisher (the clip and the greencam channel) of one session on ``url``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.pc: Any = None
+        self.channel: Any = None
+        self.sid = ""
+        self.session: dict[str, Any] = {}
+        self.masks = 0
+
+    async def start(self) -> Camera:
+        import aioice.ice
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+        aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.addTransceiver(ClipTrack(), direction="sendonly")
+        self.channel = self.pc.createDataChannel("greencam")
+        self.channel.on("message", self._on_message)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = self.pc.localDescription.sdp.encode()
+        status, answer, location = await asyncio.to_thread(_request, self.url + "/whip", "POST", offer, SDP_AUTH)
+        assert status == 201, answer
+        self.sid = location.rsplit("/", 1)[1]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        return self
+
+    def _on_message(self, message: Any) -> None:
+        if isinstance(message, bytes):
+            self.masks += 1
+        elif json.loads(message).get("type") == "session":
+            self.session = json.loads(message)
+
+    async def prompt(self) -> None:
+        await _until(lambda: bool(self.session), 30, "the session message")
+        box = {"type": "prompt", "box": [25, 28, 91, 92], "points": [], "labels": [], "width": 160, "height": 120}
+        self.channel.send(json.dumps(box))
+
+    async def close(self) -> None:
+        await self.pc.close()
+        await asyncio.to_thread(_request, self.url + f"/whip/{self.sid}", "DELETE", b"", AUTH)
+
+
+async def _viewer_offer() -> tuple[Any, Any]:
+    """A receive-only aiortc viewer (video and its data channel), gathered."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    channel = pc.createDataChannel("greencam", ordered=False, maxRetransmits=0)
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, channel
+
+
+def _answers(url: str, sid: str, offer: str) -> list[tuple[int, Any, str]]:
+    """LIVE_REQUESTS' answers from ``url`` for session ``sid`` (JSON bodies parsed, the id taken out)."""
+    out = []
+    for method, path, body, headers in LIVE_REQUESTS:
+        path, body = path.replace("SID", sid), body.replace(b"SID", sid.encode()).replace(b"OFFER", offer.encode())
+        status, text, location = _request(url + path, method, body, headers)
+        text, location = text.replace(sid, "SID"), location.replace(sid, "SID")
+        out.append((status, json.loads(text) if status == 200 else text, location))
+    return out
 
 
 @pytest.mark.slow
 def test_bad_requests_get_the_answers_of_plain_serve(cluster: Cluster, tiny_model: Any) -> None:
     import aioice.ice
 
+    from greenscreen_cam.link.sessions import ServeLimits
     from tests.test_link import ServerThread
 
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
-    plain = ServerThread(tiny_model, max_sessions=2, token=TOKEN)
+    plain = ServerThread(tiny_model, ServeLimits(idle_timeout=30.0), max_sessions=2, token=TOKEN)
     try:
         for method, path, body, headers in BAD_REQUESTS:
             want = _request(plain.url + path, method, body, headers)
             got = _request(cluster.url + path, method, body, headers)
             assert got == want, (method, path, headers)
-            assert got[0] in (400, 401, 404, 413)
+            assert got[0] in (200, 400, 401, 404, 413)
+
+        async def live() -> tuple[list[Any], list[Any], list[Any]]:
+            # A session on each (its camera's video keeps it alive), and the same requests to both.
+            cameras = [await Camera(plain.url).start(), await Camera(cluster.url).start()]
+            viewer, _ = await _viewer_offer()
+            try:
+                offer = viewer.localDescription.sdp
+                want, got = [await asyncio.to_thread(_answers, c.url, c.sid, offer) for c in cameras]
+            finally:
+                await viewer.close()
+                for c in cameras:
+                    await c.close()
+            # The link outlives its session: a viewer on it waits (404) for the next one.
+            late = {**SDP_AUTH, "Authorization": f"Bearer {LINK_SECRET}"}
+            after = [
+                await asyncio.to_thread(_request, c.url + f"/whep/{LINK_NAME}", "POST", offer.encode(), late)
+                for c in cameras
+            ]
+            return want, got, after
+
+        want, got, after = asyncio.run(asyncio.wait_for(live(), 120))
     finally:
         plain.close()
+    for request, w, g in zip(LIVE_REQUESTS, want, got):
+        assert g == w, request[:2]
+    assert sorted({a[0] for a in got}) == [200, 400, 401, 404, 413, 415], got
+    assert after[1] == after[0] and after[0][0] == 404
     assert sorted({c for c in (_request(cluster.url + p, m, b, h)[0] for m, p, b, h in BAD_REQUESTS)}) == [
+        200,
         400,
         401,
         404,
         413,
     ]
+    wait_for(lambda: cluster.health()["sessions"] == 0, 15, "the sessions to be gone from /health")
 
 
 @pytest.mark.slow
@@ -304,6 +470,173 @@ def test_sessions_spread_503_only_when_every_replica_is_full_and_delete_reaches_
     assert ends == [200] * 4
     assert again == [404] * 4
     wait_for(lambda: cluster.health()["sessions"] == 0, 15, "the sessions to be gone from /health")
+
+
+async def _camera_on_the_second_replica(cluster: Cluster) -> Camera:
+    """A prompted camera whose session the replica that is not first (by id) holds; others are closed."""
+    first = sorted(r["replica"] for r in cluster.health()["replicas"])[0]
+    spare: list[Camera] = []
+    try:
+        for _ in range(4):  # new sessions go to the least-loaded replica: the second try lands elsewhere
+            camera = await Camera(cluster.url).start()
+            if owner_of(camera.sid) != first:
+                await camera.prompt()
+                return camera
+            spare.append(camera)
+        raise AssertionError(f"every session went to {first}")
+    finally:
+        for c in spare:
+            await c.close()
+
+
+async def _watch(url: str, route: str, token: str) -> tuple[Any, Any, str, list[bytes]]:
+    """A viewer of ``route`` with ``token``: ``(peer connection, video track, Location, masks received)``."""
+    from aiortc import RTCSessionDescription
+
+    pc, channel = await _viewer_offer()
+    masks: list[bytes] = []
+    channel.on("message", lambda m: masks.append(m) if isinstance(m, bytes) else None)
+    tracks: list[Any] = []
+    pc.on("track", tracks.append)
+    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"}
+    status, answer, location = 503, "", ""
+    for _ in range(100):  # 503 until the camera's first frame reached its replica
+        status, answer, location = await asyncio.to_thread(
+            _request, url + f"/whep/{route}", "POST", pc.localDescription.sdp.encode(), headers
+        )
+        if status != 503:
+            break
+        await asyncio.sleep(0.2)
+    assert status == 201, answer
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    await _until(lambda: bool(tracks), 20, "the viewer's video track")
+    return pc, tracks[0], location, masks
+
+
+@pytest.mark.slow
+def test_viewers_of_a_session_on_the_second_replica_get_video_and_masks_and_delete_reaches_it(
+    cluster: Cluster,
+) -> None:
+    from greenscreen_cam.link.protocol import MAGIC
+
+    async def scenario() -> dict[str, Any]:
+        camera = await _camera_on_the_second_replica(cluster)
+        out: dict[str, Any] = {"owner": owner_of(camera.sid)}
+        pcs: list[Any] = []
+        try:
+            # The session's own viewer token (from the camera's session message) opens a viewer.
+            token = camera.session["viewer_token"]
+            pc, track, location, masks = await _watch(cluster.url, camera.sid, token)
+            pcs.append(pc)
+            frame = await asyncio.wait_for(track.recv(), 30)
+            out["frame"] = (frame.width, frame.height)
+            await _until(lambda: len(masks) >= 2, 90, "masks on the viewer's channel")
+            out["masks"] = masks[:2]
+            out["location"] = location
+            out["delete"] = [
+                (await asyncio.to_thread(_request, cluster.url + location, "DELETE", b"", headers))[0]
+                for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Bearer {token}"}, AUTH)
+            ]
+            # A stable link (bound by the publisher) and the cluster token view it too.
+            body = json.dumps({"session": camera.sid, "name": LINK_NAME, "secret": LINK_SECRET}).encode()
+            out["bind"] = await asyncio.to_thread(_request, cluster.url + "/web/viewer-link", "POST", body, JSON_AUTH)
+            for who, route, secret in (("link", LINK_NAME, LINK_SECRET), ("publisher", camera.sid, TOKEN)):
+                pc, track, location, _ = await _watch(cluster.url, route, secret)
+                pcs.append(pc)
+                await asyncio.wait_for(track.recv(), 30)
+                end = await asyncio.to_thread(_request, cluster.url + location, "DELETE", b"", AUTH)
+                out[f"viewer {who}"] = (location, end[0])
+            out["camera masks"] = camera.masks
+        finally:
+            for pc in pcs:
+                await pc.close()
+            await camera.close()
+        return out
+
+    out = asyncio.run(asyncio.wait_for(scenario(), 240))
+    sid = out["location"].split("/")[2]
+    assert owner_of(sid) == out["owner"]
+    assert out["frame"][0] > 0 and out["frame"][1] > 0
+    assert all(m[:4] == MAGIC for m in out["masks"])
+    assert out["camera masks"] > 0
+    # The viewer's id names the replica too, and DELETE reaches it: 401 with a wrong token, 200, then 404.
+    viewer = out["location"].rsplit("/", 1)[1]
+    assert out["location"] == f"/whep/{sid}/{viewer}" and owner_of(viewer) == out["owner"]
+    assert out["delete"] == [401, 401, 200, 404]
+    assert out["bind"][0] == 200 and json.loads(out["bind"][1]) == {"path": f"/view/{LINK_NAME}"}
+    assert out["viewer link"][0].startswith(f"/whep/{LINK_NAME}/") and out["viewer link"][1] == 200
+    assert out["viewer publisher"][0].startswith(f"/whep/{sid}/") and out["viewer publisher"][1] == 200
+    wait_for(lambda: cluster.health()["sessions"] == 0, 15, "the session to be gone from /health")
+
+
+@pytest.mark.slow
+def test_the_viewer_page_on_a_stable_link_watches_a_session_on_the_second_replica(cluster: Cluster) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed; the page test needs it")
+    chromium = os.environ.get("GREENCAM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("Chromium is not installed (Debian: apt install chromium); the viewer page test needs it")
+
+    def view(url: str) -> dict[str, Any]:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--autoplay-policy=no-user-gesture-required"])
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(url)
+                expression = "window.greencam && greencam.stats.masks >= 1 && greencam.stats.frames >= 1"
+                deadline = time.monotonic() + 90
+                while not page.evaluate(expression) and time.monotonic() < deadline:
+                    page.wait_for_timeout(200)
+                return {"stats": page.evaluate("window.greencam && greencam.stats"), "errors": errors}
+            finally:
+                browser.close()
+
+    async def scenario() -> dict[str, Any]:
+        camera = await _camera_on_the_second_replica(cluster)
+        try:
+            # What the capture page does: bind its stable link to the session, then OBS opens the link.
+            body = json.dumps({"session": camera.sid, "name": LINK_NAME, "secret": LINK_SECRET}).encode()
+            bound = await asyncio.to_thread(_request, cluster.url + "/web/viewer-link", "POST", body, JSON_AUTH)
+            assert bound[0] == 200, bound
+            path = json.loads(bound[1])["path"]
+            return await asyncio.to_thread(view, f"{cluster.url}{path}?token={LINK_SECRET}&debug=1")
+        finally:
+            await camera.close()
+
+    out = asyncio.run(asyncio.wait_for(scenario(), 240))
+    assert not out["errors"], out["errors"]
+    assert out["stats"]["masks"] >= 1 and out["stats"]["frames"] >= 1, out["stats"]
+    wait_for(lambda: cluster.health()["sessions"] == 0, 15, "the session to be gone from /health")
+
+
+def test_no_secret_is_a_deployment_argument() -> None:
+    """Serve shows deployment arguments (config, dashboard): the token and the TURN password go by the store."""
+    from ray import cloudpickle
+
+    from greenscreen_cam.cluster import deploy
+    from greenscreen_cam.config import ServeSettings
+
+    settings = ServeSettings(token=TOKEN, token_file="/secret/token-file", turn_password="turn-secret-4567")
+    public, hidden = deploy.replica_settings(settings)
+    assert hidden == {"turn_password": "turn-secret-4567"}
+    app = deploy.build_app(
+        settings=settings, random_weights=True, token_ref="TOKEN-REF", secrets_ref="SECRETS-REF",
+        gpus_per_replica=0.0, cpus_per_replica=0.5, torch_threads=1, drain_s=1.0, env={"PYTHONPATH": "/x"},
+    )  # fmt: skip
+    bound, seen = [app._bound_deployment], []
+    while bound:  # the ingress and, among its arguments, the sessions deployment
+        d = bound.pop()
+        args = (d.init_args, d.init_kwargs, d.ray_actor_options, d._deployment_config)
+        seen.append(cloudpickle.dumps(args))
+        bound += [
+            a._bound_deployment for a in (*d.init_args, *d.init_kwargs.values()) if hasattr(a, "_bound_deployment")
+        ]
+    assert len(seen) == 2
+    for blob in seen:
+        for secret in (TOKEN, "turn-secret-4567", "/secret/token-file"):
+            assert secret.encode() not in blob
+    assert any(b"SECRETS-REF" in b for b in seen) and any(b"TOKEN-REF" in b for b in seen)
 
 
 def _client(cluster: Cluster, clip: Path, out: Path) -> subprocess.Popen[str]:

@@ -6,13 +6,22 @@ Importing this module imports Ray; only ``serve --ray`` does (see :mod:`greenscr
   the serve library's :class:`~greenscreen_cam.link.server.Server`: the peer connections, the
   per-session trackers and the batched worker. Media flows straight between a camera and the
   replica that answered its offer; Ray only carries the offer and the answer.
+  It also hosts the viewers (WHEP) of its sessions, with the library's
+  :class:`~greenscreen_cam.link.web.ViewerHub`.
 - :class:`Ingress` (deployment ``ingress``, FastAPI): the token, the request checks, the browser
-  pages and ``/health``; the same answers as plain ``serve``'s aiohttp routes.
+  pages, the viewer endpoints and ``/health``; the same answers as plain ``serve``'s aiohttp routes.
 - :class:`OwnerRouter`: Serve's request router for ``sessions``. A request about a session goes to
   the replica named in the session id; a new session goes to the least-loaded replica by the load
   each replica publishes (``record_routing_stats``).
 - :func:`sessions_policy`: Serve's autoscaling policy for ``sessions``, on sessions, not requests.
-- :class:`Directory`: a small actor where replicas publish their load once a second, for ``/health``.
+- :class:`Directory`: a small actor where replicas publish their load once a second, for ``/health``,
+  and where the ingress keeps the stable viewer links (a capture page that reconnects may land
+  on another replica; its link follows it).
+
+Secrets: the cluster token stays in the ingress (a replica's registry gets a random one; the
+ingress tells a replica when a caller showed the cluster token). The token and the replicas'
+secret settings (the TURN password) travel as objects in Ray's store, never as deployment
+arguments, which Serve shows in its config and dashboard.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import ray
@@ -47,8 +56,12 @@ NAMESPACE = "greencam"
 SETUP_HOOK_ENV = "GREENCAM_RAY_SETUP"
 """Environment variable: ``module:function`` that every replica calls first (tests keep WebRTC on loopback with it)."""
 
-OWNER_METHODS = frozenset({"close", "view", "end_view"})
-"""SessionHost methods whose first argument is a session id: they go to the session's owner."""
+OWNER_METHODS = frozenset({"close", "view", "end_view", "check_link"})
+"""SessionHost methods whose first argument is a session (or viewer) id: they go to the replica it names."""
+REPLICA_SECRETS = ("turn_password",)
+"""Settings the replicas need that must not be deployment arguments: they go by Ray's object store."""
+MAX_CLUSTER_LINKS = 1024
+"""Stable viewer links the directory remembers at once (the oldest is forgotten first)."""
 
 
 # --------------------------------------------------------------------------- directory
@@ -60,6 +73,7 @@ class Directory:
 
     def __init__(self) -> None:
         self._loads: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._links: dict[str, tuple[str, str]] = {}
 
     def publish(self, replica: str, load: dict[str, Any]) -> None:
         self._loads[replica] = (time.monotonic(), load)
@@ -71,6 +85,16 @@ class Directory:
         now = time.monotonic()
         self._loads = {k: v for k, v in self._loads.items() if now - v[0] <= max_age}
         return {k: v[1] for k, v in sorted(self._loads.items())}
+
+    def bind_link(self, name: str, sid: str, secret: str) -> None:
+        """Point the stable viewer link ``name`` (with ``secret``) at session ``sid``, wherever it is held."""
+        from greenscreen_cam.link.web import remember_link
+
+        remember_link(self._links, name, (sid, secret), limit=MAX_CLUSTER_LINKS)
+
+    def link(self, name: str) -> tuple[str, str] | None:
+        """``(session id, secret)`` of the stable viewer link ``name``; None when there is none."""
+        return self._links.get(name)
 
 
 def _directory() -> Any:
@@ -151,18 +175,41 @@ def _run_setup_hook() -> None:
         getattr(importlib.import_module(module), name)()
 
 
+def replica_settings(settings: Any) -> tuple[Any, dict[str, Any]]:
+    """``(settings, secrets)``: the replicas' copy of the settings, every secret blanked, and the secrets they need.
+
+    The copy is a deployment argument (Serve shows those in its config and dashboard); the
+    secrets go by Ray's object store. The replicas need no token (the ingress checks it).
+    """
+    needed = {k: getattr(settings, k) for k in REPLICA_SECRETS}
+    return dataclasses.replace(settings, token=None, token_file=None, **dict.fromkeys(REPLICA_SECRETS)), needed
+
+
+Answer = dict[str, Any]
+
+
 class SessionHost:
-    """One session replica: the serve library's registry and worker, with its session operations as Serve methods.
+    """One session replica: the serve library's registry, worker and viewers, with their operations as Serve methods.
 
     Every method answers a plain dict ``{"status": HTTP status, ...}`` (the ingress turns it into a
     response; statuses come from :func:`greenscreen_cam.link.auth.status_of`, as in plain ``serve``),
-    and names the replica (``"replica"``) so that callers can see where it ran.
+    and names the replica (``"replica"``) so that callers can see where it ran. ``publisher=True``:
+    the ingress checked that the caller showed the cluster token (which never reaches a replica).
+
+    Args:
+        settings: The serve settings with their secrets blanked (:func:`replica_settings`).
+        hidden: ``[object ref]`` of the secret settings the replica needs (``{"turn_password": ...}``).
     """
 
-    def __init__(self, settings: Any, random_weights: bool, torch_threads: int | None, drain_s: float) -> None:
+    def __init__(
+        self, settings: Any, hidden: list[Any], random_weights: bool, torch_threads: int | None, drain_s: float
+    ) -> None:
         _run_setup_hook()
-        from greenscreen_cam.link.sessions import SessionRegistry
+        from greenscreen_cam.link.sessions import SessionRegistry, random_session_id
+        from greenscreen_cam.link.web import ViewerHub, random_viewer_id
         from greenscreen_cam.link.worker import ModelWorker, load_serving_model
+
+        settings = dataclasses.replace(settings, **ray.get(hidden[0]))
 
         if torch_threads:
             import torch
@@ -173,12 +220,15 @@ class SessionHost:
         self.worker = ModelWorker(model, model_name=name, device=device, resolution=resolution)
         # The ingress checks the cluster token; a replica is reached only through Ray, so its
         # registry gets a random token nobody knows (the cluster token never travels to replicas).
+        # Session and viewer ids name the replica, so that follow-up requests find it (OwnerRouter).
         self.registry = SessionRegistry(
             settings,
             secrets.token_urlsafe(32),
             self.worker,
             on_event=lambda line: log.info("replica %s: %s", self.replica, line),
+            new_session_id=lambda: session_id(self.replica, random_session_id()),
         )
+        self.viewers = ViewerHub(self.registry, new_viewer_id=lambda: session_id(self.replica, random_viewer_id()))
         self.worker.on_event = self.registry.emit
         self.drain_s = drain_s
         self.draining = False
@@ -204,7 +254,7 @@ class SessionHost:
     def load(self) -> Load:
         r = self.registry
         return Load(
-            sessions=len(r.sessions) + r._opening,
+            sessions=r.in_use,
             max_sessions=r.max_sessions,
             step_ms={n: t * 1000.0 for n, t in self.worker.measured_step_times().items()},
             draining=self.draining,
@@ -220,10 +270,17 @@ class SessionHost:
             "t": time.time(),
         }
 
-    def _refusal(self, e: Exception) -> dict[str, Any]:
+    async def _answer(self, op: Callable[[], Awaitable[Answer]]) -> Answer:
+        """``op()``'s answer, or the refusal of the domain error it raised, naming this replica."""
+        from greenscreen_cam.errors import LinkProtocolError, PromptError, ServeRequestError
         from greenscreen_cam.link.auth import status_of
 
-        return {"status": status_of(e), "reason": str(e), "replica": self.replica}
+        await self._ensure_started()
+        try:
+            answer = await op()
+        except (ServeRequestError, LinkProtocolError, PromptError) as e:
+            answer = {"status": status_of(e), "reason": str(e)}
+        return {**answer, "replica": self.replica}
 
     # -------------------------------------------------------------- Serve hooks
     async def check_health(self) -> None:
@@ -240,38 +297,60 @@ class SessionHost:
         return {"sessions": float(load.sessions), "max_sessions": float(load.max_sessions)}
 
     # -------------------------------------------------------------- session operations
-    async def open(self, offer: str, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    async def open(self, offer: str, exclude: Sequence[str] = ()) -> Answer:
         """A new session from an SDP offer: 201 with the answer and the session id, 503 when full, 400 on a bad offer."""
-        from greenscreen_cam.errors import LinkProtocolError, PromptError, ServeBusy, ServeRequestError
+        from greenscreen_cam.errors import ServeBusy
 
-        await self._ensure_started()
-        r = self.registry
-        try:
+        async def op() -> Answer:
+            r = self.registry
             if self.draining:
                 raise ServeBusy(f"replica {self.replica} is draining")
             session, answer = await r.open_session(offer)
-        except (ServeRequestError, LinkProtocolError, PromptError) as e:
-            return self._refusal(e)
-        # Re-key the session by its owner before anything reads the id: open_session returned with no
-        # await since, and no frame can have arrived (ICE has not even started).
-        old = session.id
-        session.id = session_id(self.replica, old)
-        r.sessions[session.id] = r.sessions.pop(old)
-        self.worker.remove(old)
-        self.worker.add(session.id, session.deliver, session.post_error)
-        r.emit(f"session {session.id} started ({len(r.sessions)}/{r.max_sessions})")
-        return {"status": 201, "sdp": answer, "sid": session.id, "replica": self.replica}
+            r.emit(f"session {session.id} started ({len(r.sessions)}/{r.max_sessions})")
+            return {"status": 201, "sdp": answer, "sid": session.id}
 
-    async def close(self, sid: str) -> dict[str, Any]:
+        return await self._answer(op)
+
+    async def close(self, sid: str) -> Answer:
         """End session ``sid``: 200, or 404 when this replica does not hold it."""
-        from greenscreen_cam.errors import ServeRequestError
 
-        await self._ensure_started()
-        try:
+        async def op() -> Answer:
             await self.registry.close_session(sid, "ended by the client")
-        except ServeRequestError as e:
-            return self._refusal(e)
-        return {"status": 200, "replica": self.replica}
+            return {"status": 200}
+
+        return await self._answer(op)
+
+    async def view(self, sid: str, offer: Any) -> Answer:
+        """A viewer's offer (a :class:`~greenscreen_cam.link.web.ViewerOffer`) for session ``sid``.
+
+        :meth:`ViewerHub.offer_viewer`: 201 with the answer SDP and the viewer's ``location``; 404,
+        401, 413, 415, 400 or 503 as in plain ``serve``.
+        """
+
+        async def op() -> Answer:
+            viewer, answer = await self.viewers.offer_viewer(offer)
+            return {"status": 201, "sdp": answer, "location": viewer.location}
+
+        return await self._answer(op)
+
+    async def end_view(
+        self, viewer_id: str, route: str, token: str, publisher: bool = False, link: tuple[str, str] | None = None
+    ) -> Answer:
+        """A viewer's ``DELETE /whep/<route>/<viewer_id>`` (:meth:`ViewerHub.end_viewer`): 200, 404 or 401."""
+
+        async def op() -> Answer:
+            await self.viewers.end_viewer(route, viewer_id, token, publisher=publisher, link=link)
+            return {"status": 200}
+
+        return await self._answer(op)
+
+    async def check_link(self, sid: str, name: str, secret: str) -> Answer:
+        """May stable link ``name`` show session ``sid``? (:meth:`ViewerHub.check_link`): 200 with its path, 400 or 404."""
+
+        async def op() -> Answer:
+            return {"status": 200, "path": self.viewers.check_link(sid, name, secret)}
+
+        return await self._answer(op)
 
     async def stats(self) -> dict[str, Any]:
         await self._ensure_started()
@@ -285,6 +364,7 @@ class SessionHost:
             await asyncio.sleep(0.2)
         if self._publisher is not None:
             self._publisher.cancel()
+        await self.viewers.close_all()
         await self.registry.stop()  # closes what is left ("server stopping") and stops the worker
         with contextlib.suppress(Exception):
             _directory().forget.remote(self.replica)
@@ -301,7 +381,11 @@ def _text(status: int, reason: str) -> Response:
 
 
 class _IngressBase:
-    """The cluster's HTTP face: WHIP signalling, ``/health`` and the browser pages; thin over SessionHost."""
+    """The cluster's HTTP face: WHIP and WHEP signalling, viewer links, ``/health`` and the browser pages.
+
+    Thin over SessionHost's methods, which are thin over the serve library's plain methods (the
+    same ones plain ``serve``'s aiohttp routes call), so both give the same answers.
+    """
 
     def __init__(self, hosts: Any, secret: list[Any], max_body: int) -> None:
         self.hosts = hosts
@@ -310,6 +394,12 @@ class _IngressBase:
         token = ray.get(secret[0])
         self._token: str = token
         self.max_body = max_body
+        self._dir: Any = None
+
+    def _directory(self) -> Any:
+        if self._dir is None:
+            self._dir = _directory()
+        return self._dir
 
     def _refuse(self, request: Request, status: int, reason: str) -> Response:
         from greenscreen_cam.link.auth import escape
@@ -328,27 +418,69 @@ class _IngressBase:
             return "wrong token"
         return None
 
-    async def _body(self, request: Request) -> bytes | str:
-        """The request body, or why it is refused (over ``max_body``: read no further than that)."""
+    def _viewer_token(self, request: Request) -> tuple[str, bool]:
+        """``(token for the replica, publisher)``: the cluster token is checked here and never sent on."""
+        from greenscreen_cam.link.auth import bearer_token, same_token
+
+        token = bearer_token(request.headers.get("authorization")) or ""
+        return ("", True) if same_token(token, self._token) else (token, False)
+
+    @staticmethod
+    def _declared_size(request: Request) -> int | None:
         size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > self.max_body:
-            return f"body of {int(size)} bytes is over {self.max_body}"
+        return int(size) if size is not None and size.isdigit() else None
+
+    @staticmethod
+    async def _read(request: Request, limit: int) -> bytes:
+        """The request body, at most ``limit`` bytes (reads no further)."""
         chunks, total = [], 0
         async for chunk in request.stream():
-            total += len(chunk)
-            if total > self.max_body:
-                return f"body is over {self.max_body} bytes"
             chunks.append(chunk)
-        return b"".join(chunks)
+            total += len(chunk)
+            if total >= limit:
+                break
+        return b"".join(chunks)[:limit]
+
+    async def _body(self, request: Request) -> bytes | str:
+        """The request body, or why it is refused (over ``max_body``: read no further than that)."""
+        size = self._declared_size(request)
+        if size is not None and size > self.max_body:
+            return f"body of {size} bytes is over {self.max_body}"
+        body = await self._read(request, self.max_body + 1)
+        if len(body) > self.max_body:
+            return f"body is over {self.max_body} bytes"
+        return body
+
+    async def _ask(self, method: str, *args: Any, failed: tuple[int, str]) -> Answer:
+        """SessionHost ``method(*args)`` (routed by its first argument); ``failed`` when its replica died under it."""
+        try:
+            answer: Answer = await getattr(self.hosts, method).remote(*args)
+        except Exception as e:  # noqa: BLE001 - the replica died: what it held is gone with it
+            log.warning("a session replica failed %s (%s)", method, type(e).__name__)
+            return {"status": failed[0], "reason": failed[1]}
+        return answer
+
+    async def _link(self, route: str) -> tuple[str, str] | None:
+        """``(session id, secret)`` when ``route`` is a stable viewer link's name (None: a session id, or unknown)."""
+        from greenscreen_cam.link.web import LINK_PART
+
+        if not LINK_PART.match(route):
+            return None
+        try:
+            link: tuple[str, str] | None = await self._directory().link.remote(route)
+        except Exception:  # noqa: BLE001 - no directory: no links (the viewer page retries on 404)
+            self._dir = None
+            return None
+        return link
 
     async def whip(self, request: Request) -> Response:
         why = self._authorized(request)
         if why is not None:
             return self._refuse(request, 401, why)
-        from greenscreen_cam.link.auth import escape
+        from greenscreen_cam.link.auth import escape, media_type
 
         # aiohttp's content_type: the media type without parameters, octet-stream when absent.
-        ctype = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
+        ctype = media_type(request.headers.get("content-type"), "application/octet-stream")
         if ctype != "application/sdp":
             return self._refuse(request, 400, f"Content-Type must be application/sdp, not {escape(ctype, 60)!r}")
         body = await self._body(request)
@@ -359,7 +491,7 @@ class _IngressBase:
         except UnicodeDecodeError:
             return self._refuse(request, 400, "the offer is not UTF-8 text")
         tried: list[str] = []
-        answer: dict[str, Any] = {"status": 503, "reason": "no session replica is running"}
+        answer: Answer = {"status": 503, "reason": "no session replica is running"}
         for _ in range(8):  # each try excludes the replicas that said they were full
             try:
                 answer = await self.hosts.open.remote(offer, exclude=tried)
@@ -386,16 +518,62 @@ class _IngressBase:
             return self._refuse(request, 401, why)
         if owner_of(sid) is None:
             return self._refuse(request, 404, "no such session")
-        try:
-            answer = await self.hosts.close.remote(sid)
-        except Exception:  # noqa: BLE001 - its replica died: the session is gone with it
-            answer = {"status": 404, "reason": "no such session"}
+        answer = await self._ask("close", sid, failed=(404, "no such session"))
         if answer["status"] != 200:
             return self._refuse(request, answer["status"], answer["reason"])
         return PlainTextResponse("ended\n", status_code=200)
 
+    async def whep(self, route: str, request: Request) -> Response:
+        """A viewer's offer: to the replica holding the session (of the link) at ``route``."""
+        from greenscreen_cam.link.auth import media_type
+        from greenscreen_cam.link.web import MAX_OFFER_BYTES, ViewerOffer
+
+        token, publisher = self._viewer_token(request)
+        size = self._declared_size(request)
+        body = b"" if size is not None and size > MAX_OFFER_BYTES else await self._read(request, MAX_OFFER_BYTES + 1)
+        link = await self._link(route)
+        sid = link[0] if link is not None else route  # unknown: any replica says 404 as plain serve would
+        ctype = media_type(request.headers.get("content-type"))
+        offer = ViewerOffer(route, token, body, ctype, declared_size=size, publisher=publisher, link=link)
+        answer = await self._ask("view", sid, offer, failed=(503, "the session's replica failed"))
+        if answer["status"] != 201:
+            return self._refuse(request, answer["status"], answer["reason"])
+        return Response(
+            answer["sdp"], status_code=201, media_type="application/sdp", headers={"Location": answer["location"]}
+        )
+
+    async def whep_delete(self, route: str, viewer: str, request: Request) -> Response:
+        """A viewer's ``DELETE``: to the replica its id names."""
+        token, publisher = self._viewer_token(request)
+        link = await self._link(route)
+        answer = await self._ask("end_view", viewer, route, token, publisher, link, failed=(404, "no such viewer"))
+        if answer["status"] != 200:
+            return self._refuse(request, answer["status"], answer["reason"])
+        return PlainTextResponse("closed\n", status_code=200)
+
+    async def viewer_link(self, request: Request) -> Response:
+        """``POST /web/viewer-link``: checked by the session's replica, kept in the directory for every replica."""
+        from greenscreen_cam.errors import ServeRequestError
+        from greenscreen_cam.link.auth import status_of
+        from greenscreen_cam.link.web import MAX_LINK_BODY, check_publisher, parse_link_request
+
+        try:
+            check_publisher(self._authorized(request) is None)
+            sid, name, secret = parse_link_request(await self._read(request, MAX_LINK_BODY + 1))
+        except ServeRequestError as e:
+            return self._refuse(request, status_of(e), str(e))
+        answer = await self._ask("check_link", sid, name, secret, failed=(404, "no such session"))
+        if answer["status"] != 200:
+            return self._refuse(request, answer["status"], answer["reason"])
+        try:
+            await self._directory().bind_link.remote(name, sid, secret)
+        except Exception:  # noqa: BLE001 - the directory comes and goes with the host process
+            self._dir = None
+            return self._refuse(request, 503, "the cluster's directory is not reachable; retry")
+        return JSONResponse({"path": answer["path"]})
+
     async def health(self) -> Response:
-        snapshot: dict[str, dict[str, Any]] = await _directory().snapshot.remote()
+        snapshot: dict[str, dict[str, Any]] = await self._directory().snapshot.remote()
         replicas = [
             {
                 k: v[k]
@@ -413,21 +591,15 @@ class _IngressBase:
             }
         )
 
-    async def capture_page(self) -> Response:
-        return self._page("index.html")
-
-    async def static(self, name: str) -> Response:
-        return self._page(name)
-
-    def _page(self, name: str) -> Response:
-        from greenscreen_cam.link.web import read_static
+    def page(self, name: str) -> Response:
+        """A browser page (``index.html``, ``view.html``) or one of its files, with plain serve's headers."""
+        from greenscreen_cam.link.web import NO_CACHE, PAGE_HEADERS, STATIC_TYPES, read_static
 
         data = read_static(name)
         if data is None:
-            return _text(404, "not found")
-        kinds = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
-        kind = next((v for k, v in kinds.items() if name.endswith(k)), "application/octet-stream")
-        return Response(data, media_type=kind, headers={"Cache-Control": "no-store"})
+            return _text(404, "no such file")
+        headers = PAGE_HEADERS if name in ("index.html", "view.html") else NO_CACHE
+        return Response(data, media_type=STATIC_TYPES[name[name.rindex(".") :]], headers=headers)
 
 
 # FastAPI routes are module functions over the replica's instance: Serve's class-based views do not
@@ -447,6 +619,21 @@ async def _delete(sid: str, request: Request) -> Response:
     return await _me().delete(sid, request)
 
 
+@api.post("/whep/{route}")
+async def _whep(route: str, request: Request) -> Response:
+    return await _me().whep(route, request)
+
+
+@api.delete("/whep/{route}/{viewer}")
+async def _whep_delete(route: str, viewer: str, request: Request) -> Response:
+    return await _me().whep_delete(route, viewer, request)
+
+
+@api.post("/web/viewer-link")
+async def _viewer_link(request: Request) -> Response:
+    return await _me().viewer_link(request)
+
+
 @api.get("/health")
 async def _health() -> Response:
     return await _me().health()
@@ -454,12 +641,17 @@ async def _health() -> Response:
 
 @api.get("/")
 async def _capture_page() -> Response:
-    return await _me().capture_page()
+    return _me().page("index.html")
+
+
+@api.get("/view/{route}")
+async def _view_page(route: str) -> Response:
+    return _me().page("view.html")
 
 
 @api.get("/web/{name}")
 async def _static(name: str) -> Response:
-    return await _me().static(name)
+    return _me().page(name)
 
 
 @serve.ingress(api)
@@ -475,13 +667,18 @@ def build_app(
     settings: Any,
     random_weights: bool,
     token_ref: Any,
+    secrets_ref: Any,
     gpus_per_replica: float,
     cpus_per_replica: float,
     torch_threads: int | None,
     drain_s: float,
     env: dict[str, str],
 ) -> Any:
-    """The Serve application: ``ingress`` over ``sessions`` (``settings.replicas``, or autoscaled between the bounds)."""
+    """The Serve application: ``ingress`` over ``sessions`` (``settings.replicas``, or autoscaled between the bounds).
+
+    ``token_ref``: the cluster token in Ray's object store; ``secrets_ref``: the replicas' secret
+    settings there (``replica_settings(settings)[1]``). Neither value is a deployment argument.
+    """
     from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
 
     from greenscreen_cam.link.sessions import ServeLimits
@@ -514,8 +711,8 @@ def build_app(
             "request_routing_stats_timeout_s": 5.0,
         }
     )
-    # The replicas need no token: blank it (and the token file's name) in the copy they get.
-    replica_settings = dataclasses.replace(settings, token=None, token_file=None)
+    # No secret in the deployment arguments (Serve shows them): the replicas get theirs by the store.
+    public, _ = replica_settings(settings)
     hosts = deployment(
         SessionHost,
         name="sessions",
@@ -527,6 +724,6 @@ def build_app(
         graceful_shutdown_wait_loop_s=0.5,
         request_router_config=router,
         **scaling,
-    ).bind(replica_settings, random_weights, torch_threads, drain_s)
+    ).bind(public, [secrets_ref], random_weights, torch_threads, drain_s)
     ingress = deployment(Ingress, name="ingress", ray_actor_options={"num_cpus": 0})
     return ingress.options(max_ongoing_requests=1000).bind(hosts, [token_ref], ServeLimits().max_body)

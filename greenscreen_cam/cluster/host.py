@@ -161,11 +161,13 @@ def run_cluster(
         directory_cls: Any = deploy.Directory
         directory = directory_cls.options(name=deploy.DIRECTORY_NAME, get_if_exists=True).remote()
         token_ref = ray.put(token)
+        secrets_ref = ray.put(deploy.replica_settings(settings)[1])  # the TURN password, by the store too
         serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": False})
         app = deploy.build_app(
             settings=settings,
             random_weights=random_weights,
             token_ref=token_ref,
+            secrets_ref=secrets_ref,
             gpus_per_replica=gpus,
             cpus_per_replica=cpus,
             torch_threads=1 if gpus == 0 else None,

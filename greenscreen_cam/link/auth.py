@@ -38,6 +38,16 @@ def bearer_token(header: str | None) -> str | None:
     return value or None
 
 
+def media_type(header: str | None, default: str = "") -> str:
+    """The media type of a ``Content-Type`` header value, without parameters, lower case (``default`` when absent).
+
+    Example:
+        >>> media_type("Application/SDP; charset=utf-8"), media_type(None, "application/octet-stream")
+        ('application/sdp', 'application/octet-stream')
+    """
+    return (header or default).split(";")[0].strip().lower()
+
+
 def bearer_header(token: str) -> dict[str, str]:
     """The ``Authorization`` header that carries ``token``."""
     return {"Authorization": f"Bearer {token}"}

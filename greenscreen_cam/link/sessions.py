@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 EventFn = Callable[[str], None]
 
 
+def random_session_id() -> str:
+    """A new session's id: 72 random bits, URL-safe base64 (never a dot)."""
+    return secrets.token_urlsafe(9)
+
+
 @dataclass(frozen=True)
 class ServeLimits:
     """Tunables of ``greencam serve`` that are not user settings (tests and benchmarks change them).
@@ -89,7 +94,7 @@ class Session:
     """
 
     def __init__(self, registry: SessionRegistry, pc: Any) -> None:
-        self.id = secrets.token_urlsafe(9)
+        self.id = registry.new_session_id()
         self.viewer_token = secrets.token_urlsafe(18)
         self.registry = registry
         self.pc = pc
@@ -235,8 +240,8 @@ class Session:
 class SessionRegistry:
     """The sessions of one server, their admission and the server token.
 
-    Public API (also used by the browser pages): ``sessions``, :meth:`check_token`, :meth:`emit`,
-    :meth:`new_peer_connection`, ``max_sessions``; the session operations :meth:`open_session`,
+    Public API (also used by the browser pages): ``sessions``, :attr:`in_use`, :meth:`check_token`,
+    :meth:`emit`, :meth:`new_peer_connection`, ``max_sessions``; the session operations :meth:`open_session`,
     :meth:`close_session`, :meth:`set_prompt`, :meth:`health`; :meth:`start` and :meth:`stop`.
 
     Args:
@@ -245,6 +250,8 @@ class SessionRegistry:
         worker: The model worker the sessions' frames go to.
         limits: Tunables (idle timeout...).
         on_event: One line per event; every line is escaped and redacted first.
+        new_session_id: Makes each new session's id (default :func:`random_session_id`); a cluster
+            replica names itself in it (``<replica>.<key>``), so that requests find their owner.
     """
 
     def __init__(
@@ -255,6 +262,7 @@ class SessionRegistry:
         *,
         limits: ServeLimits | None = None,
         on_event: EventFn | None = None,
+        new_session_id: Callable[[], str] = random_session_id,
     ) -> None:
         if not token or not token.strip():
             raise ValueError("a server token is required")
@@ -266,6 +274,7 @@ class SessionRegistry:
         self.redactor = Redactor([token, settings.turn_password])
         self._token = token
         self._on_event = on_event
+        self.new_session_id = new_session_id
         self._opening = 0
         self._ticker: asyncio.Task[None] | None = None
         self.started = time.monotonic()
@@ -287,9 +296,14 @@ class SessionRegistry:
         return rtc.new_peer_connection(s.ice_servers, s.turn_username, s.turn_password)
 
     # -------------------------------------------------------------- admission
+    @property
+    def in_use(self) -> int:
+        """Sessions held now, counting those still being opened (their slots are reserved)."""
+        return len(self.sessions) + self._opening
+
     def admission_refusal(self) -> str | None:
         """Why a new session cannot be admitted now (None: it can); sessions still opening count."""
-        n = len(self.sessions) + self._opening
+        n = self.in_use
         if n >= self.max_sessions:
             return f"server full: {n} of {self.max_sessions} sessions in use (--max-sessions)"
         min_fps = self.settings.min_fps

@@ -20,6 +20,12 @@ Routes added to the server's aiohttp application:
 Tokens: a viewer connection accepts the session's own viewer token, a stable link's secret,
 or the server's publisher token (which can do everything anyway). Viewer tokens and link
 secrets never publish: ``POST /whip`` checks only the publisher token.
+
+The aiohttp handlers here are thin: the work is in :class:`ViewerHub`'s plain methods
+(:meth:`~ViewerHub.offer_viewer`, :meth:`~ViewerHub.end_viewer`, :meth:`~ViewerHub.check_link`,
+:func:`parse_link_request`), which the cluster's ingress and replicas
+(:mod:`greenscreen_cam.cluster.deploy`) call too. There the ingress checks the publisher token
+and says so (``publisher=True``), and keeps the stable links itself (``link=``).
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from greenscreen_cam.errors import (
     ServeUnsupportedType,
 )
 from greenscreen_cam.link import interop, rtc
-from greenscreen_cam.link.auth import bearer_token, escape, same_token, status_of
+from greenscreen_cam.link.auth import bearer_token, escape, media_type, same_token, status_of
 from greenscreen_cam.link.sdp import fix_answer
 from greenscreen_cam.link.sessions import check_offer
 
@@ -69,10 +75,15 @@ browser tab does not always say goodbye, and aiortc would otherwise keep encodin
 
 MAX_LINKS = 64
 """Stable viewer links remembered at once (the oldest is forgotten first)."""
+MAX_LINK_BODY = 1024
+"""Largest ``POST /web/viewer-link`` body; a longer one is a bad request."""
 LINK_PART = re.compile(r"^[A-Za-z0-9_-]{12,64}$")
+"""What a stable link's name and secret look like (the capture page draws them at random)."""
 STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 """What a static file name may look like (anything else is 404 before the file system is asked)."""
-"""What a stable link's name and secret look like (the capture page draws them at random)."""
+
+Link = tuple[str, str]
+"""A stable viewer link's ``(session id, secret)``."""
 
 STATIC_TYPES = {
     ".html": "text/html",
@@ -110,6 +121,72 @@ class Viewer:
     last_seen: float = 0.0
     sent: int = 0
     dropped: int = 0
+
+    @property
+    def location(self) -> str:
+        """Where the viewer's ``DELETE`` goes (the WHEP ``Location``)."""
+        return f"/whep/{self.route}/{self.id}"
+
+
+@dataclass(frozen=True)
+class ViewerOffer:
+    """A viewer's ``POST /whep/<route>`` as plain values (what :meth:`ViewerHub.offer_viewer` takes).
+
+    Attributes:
+        route: A session id or a stable link's name.
+        token: The bearer token ("" for none).
+        body: The offer as read: at most ``MAX_OFFER_BYTES + 1`` bytes (b"" when not read because
+            ``declared_size`` is already over).
+        content_type: The request's media type, without parameters, lower case.
+        declared_size: Its ``Content-Length`` (None when it sent none).
+        publisher: The caller showed the publisher token (checked by the caller: a cluster's ingress).
+        link: ``(session id, secret)`` the caller resolved ``route`` to (None: the hub's own links).
+    """
+
+    route: str
+    token: str
+    body: bytes
+    content_type: str
+    declared_size: int | None = None
+    publisher: bool = False
+    link: Link | None = None
+
+
+def random_viewer_id() -> str:
+    """A new viewer's id: 96 random bits, URL-safe base64 (never a dot)."""
+    return secrets.token_urlsafe(12)
+
+
+def remember_link(links: dict[str, Link], name: str, link: Link, limit: int = MAX_LINKS) -> None:
+    """Point ``name`` at ``link`` in ``links``, forgetting the oldest names beyond ``limit``."""
+    links.pop(name, None)
+    links[name] = link
+    while len(links) > limit:
+        links.pop(next(iter(links)))
+
+
+def check_publisher(publisher: bool) -> None:
+    """ServeUnauthorized unless the caller showed the publisher token (binding a link needs it)."""
+    if not publisher:
+        raise ServeUnauthorized("binding a viewer link needs the publisher token")
+
+
+def parse_link_request(body: bytes) -> tuple[str, str, str]:
+    """``(session id, name, secret)`` of a ``POST /web/viewer-link`` body (read up to ``MAX_LINK_BODY + 1`` bytes).
+
+    Raises:
+        ServeBadRequest: not that JSON object, or too long.
+    """
+    try:
+        if len(body) > MAX_LINK_BODY:
+            raise ValueError("too long")
+        msg = json.loads(body)
+        sid, name, secret = msg["session"], msg["name"], msg["secret"]
+        if not all(isinstance(v, str) for v in (sid, name, secret)):
+            raise ValueError("not strings")
+    except (ValueError, KeyError, TypeError):
+        raise ServeBadRequest('send JSON {"session": id, "name": str, "secret": str}') from None
+    return sid, name, secret
 
 
 def read_static(name: str) -> bytes | None:
@@ -154,16 +231,23 @@ def _answers_errors(fn: Handler) -> Handler:
 
 
 class ViewerHub:
-    """Owns the viewer peer connections of one server (created by :func:`add_routes`)."""
+    """Owns the viewer peer connections of one server (created by :func:`add_routes`).
 
-    def __init__(self, server: Any) -> None:
+    Args:
+        server: The session registry (see :func:`add_routes` for what the hub uses of it).
+        new_viewer_id: Makes each viewer's id (default :func:`random_viewer_id`); a cluster
+            replica names itself in it, so that a viewer's ``DELETE`` finds it.
+    """
+
+    def __init__(self, server: Any, new_viewer_id: Callable[[], str] = random_viewer_id) -> None:
         self.server = server
+        self.new_viewer_id = new_viewer_id
         self._emit = getattr(server, "emit", None)
         self.viewers: dict[str, Viewer] = {}
         # Stable viewer links: name -> (session id, secret). The capture page binds its link
         # to each new session (after a reconnect or a server restart), so the URL in OBS
         # keeps working; the viewer page retries while the link points at no live session.
-        self.links: dict[str, tuple[str, str]] = {}
+        self.links: dict[str, Link] = {}
 
     def _event(self, line: str) -> None:
         """One line for the operator: through the server's event output when it has one."""
@@ -199,8 +283,10 @@ class ViewerHub:
 
     # ---------------------------------------------------------------- WHEP
 
-    def _authorized(self, token: str, session: Any, secret: str = "") -> bool:
+    def _authorized(self, token: str, session: Any, secret: str = "", publisher: bool = False) -> bool:
         """The session's viewer token, the stable link's secret, or the publisher token."""
+        if publisher:
+            return True
         if not token:
             return False
         for valid in (getattr(session, "viewer_token", None) or "", secret):
@@ -208,50 +294,75 @@ class ViewerHub:
                 return True
         return bool(self.server.check_token(token))
 
-    def _resolve(self, route: str) -> tuple[str, str]:
-        """``(session id, link secret)`` for a ``/whep/<route>``: a stable link's name or a session id."""
-        link = self.links.get(route)
+    def _resolve(self, route: str, link: Link | None = None) -> Link:
+        """``(session id, link secret)`` for a ``/whep/<route>``: a stable link's name or a session id.
+
+        ``link``: what the caller resolved ``route`` to itself (a cluster keeps its links in one place).
+        """
+        if link is None:
+            link = self.links.get(route)
         return link if link is not None else (route, "")
 
     @_answers_errors
     async def whep_post(self, request: Any) -> Any:
         from aiohttp import web
 
-        route = request.match_info["session"]
-        token = bearer_token(request.headers.get("Authorization")) or ""
-        if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
-            self._check_viewer(route, token)  # 404/401 before 413: say nothing to a stranger
-            raise ServeTooLarge(f"offer of {request.content_length} bytes is over {MAX_OFFER_BYTES}")
-        body = await request.content.read(MAX_OFFER_BYTES + 1)
-        self._check_viewer(route, token)
-        if len(body) > MAX_OFFER_BYTES:
-            raise ServeTooLarge(f"offer is over {MAX_OFFER_BYTES} bytes")
-        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype != "application/sdp":
-            raise ServeUnsupportedType("send the offer as application/sdp")
-        viewer, answer = await self.open_viewer(route, token, body.decode("utf-8", errors="replace"))
+        size = request.content_length
+        body = b"" if size is not None and size > MAX_OFFER_BYTES else await request.content.read(MAX_OFFER_BYTES + 1)
+        offer = ViewerOffer(
+            request.match_info["session"],
+            bearer_token(request.headers.get("Authorization")) or "",
+            body,
+            media_type(request.headers.get("Content-Type")),
+            declared_size=size,
+        )
+        viewer, answer = await self.offer_viewer(offer)
         return web.Response(
-            status=201,
-            text=answer,
-            content_type="application/sdp",
-            headers={"Location": f"/whep/{route}/{viewer.id}"},
+            status=201, text=answer, content_type="application/sdp", headers={"Location": viewer.location}
         )
 
-    def _check_viewer(self, route: str, token: str) -> tuple[str, Any]:
+    async def offer_viewer(self, offer: ViewerOffer) -> tuple[Viewer, str]:
+        """A ``POST /whep/<route>``: its checks in plain serve's order, then :meth:`open_viewer`.
+
+        Returns:
+            ``(viewer, answer SDP)``; its ``Location`` is ``viewer.location``.
+
+        Raises:
+            ServeNotFound, ServeUnauthorized (first: nothing more is said to a stranger),
+            ServeTooLarge, ServeUnsupportedType, ServeBadRequest, ServeBusy.
+        """
+        o = offer
+        self._check_viewer(o.route, o.token, o.publisher, o.link)
+        if o.declared_size is not None and o.declared_size > MAX_OFFER_BYTES:
+            raise ServeTooLarge(f"offer of {o.declared_size} bytes is over {MAX_OFFER_BYTES}")
+        if len(o.body) > MAX_OFFER_BYTES:
+            raise ServeTooLarge(f"offer is over {MAX_OFFER_BYTES} bytes")
+        if o.content_type != "application/sdp":
+            raise ServeUnsupportedType("send the offer as application/sdp")
+        sdp = o.body.decode("utf-8", errors="replace")
+        return await self.open_viewer(o.route, o.token, sdp, publisher=o.publisher, link=o.link)
+
+    def _check_viewer(
+        self, route: str, token: str, publisher: bool = False, link: Link | None = None
+    ) -> tuple[str, Any]:
         """``(session id, session)`` a viewer with ``token`` may watch at ``route``; ServeNotFound/ServeUnauthorized."""
-        session_id, secret = self._resolve(route)
+        session_id, secret = self._resolve(route, link)
         session = self.server.sessions.get(session_id)
         if session is None:
             # Also for a stable link not bound yet (e.g. just after a server restart): the viewer
             # page keeps retrying on 404. Session ids and link names are random (72+ bits), so
             # a 404 tells a prober nothing useful, and nothing is shown without the right token.
             raise ServeNotFound("no live session here yet (it starts when the capture page connects)")
-        if not self._authorized(token, session, secret):
+        if not self._authorized(token, session, secret, publisher):
             raise ServeUnauthorized("wrong viewer token")
         return session_id, session
 
-    async def open_viewer(self, route: str, token: str, sdp: str) -> tuple[Viewer, str]:
+    async def open_viewer(
+        self, route: str, token: str, sdp: str, *, publisher: bool = False, link: Link | None = None
+    ) -> tuple[Viewer, str]:
         """Attach a receive-only viewer to the session at ``route`` (a session id or a stable link name).
+
+        ``publisher`` and ``link``: as in :class:`ViewerOffer`.
 
         Returns:
             ``(viewer, answer SDP)``.
@@ -259,7 +370,7 @@ class ViewerHub:
         Raises:
             ServeNotFound, ServeUnauthorized, ServeBadRequest, ServeBusy.
         """
-        session_id, session = self._check_viewer(route, token)
+        session_id, session = self._check_viewer(route, token, publisher, link)
         offer = check_offer(sdp, viewer=True)
         if sum(1 for v in self.viewers.values() if v.session_id == session_id) >= MAX_VIEWERS_PER_SESSION:
             raise ServeBusy(f"this session already has {MAX_VIEWERS_PER_SESSION} viewers (each costs a video encode)")
@@ -283,7 +394,7 @@ class ViewerHub:
 
         pc = self._new_peer_connection()
         viewer = Viewer(
-            id=secrets.token_urlsafe(12),
+            id=self.new_viewer_id(),
             session_id=session_id,
             pc=pc,
             session=session,
@@ -401,26 +512,15 @@ class ViewerHub:
         """
         from aiohttp import web
 
-        token = bearer_token(request.headers.get("Authorization"))
-        if not self.server.check_token(token):
-            raise ServeUnauthorized("binding a viewer link needs the publisher token")
-        body = await request.content.read(1025)
-        try:
-            if len(body) > 1024:
-                raise ValueError("too long")
-            msg = json.loads(body)
-            sid, name, secret = msg["session"], msg["name"], msg["secret"]
-            if not all(isinstance(v, str) for v in (sid, name, secret)):
-                raise ValueError("not strings")
-        except (ValueError, KeyError, TypeError):
-            raise ServeBadRequest('send JSON {"session": id, "name": str, "secret": str}') from None
+        check_publisher(bool(self.server.check_token(bearer_token(request.headers.get("Authorization")))))
+        sid, name, secret = parse_link_request(await request.content.read(MAX_LINK_BODY + 1))
         return web.json_response({"path": self.bind(sid, name, secret)})
 
-    def bind(self, sid: str, name: str, secret: str) -> str:
-        """Point the stable viewer link ``name`` (with ``secret``) at session ``sid``; its path.
+    def check_link(self, sid: str, name: str, secret: str) -> str:
+        """May the stable viewer link ``name`` (with ``secret``) show session ``sid``? Its path when it may.
 
         Raises:
-            ServeBadRequest: a malformed or taken name. ServeNotFound: no such session.
+            ServeBadRequest: a malformed or taken name. ServeNotFound: no such session here.
         """
         if not LINK_PART.match(name) or not LINK_PART.match(secret):
             raise ServeBadRequest("name and secret must be 12-64 characters of A-Za-z0-9_-")
@@ -428,12 +528,18 @@ class ViewerHub:
             raise ServeBadRequest("that name is taken")
         if sid not in self.server.sessions:
             raise ServeNotFound("no such session")
-        self.links.pop(name, None)
-        self.links[name] = (sid, secret)
-        while len(self.links) > MAX_LINKS:
-            self.links.pop(next(iter(self.links)))
         self._event(f"viewer link {name[:4]}… now shows session {sid[:8]}")
         return f"/view/{name}"
+
+    def bind(self, sid: str, name: str, secret: str) -> str:
+        """Point the stable viewer link ``name`` (with ``secret``) at session ``sid``; its path.
+
+        Raises:
+            ServeBadRequest: a malformed or taken name. ServeNotFound: no such session.
+        """
+        path = self.check_link(sid, name, secret)
+        remember_link(self.links, name, (sid, secret))
+        return path
 
     @_answers_errors
     async def whep_delete(self, request: Any) -> Any:
@@ -443,12 +549,17 @@ class ViewerHub:
         await self.end_viewer(request.match_info["session"], request.match_info["viewer"], token)
         return web.Response(status=200, text="closed\n")
 
-    async def end_viewer(self, route: str, viewer_id: str, token: str) -> None:
-        """End viewer ``viewer_id`` of ``route`` for a client holding ``token``; ServeNotFound/ServeUnauthorized."""
+    async def end_viewer(
+        self, route: str, viewer_id: str, token: str, *, publisher: bool = False, link: Link | None = None
+    ) -> None:
+        """End viewer ``viewer_id`` of ``route`` for a client holding ``token``; ServeNotFound/ServeUnauthorized.
+
+        ``publisher`` and ``link``: as in :class:`ViewerOffer`.
+        """
         viewer = self.viewers.get(viewer_id)
         if viewer is None or viewer.route != route:
             raise ServeNotFound("no such viewer")
-        if not self._authorized(token, viewer.session, self._resolve(viewer.route)[1]):
+        if not self._authorized(token, viewer.session, self._resolve(viewer.route, link)[1], publisher):
             raise ServeUnauthorized("wrong token")
         await self.close_viewer(viewer.id, "ended by the viewer")
 
