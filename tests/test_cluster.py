@@ -750,6 +750,37 @@ def test_a_killed_replica_s_clients_reconnect_elsewhere_and_finish(cluster: Clus
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+def test_the_standing_fuzz_cases_through_the_ingress_get_answers_and_never_the_token(cluster: Cluster) -> None:
+    """The fuzz test's raw HTTP cases (tests/test_fuzz.py), plus ones carrying this cluster's token, at the ingress."""
+    pytest.importorskip("hypothesis", reason="hypothesis is in the dev extras")
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from tests import test_fuzz as fz
+
+    answers: list[bytes] = []
+    ours = st.sampled_from([f"Bearer {TOKEN}", f"Bearer {TOKEN}x", TOKEN]).map(
+        lambda v: f"POST /whep/x HTTP/1.1\r\nHost: x\r\nAuthorization: {v}\r\nContent-Length: 3\r\n\r\nv=0".encode()
+    )
+
+    def one(data: bytes) -> None:
+        answer = fz.raw(cluster.port, data)
+        answers.append(answer)
+        if answer:  # a request line the proxy's parser cannot read may get no answer but a closed connection
+            assert answer.startswith(b"HTTP/"), (data[:200], answer[:200])
+            assert int(answer.split(b" ", 2)[1]) < 500, (data[:200], answer[:300])
+
+    for data in fz.KNOWN_BAD_HTTP:
+        one(data)
+    fz.fuzz(60)(given(st.one_of(fz.http_requests(), ours))(one))()
+    assert sum(1 for a in answers if a) >= 50, "most cases got an HTTP answer"
+    assert not [a for a in answers if TOKEN.encode() in a], "the token came back in an answer"
+    assert cluster.health()["status"] == "ok"
+    assert not [x for x in cluster.lines if TOKEN in x or "Traceback" in x], cluster.lines[-20:]
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_the_application_and_its_local_ray_instance(cluster: Cluster) -> None:
     assert ray_processes(cluster.tmp), "the Ray instance should be running before Ctrl-C"
     code = cluster.stop()
