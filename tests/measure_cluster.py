@@ -1,6 +1,8 @@
 """Measure ``greencam serve`` against ``greencam serve --ray`` (1 and 2 replicas) on this machine (docs/scaling.md).
 
     PYTHONPATH=. python tests/measure_cluster.py --clients 2 --frames 12 --offers 20
+    PYTHONPATH=. python tests/measure_cluster.py --reconnects 3
+
 
 For each server: the time of a ``POST /whip`` (a real offer, answered and then deleted) and
 ``greencam start --server`` clients run at once on the same clip, each reporting its masks/s and
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from greenscreen_cam.core import percentile
 from tests.conftest import moving_disc_frames, write_video
-from tests.test_cluster import TOKEN, Cluster, _offers, _request, wait_for
+from tests.test_cluster import TOKEN, Cluster, _client, _offers, _request, kill_a_busy_replica, wait_for
 from tests.test_link_cli import BOX, LOOPBACK, free_port
 
 MODEL = ["--model", "tiny", "--device", "cpu", "--resolution", "256"]
@@ -109,14 +111,49 @@ def clients(url: str, clip: Path, n: int, tmp: Path) -> list[tuple[float, int, i
     return out
 
 
+def reconnects(n: int, tmp: Path) -> None:
+    """``n`` times: two clients on 2-3 replicas, the replica tracking one is killed; how long until they moved."""
+    clip = write_video(tmp / "long.mp4", moving_disc_frames(40))
+    cluster = Cluster("--min-replicas", "2", "--max-replicas", "3", "--max-sessions", "2")
+    times = []
+    try:
+        cluster.wait_ready(600)
+        for k in range(n):
+            wait_for(lambda: len(cluster.health()["replicas"]) >= 2, 180, "two replicas", every=0.5)
+            procs = [_client(cluster, clip, tmp / f"r{k}-{i}") for i in range(2)]
+            try:
+                held, took = kill_a_busy_replica(cluster, len(procs))
+                times.append(took)
+                sys.stdout.write(f"kill {k + 1}: {held} session(s) on the killed replica, moved in {took:.2f} s\n")
+                sys.stdout.flush()
+            finally:
+                for p in procs:
+                    p.kill()
+                    p.wait(30)
+    finally:
+        cluster.stop()
+    sys.stdout.write(
+        f"reconnect after a replica is killed: p50 {percentile(times, 50):.2f} s, max {max(times):.2f} s\n"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--offers", type=int, default=20)
+    ap.add_argument("--reconnects", type=int, default=0, help="only time this many replica kills")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gcmeasure"))
+    if args.reconnects:
+        reconnects(args.reconnects, tmp)
+        return
     clip = write_video(tmp / "clip.mp4", moving_disc_frames(args.frames))
+    head = (
+        f"| server | ready in | POST /whip p50 / p95 ({args.offers} offers) | masks/s per session "
+        f"({args.clients} clients, {args.frames} frames) | latency p50 / p95 |\n|---|---|---|---|---|"
+    )
+    sys.stdout.write(head + "\n")
     rows = []
     for name, make in [
         ("plain serve", Plain),
@@ -132,7 +169,9 @@ def main() -> None:
                 wait_for(lambda s=server, w=want: len(s.health()["replicas"]) == w, 120, "replicas", every=0.5)
             ready = time.monotonic() - t0
             offers = offer_times(server.url, args.offers)
-            per = clients(server.url, clip, args.clients, tmp)
+            out = tmp / f"server{len(rows)}"
+            out.mkdir()
+            per = clients(server.url, clip, args.clients, out)
         finally:
             server.stop()
         fps = [p[0] for p in per]
@@ -141,11 +180,8 @@ def main() -> None:
             f"{statistics.mean(fps):.2f} ({min(fps):.2f}-{max(fps):.2f}) | "
             f"{statistics.median(p[1] for p in per):.0f} / {max(p[2] for p in per)} ms |"
         )
-    head = (
-        f"| server | ready in | POST /whip p50 / p95 ({args.offers} offers) | masks/s per session "
-        f"({args.clients} clients, {args.frames} frames) | latency p50 / p95 |\n|---|---|---|---|---|"
-    )
-    sys.stdout.write(head + "\n" + "\n".join(rows) + "\n")
+        sys.stdout.write(rows[-1] + "\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
