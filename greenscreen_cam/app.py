@@ -96,8 +96,6 @@ def check_start(s: Settings) -> tuple[Prompt | Selection | None, ModelChoice | N
 
         base_url(s.server)  # a malformed --server is refused here, not after a DNS look-up
     files = file_outputs(s)  # an --output no registered kind handles is refused here
-    if s.server and isinstance(prompt, Selection):
-        raise ConfigError("several subjects are tracked locally only; give one --bbox/--point with --server")
     choice = None if s.server else resolve_model(s)
     check_outputs(
         files,

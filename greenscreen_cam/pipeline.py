@@ -275,7 +275,7 @@ class Pipeline:
         self.initial_prompt = prompt
         self.error: BaseException | None = None
         if self._async is not None and prompt is not None:  # it applies to the first frame it tracks
-            self._async.reselect(prompt.prompts[0] if isinstance(prompt, Selection) else prompt)
+            self._async.reselect(prompt)
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -297,7 +297,7 @@ class Pipeline:
         Safe from any thread: the tracker itself is only touched by the thread that tracks.
         """
         if self._async is not None:
-            self._async.reselect(prompt.prompts[0] if isinstance(prompt, Selection) else prompt)  # one remote subject
+            self._async.reselect(prompt)
         with self._lock:
             self._pending_prompt = prompt
             self._auto = prompt is None
@@ -311,6 +311,11 @@ class Pipeline:
         Needs a tracker of several subjects (:class:`~greenscreen_cam.multi.MultiTracker`); any
         other tracker re-selects instead.
         """
+        remote_add = getattr(self._async, "add_subject", None)
+        if callable(remote_add):
+            remote_add(prompt)
+            self.on_event("adding a subject")
+            return
         if self._async is not None or not callable(getattr(self._local, "add", None)):
             self.reselect(prompt)
             self.on_event("re-selecting the subject")
@@ -516,7 +521,9 @@ class Pipeline:
             self.on_event("automatic re-selection")
         elif key == ord("r") and self.preview is not None:
             self.preview.begin_select()  # the output keeps running while the user drags
-            several = self._async is None and callable(getattr(self._local, "add", None))
+            several = callable(
+                getattr(self._async if self._async is not None else self._local, "add_subject", None)
+            ) or (self._async is None and callable(getattr(self._local, "add", None)))
             self.on_event(f"drag a box around the {'subject to add' if several else 'subject'} in the preview window")
         elif key == ord("d") and self.preview is not None:
             cursor = self.preview.cursor

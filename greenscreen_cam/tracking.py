@@ -37,7 +37,7 @@ import numpy as np
 
 from greenscreen_cam.core import Frame, MaskResult
 from greenscreen_cam.errors import GreencamError, PromptError, TrackerBackendError
-from greenscreen_cam.prompt import Prompt
+from greenscreen_cam.prompt import Prompt, Selection
 
 if TYPE_CHECKING:
     from greenscreen_cam.config import ModelSettings
@@ -159,8 +159,8 @@ class AsyncTracking(Protocol):
     @property
     def busy(self) -> bool: ...
 
-    def reselect(self, prompt: Prompt | None) -> None:
-        """Prompt on the next frame tracked; None forgets the subject."""
+    def reselect(self, prompt: Prompt | Selection | None) -> None:
+        """Prompt on the next frame tracked (a Selection: several subjects); None forgets the subject."""
         ...
 
     def track_sync(self, frame: Frame, timeout: float = 60.0) -> MaskResult:

@@ -168,6 +168,34 @@ def test_offline_clip_every_frame_gets_its_own_mask_like_local(server: ServerThr
     assert np.mean(ious) >= 0.9
 
 
+def test_a_remote_selection_of_two_subjects_keys_their_union_like_a_local_multitracker(
+    server: ServerThread, tiny_model, tmp_path
+) -> None:
+    """``start --server --bbox A --bbox B``: the server tracks both and keys their union, like a local run."""
+    from greenscreen_cam.multi import MultiTracker
+    from greenscreen_cam.prompt import Selection
+
+    frames = decoded_clip(tmp_path, 6)
+    second = Prompt(box=(100.0, 10.0, 50.0, 60.0))
+    both = Selection((DISC_BOX, second))
+    masks, stats = remote_masks(server.url, frames, both)  # type: ignore[arg-type]  # a Selection is a prompt too
+    one, _ = remote_masks(server.url, frames, DISC_BOX)
+    assert stats["unmatched"] == 0 and all(m.selected for m in masks)
+    local = MultiTracker(tiny_model)
+    hw = frames[0].image.shape[:2]
+    ious, grew = [], []
+    for i, (f, m, m1) in enumerate(zip(frames, masks, one, strict=True)):
+        res = local.prompt(f.image, both) if i == 0 else local.track(f.image)
+        mine = upsampled(res.low_res_logits[0, 0].numpy(), hw) > 0
+        theirs = upsampled(m.logits, hw) > 0
+        assert 0.02 < mine.mean() < 0.98, "a degenerate mask would make the comparison meaningless"
+        ious.append(iou(mine, theirs))
+        grew.append(theirs.sum() - (upsampled(m1.logits, hw) > 0).sum())
+    print(f"\nremote vs local two-subject IoU per frame: {[round(v, 3) for v in ious]}")
+    assert np.mean(ious) >= 0.9
+    assert max(grew) > 0, "the second subject adds to the key"
+
+
 def test_clients_at_once_each_get_their_own_masks(server: ServerThread, tiny_model, tmp_path) -> None:
     """Two cameras with different scenes and prompts, and one that never prompts, on one batched model."""
     from greenscreen_cam.segmenter import StreamingTracker

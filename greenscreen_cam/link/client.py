@@ -56,7 +56,7 @@ from greenscreen_cam.link.protocol import (
     parse_text,
     prompt_message,
 )
-from greenscreen_cam.prompt import Prompt
+from greenscreen_cam.prompt import Prompt, Selection
 
 VIDEO_CLOCK = 90000
 """RTP clock rate of video (Hz); frame pts are in these units."""
@@ -203,8 +203,9 @@ class RemoteTracker:
         self._origin: int | None = None
         self._connected = False
         self._last_message = 0.0
-        # Prompt (any thread, under _lock): the current prompt, its id, and the id the server acknowledged.
-        self._prompt: Prompt | None = None
+        # Prompt (any thread, under _lock): the current subjects (None: none), the id of their last
+        # change, and the id the server acknowledged. Every (re)send sends all of them.
+        self._prompt: list[Prompt] | None = None
         self._prompt_id = 0
         self._acked_id = 0
         self._prompt_sent_at = 0.0
@@ -328,14 +329,24 @@ class RemoteTracker:
                 del self._inflight[key]
             return len(self._inflight) >= self.pipeline_depth
 
-    def reselect(self, prompt: Prompt | None) -> None:
+    def reselect(self, prompt: Prompt | Selection | None) -> None:
         """Prompt the server's tracker (``prompt`` in this client's ``width x height`` frame pixels).
 
-        None forgets the subject: the server waits for a new prompt. The prompt
+        A :class:`~greenscreen_cam.prompt.Selection` selects several subjects (the server keys
+        their union). None forgets the subjects: the server waits for a new prompt. The prompt
         applies to the next frame the server tracks and is re-sent after a reconnection.
         """
         with self._lock:
-            self._prompt = prompt
+            self._prompt = (
+                None if prompt is None else list(prompt.prompts if isinstance(prompt, Selection) else [prompt])
+            )
+            self._prompt_id += 1
+        self._call(self._send_prompt)
+
+    def add_subject(self, prompt: Prompt) -> None:
+        """Track one more subject on the server, keeping the others (the first one is a selection)."""
+        with self._lock:
+            self._prompt = [*(self._prompt or []), prompt]
             self._prompt_id += 1
         self._call(self._send_prompt)
 
@@ -548,10 +559,12 @@ class RemoteTracker:
             if self._acked_id == pid:
                 return
         self._prompt_sent_at = time.monotonic()
-        if prompt is None:
+        if not prompt:
             self._send_json({"type": "reset", "id": pid})
-        else:
-            self._send_json(prompt_message(prompt, self.width, self.height, pid))
+            return
+        for i, subject in enumerate(prompt):  # in order on the channel; the last one carries the id to ack
+            last = i == len(prompt) - 1
+            self._send_json(prompt_message(subject, self.width, self.height, pid if last else None, add=i > 0))
 
     # ================================================================== loop side: connection
     def _ssl(self) -> ssl.SSLContext | bool:
