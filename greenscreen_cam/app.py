@@ -92,7 +92,7 @@ def check_start(s: Settings) -> tuple[Prompt | Selection | None, ModelChoice | N
     s.validate()
     prompt = build_prompt(s.bbox, s.points, s.negative_points)
     if s.server:
-        from greenscreen_cam.link.client import base_url
+        from greenscreen_cam.link.urls import base_url
 
         base_url(s.server)  # a malformed --server is refused here, not after a DNS look-up
     files = file_outputs(s)  # an --output no registered kind handles is refused here

@@ -13,7 +13,8 @@ import pytest
 from greenscreen_cam.config import ServeSettings
 from greenscreen_cam.errors import ConfigError, PromptError
 from greenscreen_cam.link import protocol as P
-from greenscreen_cam.link.client import _send_size, base_url
+from greenscreen_cam.link.client import _send_size
+from greenscreen_cam.link.urls import base_url
 
 
 def test_mask_message_layout_is_the_documented_one() -> None:

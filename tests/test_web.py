@@ -464,6 +464,25 @@ def test_static_files_and_viewer_endpoint_refusals(serve: ServeProcess) -> None:
     assert http("POST", f"{serve.url}/web/viewer-link", TOKEN, b'{"session": 1}', "application/json") == 400
 
 
+def test_a_mask_before_the_first_frame_is_keyed_not_a_page_error(page, serve: ServeProcess) -> None:
+    """A mask can reach the viewer before any video frame: the canvas is then the default 300x150."""
+    page.goto(f"{serve.url}/web/style.css")  # any page of the server: the module loads from its origin
+    got = page.evaluate(
+        """async () => {
+            const { Keyer } = await import('/web/keyer.js');
+            const canvas = document.createElement('canvas');  // 300x150 until a frame sizes it
+            const keyer = new Keyer(canvas);
+            const data = new Uint8Array(64 * 64).fill(255);
+            keyer.setMask({ width: 64, height: 64, data, state: 'tracking', seq: 1 });
+            const again = new Uint8Array(32 * 32).fill(0);
+            keyer.setMask({ width: 32, height: 32, data: again, state: 'tracking', seq: 2 });
+            const a = keyer.alphaCtx.getImageData(0, 0, keyer.alpha.width, keyer.alpha.height).data;
+            return [keyer.alpha.width, keyer.alpha.height, a[3], a[a.length - 1]];
+        }"""
+    )
+    assert got[:2] == [256, 150] and got[2] == got[3] == 0, got  # sized for the 32x32 mask, all background
+
+
 def test_viewer_page_is_transparent_where_the_capture_page_keys(
     browser, page, serve: ServeProcess, tmp_path: Path
 ) -> None:

@@ -23,7 +23,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
-import re
 import ssl
 import threading
 import time
@@ -33,7 +32,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -56,6 +54,7 @@ from greenscreen_cam.link.protocol import (
     parse_text,
     prompt_message,
 )
+from greenscreen_cam.link.urls import base_url, tls_failure
 from greenscreen_cam.prompt import Prompt, Selection
 
 VIDEO_CLOCK = 90000
@@ -87,38 +86,6 @@ def _send_size(width: int, height: int, resolution: int) -> tuple[int, int]:
     w = max(2, int(round(width * scale / 2)) * 2)
     h = max(2, int(round(height * scale / 2)) * 2)
     return w, h
-
-
-_HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?")
-"""A host name, an IPv4 address or an IPv6 address (urlsplit drops its brackets)."""
-
-
-def tls_failure(url: str, error: Exception) -> str:
-    """One line for a failed TLS handshake with ``url`` (aiohttp's own text names an ``<ssl.SSLContext …>``)."""
-    cause = getattr(error, "os_error", None) or getattr(error, "certificate_error", None) or error
-    reason = getattr(cause, "reason", None) or getattr(cause, "verify_message", None) or str(cause)
-    if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"):
-        plain = "http://" + url.split("://", 1)[-1]
-        return f"TLS to {url} failed: the server speaks plain HTTP there; use {plain}"
-    return f"TLS to {url} failed: {reason}; check the certificate (--cafile)"
-
-
-def base_url(url: str) -> str:
-    """Normalise ``URL`` (``http(s)://host[:port]`` or ``host:port``) to a base URL without a trailing slash."""
-    text = url.strip()
-    if "://" not in text:
-        text = "http://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname or not _HOST.fullmatch(parts.hostname):
-        raise ConfigError(f"--server {url!r} is not an http(s)://host:port URL")
-    try:
-        parts.port  # noqa: B018 - validates the port
-    except ValueError:
-        raise ConfigError(f"--server {url!r} has an invalid port") from None
-    path = parts.path.rstrip("/")
-    if path.endswith("/whip"):
-        path = path[: -len("/whip")]
-    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 class RemoteTracker:
@@ -330,15 +297,13 @@ class RemoteTracker:
             return len(self._inflight) >= self.pipeline_depth
 
     def reselect(self, prompt: Prompt | Selection | None) -> None:
-        """Prompt the server's tracker (``prompt`` in this client's ``width x height`` frame pixels).
+        """Prompt the server's tracker (in this client's frame pixels); a Selection is several subjects.
 
-        A :class:`~greenscreen_cam.prompt.Selection` selects several subjects (the server keys
-        their union). None forgets the subjects: the server waits for a new prompt. The prompt
-        applies to the next frame the server tracks and is re-sent after a reconnection.
+        None forgets them. It applies to the next frame the server tracks and is re-sent after a reconnection.
         """
         with self._lock:
             self._prompt = (
-                None if prompt is None else list(prompt.prompts if isinstance(prompt, Selection) else [prompt])
+                list(prompt.prompts) if isinstance(prompt, Selection) else None if prompt is None else [prompt]
             )
             self._prompt_id += 1
         self._call(self._send_prompt)

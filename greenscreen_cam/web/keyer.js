@@ -53,6 +53,7 @@ export class Keyer {
     this.alpha = document.createElement("canvas");
     this.alphaCtx = this.alpha.getContext("2d");
     this.mask = null; // the mask message whose alpha is in this.alpha
+    this.layout = null; // "alpha size/mask size" the alpha buffers and taps were made for
     this.drawnMask = null; // the mask used for the frame now on the canvas
     this.blurPx = options.blurPx ?? 16;
     this.debug = !!options.debug;
@@ -81,7 +82,11 @@ export class Keyer {
     const fh = this.canvas.height || mask.height;
     const aw = Math.max(mask.width, Math.min(fw, mask.width * 8));
     const ah = Math.max(mask.height, Math.min(fh, mask.height * 8));
-    if (this.alpha.width !== aw || this.alpha.height !== ah) {
+    // Keyed on everything the buffers depend on: a mask that arrives before the first frame
+    // sizes the canvas finds it at the browser's default 300x150, which may equal aw x ah.
+    const layout = `${aw}x${ah}/${mask.width}x${mask.height}`;
+    if (this.layout !== layout) {
+      this.layout = layout;
       this.alpha.width = aw;
       this.alpha.height = ah;
       this.alphaImage = this.alphaCtx.createImageData(aw, ah);
