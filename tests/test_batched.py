@@ -37,6 +37,7 @@ def test_bucket_for_pads_to_the_next_bucket() -> None:
         bucket_for(17)
 
 
+@pytest.mark.slow
 def test_batched_masks_equal_one_by_one_masks(short_bank_model) -> None:
     model = short_bank_model
     full_at = bank_full_at(model)

@@ -182,6 +182,7 @@ def _interrupt_when(proc, ready, what: str, limit: float = 120.0) -> str:
     return stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_a_live_run_is_a_clean_finish_and_keeps_the_recording(checkpoint_dir, tmp_path):
     """A live run (here --realtime) has no end: Ctrl-C is how it finishes, exit 0, the recording is kept."""
     import re

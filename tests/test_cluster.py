@@ -714,7 +714,6 @@ def test_four_clients_spread_agree_with_a_local_run_and_scaling_up_loses_none(
         assert float(np.mean([_iou(a, b) for a, b in zip(got, want)])) >= 0.9
 
 
-@pytest.mark.slow
 def kill_a_busy_replica(cluster: Cluster, clients: int) -> tuple[int, float]:
     """SIGKILL a replica that is tracking; ``(sessions it held, seconds until the others hold all clients)``.
 
@@ -740,6 +739,7 @@ def kill_a_busy_replica(cluster: Cluster, clients: int) -> tuple[int, float]:
     return victim["sessions"], time.monotonic() - killed
 
 
+@pytest.mark.slow
 def test_a_killed_replica_s_clients_reconnect_elsewhere_and_finish(cluster: Cluster, tmp_path: Path) -> None:
     clip = write_video(tmp_path / "clip.mp4", moving_disc_frames(16))
     clients = [_client(cluster, clip, tmp_path / f"remote{i}") for i in range(2)]

@@ -196,6 +196,7 @@ def _half_close(path: Path, payload: bytes) -> bytes:
         return s.recv(65536)
 
 
+@pytest.mark.slow
 def test_oversized_stream_silent_client_and_flood(running):
     cam, server = running
     # A megabyte with no newline: cut off after MAX_REQUEST bytes.

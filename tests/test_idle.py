@@ -137,6 +137,7 @@ class Counting:
             self.placeholders += 1
 
 
+@pytest.mark.slow
 def test_idle_loop_does_no_camera_or_tracker_work_while_nobody_watches(device):
     gate = idle.IdleGate(hold_off=0.5)
     cam = Counting(gate)

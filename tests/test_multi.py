@@ -58,6 +58,7 @@ def clip(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
     return folder, frames
 
 
+@pytest.mark.slow
 def test_each_subject_matches_official_predictor_with_two_objects(tiny_model, tiny_checkpoint, clip):
     folder, frames = clip
     reference = official_two_objects(tiny_checkpoint, folder)
@@ -239,6 +240,7 @@ def _only_under(results, index: int, frame_hw: tuple[int, int]) -> tuple[float, 
     return ((ix + 0.5) * w / margin.shape[1], (iy + 0.5) * h / margin.shape[0])
 
 
+@pytest.mark.slow
 def test_preview_r_adds_a_subject_and_d_drops_the_one_under_the_cursor(tiny_model, tmp_path):
     from greenscreen_cam.compositor import Compositor, CompositorSettings
     from greenscreen_cam.pipeline import Pipeline
@@ -331,6 +333,7 @@ class DrivenWorker:
 UNIQUE = 3  # the clips below loop over their first frames: the reference encodes each once
 
 
+@pytest.mark.slow
 def test_a_serve_session_with_an_added_subject_keys_the_union_of_two_trackers(short_bank_model):
     """Prompt, then ``add``: the session's mask is the union of two StreamingTrackers on the same frames.
 

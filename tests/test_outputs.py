@@ -236,6 +236,7 @@ def test_a_sink_bug_becomes_one_sink_error():
     threaded.abort()
 
 
+@pytest.mark.slow
 def test_abort_of_a_hung_output_returns_promptly():
     stuck = Stuck()
     threaded = ThreadedSink(stuck, name="stuck", policy="block", depth=1)

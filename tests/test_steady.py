@@ -30,6 +30,7 @@ def occluded_clip() -> list[np.ndarray]:
     return frames
 
 
+@pytest.mark.slow
 def test_steady_step_is_bit_exact_with_the_eager_step_over_120_frames(tiny_model):
     frames = occluded_clip()
     eager = StreamingTracker(tiny_model, steady=False)
@@ -68,6 +69,7 @@ def test_steady_step_is_bit_exact_with_the_eager_step_over_120_frames(tiny_model
     assert not torch.equal(eager.track(frames[-1]).low_res_logits, eager.track(frames[OCCLUDED[0]]).low_res_logits)
 
 
+@pytest.mark.slow
 def test_steady_step_makes_no_host_sync_and_dispatches_fewer_ops(tiny_model):
     frames = moving_disc_frames(full_at := bank_full_at(tiny_model) + 4)
     counts = {}
