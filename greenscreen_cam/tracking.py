@@ -57,6 +57,8 @@ __all__ = [
     "open_model",
     "register_backend",
     "resolve_model",
+    "encode_batch",
+    "step_encoded_batch",
     "track_batch",
     "unregister_backend",
 ]
@@ -417,14 +419,26 @@ def _track_encoded(
     *,
     batch: bool,
 ) -> list[TrackOutput | PromptError]:
+    return step_encoded_batch(trackers, encode_batch(trackers, images, batch=batch), images, prompts)
+
+
+def encode_batch(trackers: Sequence[BatchedTracker], images: Sequence[np.ndarray], *, batch: bool = True) -> list[Any]:
+    """The model-only part for each tracker's frame: one batch when ``batch`` and they share one model."""
     pre = [t.preprocess(img) for t, img in zip(trackers, images, strict=True)]
-    shared = all(t.model is trackers[0].model for t in trackers)
-    if batch and shared and len(pre) > 1:
+    if batch and len(pre) > 1 and all(t.model is trackers[0].model for t in trackers):
         import torch
 
-        encoded = trackers[0].encode(torch.cat(pre, dim=0))
-    else:
-        encoded = [t.encode(p)[0] for t, p in zip(trackers, pre, strict=True)]
+        return trackers[0].encode(torch.cat(pre, dim=0))
+    return [t.encode(p)[0] for t, p in zip(trackers, pre, strict=True)]
+
+
+def step_encoded_batch(
+    trackers: Sequence[BatchedTracker],
+    encoded: Sequence[Any],
+    images: Sequence[np.ndarray],
+    prompts: Sequence[Prompt | None],
+) -> list[TrackOutput | PromptError]:
+    """Each tracker's own step on its frame already through :func:`encode_batch`; its result or PromptError."""
     out: list[TrackOutput | PromptError] = []
     for t, enc, img, prompt in zip(trackers, encoded, images, prompts, strict=True):
         try:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from greenscreen_cam import tracking
 from greenscreen_cam.errors import LinkProtocolError, PromptError
 from greenscreen_cam.link.protocol import (
     STATE_LOST,
@@ -67,20 +68,8 @@ def load_serving_model(s: ModelSettings, *, random_weights: bool = False) -> tup
     network, so only the ``sam2`` backend is asked. With ``random_weights``, exactly the weights of
     ``greencam start --random-weights`` (seed 0, through the real loader) instead of a checkpoint.
     """
-    from greenscreen_cam import tracking
-
     loaded = tracking.open_model(s, random_weights=random_weights, backend="sam2")
     return loaded.net, loaded.name, loaded.device, loaded.resolution
-
-
-def encode_batch(trackers: list[StreamingTracker], images: list[np.ndarray], *, batch: bool = True) -> list[Encoded]:
-    """The image encoder on each session's newest frame (as one batch with ``batch``); one encoding each."""
-    import torch
-
-    pre = [t.preprocess(img) for t, img in zip(trackers, images, strict=True)]
-    if batch and len(pre) > 1:
-        return trackers[0].encode(torch.cat(pre, dim=0))
-    return [t.encode(p)[0] for t, p in zip(trackers, pre, strict=True)]
 
 
 def step_batch(
@@ -103,13 +92,7 @@ def step_batch(
                 for t, enc, img, prompt in zip(trackers, encoded, images, prompts, strict=True)
             ]
         )
-    out: list[TrackResult | PromptError] = []
-    for t, enc, img, prompt in zip(trackers, encoded, images, prompts, strict=True):
-        try:
-            out.append(t.step_encoded(enc, img.shape[:2], prompt))
-        except PromptError as e:
-            out.append(e)
-    return out
+    return tracking.step_encoded_batch(trackers, encoded, images, prompts)  # type: ignore[return-value]  # StreamingTracker answers TrackResults
 
 
 def track_batch(
@@ -133,7 +116,7 @@ def track_batch(
     Returns:
         Per session its :class:`TrackResult`, or the PromptError its step raised.
     """
-    encoded = encode_batch(trackers, images, batch=batch)
+    encoded = tracking.encode_batch(trackers, images, batch=batch)
     return step_batch(trackers, encoded, images, prompts, stacked=stacked)
 
 
@@ -466,7 +449,7 @@ class ModelWorker:
         start = time.perf_counter()
         trackers = [e.tracker for e, *_ in active]
         images = [image for _, _, image, _, _ in active]
-        encoded = encode_batch(trackers, images, batch=self.batch)
+        encoded = tracking.encode_batch(trackers, images, batch=self.batch)
         results = step_batch(trackers, encoded, images, [p for *_, p, _ in active], stacked=self.stacked)
         for (e, tag, image, _, added), enc, result in zip(active, encoded, results, strict=True):
             if isinstance(result, PromptError):
