@@ -216,6 +216,22 @@ class Compositor:
         """Forget temporal state (after a re-selection or a cut)."""
         self._prev_alpha = None
 
+    def configure(self, settings: CompositorSettings, background: Background | None = None) -> Background | None:
+        """Key with ``settings`` (and ``background``, if given) from the next frame on, e.g. mid-call.
+
+        Returns:
+            The background it replaced (the caller closes it), or None when ``background`` was None.
+        """
+        settings.validate()
+        self.settings = settings
+        self._logit_threshold = math.log(settings.threshold / (1.0 - settings.threshold))
+        self.reset()
+        if background is None:
+            return None
+        old, self.background = self.background, background
+        self._torch_bg = None
+        return old
+
     # ---------------------------------------------------------------- alpha
     def alpha(self, logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """Mask logits (any resolution) -> uint8 alpha ``(H, W)`` for a ``size = (H, W)`` frame.

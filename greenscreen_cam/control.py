@@ -232,16 +232,8 @@ class PipelineControl:
 
         def apply() -> None:
             # From the settings in force now: changes queued before this one have been applied.
-            current = dataclasses.replace(comp.settings, **changes)
-            comp.settings = current
-            comp.reset()
-            if hasattr(comp, "_logit_threshold"):
-                import math
-
-                comp._logit_threshold = math.log(current.threshold / (1.0 - current.threshold))
-            if background is not None:
-                old, comp.background = comp.background, background
-                comp._torch_bg = None
+            old = comp.configure(dataclasses.replace(comp.settings, **changes), background)
+            if old is not None:
                 old.close()
 
         self.pipeline.call_soon(apply)
@@ -250,14 +242,11 @@ class PipelineControl:
         self.pipeline.reselect(getattr(self.pipeline, "initial_prompt", None))
 
     def set_paused(self, paused: bool) -> None:
-        def apply() -> None:
-            self.pipeline._paused = paused
-
-        self.pipeline.call_soon(apply)
+        self.pipeline.call_soon(lambda: self.pipeline.set_paused(paused))
 
     def status(self) -> dict[str, Any]:
         snap = dict(self.pipeline.stats.snapshot())
-        snap["state"] = "paused" if self.pipeline._paused else str(snap.get("subject", "running"))
+        snap["state"] = "paused" if self.pipeline.paused else str(snap.get("subject", "running"))
         snap["settings"] = {name: getattr(self.pipeline.compositor.settings, name, None) for name in LIVE_SETTINGS}
         return snap
 

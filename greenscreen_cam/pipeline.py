@@ -291,6 +291,15 @@ class Pipeline:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def paused(self) -> bool:
+        """Keying paused: the camera's picture goes out untouched (the preview's space, ``greencam ctl pause``)."""
+        return self._paused
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause or resume keying; call it on the pipeline's thread (:meth:`call_soon` from any other)."""
+        self._paused = paused
+
     def reselect(self, prompt: Prompt | Selection | None) -> None:
         """Re-prompt on the next tracked frame; None = find the subject automatically.
 

@@ -255,13 +255,13 @@ def test_existing_folder_of_ours_is_made_private(tmp_path):
 
 # --------------------------------------------------------------------------- the pipeline side and the CLI
 class StandInPipeline:
-    """What PipelineControl uses of a Pipeline: a real Compositor, call_soon, stats, reselect, stop."""
+    """What PipelineControl uses of a Pipeline: a real Compositor, call_soon, stats, reselect, pause, stop."""
 
     def __init__(self) -> None:
         from greenscreen_cam.compositor import Compositor
 
         self.compositor = Compositor(Settings())
-        self._paused = False
+        self.paused = False
         self.soon: list[Any] = []
         self.reselected: list[Any] = []
         self.stopped = False
@@ -277,6 +277,9 @@ class StandInPipeline:
 
     def reselect(self, prompt) -> None:
         self.reselected.append(prompt)
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
 
     def stop(self) -> None:
         self.stopped = True
@@ -307,7 +310,7 @@ def test_pipeline_control_changes_the_compositor_between_frames():
     assert not bad.ok and "background file not found" in bad.message and pipe.soon == []
     assert dispatch(["pause"]).ok
     pipe.run_soon()
-    assert pipe._paused and dispatch(["status"]).status["state"] == "paused"
+    assert pipe.paused and dispatch(["status"]).status["state"] == "paused"
     assert dispatch(["reselect"]).ok and pipe.reselected == [None]
     assert dispatch(["quit"]).ok and pipe.stopped
 
