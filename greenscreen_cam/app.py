@@ -30,6 +30,7 @@ __all__ = ["ModelChoice", "check_start", "load_tracker", "open_pipeline", "resol
 if TYPE_CHECKING:
     from greenscreen_cam.idle import IdleGate
     from greenscreen_cam.link.sessions import ServeLimits
+    from greenscreen_cam.outputs import OutputContext, Policy
     from greenscreen_cam.pipeline import Pipeline
 
 Notify = Callable[[str], None]
@@ -174,13 +175,12 @@ def open_pipeline(
         virtual_devices: list[str] = []
         for target in outputs.parse_outputs(s.outputs):
             opened = outputs.open_output(target, ctx)
-            sinks.append(_threaded(outputs, opened, target.text, policy, file=outputs.writes_file(target), ctx=ctx))
+            sinks.append(_threaded(opened, target.text, policy, file=outputs.writes_file(target), ctx=ctx))
             if target.kind == "virtual":
                 virtual_devices.append(str(getattr(opened, "device", "") or ""))
         matte = (
             stack.enter_context(
                 _threaded(
-                    outputs,
                     MatteWriter(Path(s.matte_output).expanduser(), overwrite=s.overwrite),
                     "matte",
                     policy,
@@ -237,8 +237,10 @@ def open_pipeline(
                 matte.abort()
 
 
-def _threaded(outputs: Any, sink: Any, name: str, policy: str, *, file: bool, ctx: Any) -> Any:
+def _threaded(sink: Any, name: str, policy: Policy, *, file: bool, ctx: OutputContext) -> Any:
     """``sink`` on a thread of its own; a file written live keeps about a second of frames (``buffer``)."""
+    from greenscreen_cam import outputs
+
     if file and policy == "drop":
         depth = outputs.buffer_depth(ctx.width, ctx.height, ctx.fps)
         return outputs.ThreadedSink(sink, name=name, policy="buffer", depth=depth)

@@ -11,10 +11,10 @@ camera active at once; it goes idle only when nobody has held the device for ``h
 seconds. A program that opens and closes the device every few seconds (Discord does) therefore
 keeps the camera on instead of making it flap.
 
-:func:`run_gated` is the loop shape the pipeline uses: while active it runs one live step at a
-time; when the gate goes idle it calls ``pause`` (close the physical camera, stop the tracker),
-sends a cheap placeholder frame at a low rate (so a device with ``exclusive_caps=1`` stays in
-Chrome's list), and calls ``resume`` as soon as a viewer opens the device.
+The live loop (:class:`greenscreen_cam.pipeline.Pipeline` with ``idle=``) asks the gate between
+frames: when it goes idle the loop releases the physical camera, runs no tracker step and sends
+a cheap :func:`placeholder_frame` at a low rate (so a device with ``exclusive_caps=1`` stays in
+Chrome's list), and it resumes as soon as a viewer opens the device.
 
 Only processes of the same user (or all, as root) are visible in ``/proc``; a viewer run by
 another user is not seen. On Windows and macOS the OBS Virtual Camera gives no such events:
@@ -33,19 +33,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from greenscreen_cam import KEY_COLOR
+
 __all__ = [
     "IDLE_LABEL",
     "IdleGate",
-    "IdleStats",
     "ViewerWatch",
     "placeholder_frame",
     "readers",
-    "run_gated",
     "support",
 ]
 
@@ -302,80 +301,8 @@ class IdleGate:
             return True
 
 
-def placeholder_frame(width: int, height: int, color: tuple[int, int, int] = (0, 177, 64)) -> np.ndarray:
+def placeholder_frame(width: int, height: int, color: tuple[int, int, int] = KEY_COLOR) -> np.ndarray:
     """The frame sent while idle: one flat colour (RGB), ``(height, width, 3)`` uint8."""
     frame = np.empty((height, width, 3), dtype=np.uint8)
     frame[:] = color
     return frame
-
-
-@dataclass
-class IdleStats:
-    """What :func:`run_gated` did."""
-
-    steps: int = 0
-    idle_periods: int = 0
-    placeholders: int = 0
-    idle_seconds: float = 0.0
-    resume_waits: list[float] = field(default_factory=list)
-    """Per resume, seconds from the viewer's arrival being seen to ``resume`` returning."""
-
-
-def run_gated(
-    gate: IdleGate,
-    *,
-    step: Callable[[], bool],
-    pause: Callable[[], None],
-    resume: Callable[[], None],
-    send_placeholder: Callable[[], None],
-    stop: threading.Event,
-    placeholder_fps: float = 2.0,
-    max_seconds: float | None = None,
-    stats: IdleStats | None = None,
-    on_state: Callable[[bool], None] | None = None,
-) -> IdleStats:
-    """Run ``step`` while somebody watches; pause, send placeholders and wait while nobody does.
-
-    Args:
-        gate: Decides active or idle.
-        step: One live iteration (read a frame, track, key, send); False ends the run.
-        pause: Close the physical camera and stop the tracker (its selection is kept).
-        resume: Open the camera again (and schedule the re-acquisition of the subject).
-        send_placeholder: Send one placeholder frame to the virtual camera.
-        stop: Ends the run when set.
-        placeholder_fps: Placeholder rate while idle.
-        max_seconds: Bound on the whole run (tests); None = until ``stop`` or ``step`` ends it.
-        stats: Filled in as it runs (also returned).
-        on_state: Called with True on going idle and False on resuming.
-    """
-    stats = stats or IdleStats()
-    started = time.monotonic()
-    period = 1.0 / max(placeholder_fps, 0.1)
-
-    def out_of_time() -> bool:
-        return stop.is_set() or (max_seconds is not None and time.monotonic() - started >= max_seconds)
-
-    while not out_of_time():
-        if not gate.idle:
-            if not step():
-                break
-            stats.steps += 1
-            continue
-        pause()
-        stats.idle_periods += 1
-        if on_state is not None:
-            on_state(True)
-        idle_from = time.monotonic()
-        while not out_of_time() and gate.idle:
-            send_placeholder()
-            stats.placeholders += 1
-            gate.wait_viewer(period)
-        stats.idle_seconds += time.monotonic() - idle_from
-        if out_of_time():
-            break
-        seen = time.monotonic()
-        resume()
-        stats.resume_waits.append(time.monotonic() - seen)
-        if on_state is not None:
-            on_state(False)
-    return stats

@@ -35,7 +35,7 @@ import numpy as np
 
 from greenscreen_cam.compositor import Compositor
 from greenscreen_cam.core import Frame, MaskResult, percentile
-from greenscreen_cam.errors import GreencamError, TrackerError
+from greenscreen_cam.errors import GreencamError, PromptError, TrackerError
 from greenscreen_cam.idle import IDLE_LABEL, IdleGate, placeholder_frame
 from greenscreen_cam.outputs import sink_counts
 from greenscreen_cam.prompt import Prompt, Selection
@@ -146,8 +146,7 @@ class _Visibility:
 
     def reset(self) -> None:
         self.lost = False
-        self._missing_since = None
-        self._last_visible = None
+        self.after_gap()
 
     def after_gap(self) -> None:
         """The picture stopped for a while (idle): the last mask is stale and the grace period starts over."""
@@ -320,17 +319,22 @@ class Pipeline:
         Needs a tracker of several subjects (:class:`~greenscreen_cam.multi.MultiTracker`); any
         other tracker re-selects instead.
         """
-        remote_add = getattr(self._async, "add_subject", None)
-        if callable(remote_add):
-            remote_add(prompt)
-            self.on_event("adding a subject")
-            return
-        if self._async is not None or not callable(getattr(self._local, "add", None)):
+        if not self._can_add_subjects:
             self.reselect(prompt)
             self.on_event("re-selecting the subject")
-            return
-        with self._lock:
-            self._subject_ops.append(("add", prompt))
+        elif self._async is not None:
+            self._async.add_subject(prompt)  # type: ignore[attr-defined]
+            self.on_event("adding a subject")
+        else:
+            with self._lock:
+                self._subject_ops.append(("add", prompt))
+
+    @property
+    def _can_add_subjects(self) -> bool:
+        """Whether the tracker takes more subjects: a remote one with ``add_subject``, a local one with ``add``."""
+        if self._async is not None:
+            return callable(getattr(self._async, "add_subject", None))
+        return callable(getattr(self._local, "add", None))
 
     def drop_subject_at(self, x: float, y: float) -> None:
         """Stop tracking the subject whose mask covers frame pixel ``(x, y)``; any thread."""
@@ -364,12 +368,11 @@ class Pipeline:
             prompt, self._pending_prompt = self._pending_prompt, None
             auto = self._auto
             reset, self._pending_reset = self._pending_reset, False
-            ops, self._subject_ops = self._subject_ops, []
-        self._apply_drops(tracker, [arg for kind, arg in ops if kind == "drop"], frame)
-        adds: list[Prompt] = [arg for kind, arg in ops if kind == "add"]
-        if len(adds) > 1:  # one new subject per frame; the others on the next frames
-            with self._lock:
-                self._subject_ops[:0] = [("add", p) for p in adds[1:]]
+            drops = [arg for kind, arg in self._subject_ops if kind == "drop"]
+            adds: list[Prompt] = [arg for kind, arg in self._subject_ops if kind == "add"]
+            self._subject_ops = [("add", p) for p in adds[1:]]  # one new subject per frame; the rest wait
+        add = adds[0] if adds else None
+        self._apply_drops(tracker, drops, frame)
         if reset:
             with self._lock:
                 self._new_subject_at = frame.index
@@ -378,8 +381,8 @@ class Pipeline:
             if self._face_finder is not None:
                 self._face_finder.reset()  # a new search: earlier sightings must not confirm a face
         start = time.perf_counter()
-        if prompt is None and not tracker.is_prompted and adds:
-            prompt = adds.pop(0)  # the first subject of an empty tracker is a selection
+        if prompt is None and not tracker.is_prompted and add is not None:
+            prompt, add = add, None  # the first subject of an empty tracker is a selection
         if prompt is None and not tracker.is_prompted:
             if not auto:
                 return None
@@ -399,8 +402,11 @@ class Pipeline:
             self.compositor.reset()
             self._visibility.reset()
             self.on_event(f"subject selected on frame {frame.index}")
-        elif adds:
-            result = self._add(tracker, frame, adds[0])
+            if add is not None:  # a re-selection took this frame: the new subject joins on the next one
+                with self._lock:
+                    self._subject_ops.insert(0, ("add", add))
+        elif add is not None:
+            result = self._add(tracker, frame, add)
         else:
             result = tracker.track(frame.image)
         self.stats.track_times.append(time.perf_counter() - start)
@@ -409,8 +415,6 @@ class Pipeline:
 
     def _add(self, tracker: Tracker, frame: Frame, prompt: Prompt) -> Any:
         """Add ``prompt``'s subject on ``frame`` (the frame is tracked for the others too); its union result."""
-        from greenscreen_cam.errors import PromptError
-
         try:
             result = tracker.add(frame.image, prompt)  # type: ignore[attr-defined]
         except PromptError as e:  # too many subjects, or a box off the frame: say so and keep tracking
@@ -530,10 +534,8 @@ class Pipeline:
             self.on_event("automatic re-selection")
         elif key == ord("r") and self.preview is not None:
             self.preview.begin_select()  # the output keeps running while the user drags
-            several = callable(
-                getattr(self._async if self._async is not None else self._local, "add_subject", None)
-            ) or (self._async is None and callable(getattr(self._local, "add", None)))
-            self.on_event(f"drag a box around the {'subject to add' if several else 'subject'} in the preview window")
+            what = "subject to add" if self._can_add_subjects else "subject"
+            self.on_event(f"drag a box around the {what} in the preview window")
         elif key == ord("d") and self.preview is not None:
             cursor = self.preview.cursor
             if cursor is None:
@@ -649,8 +651,7 @@ class Pipeline:
         self.stats.subject = IDLE_LABEL
         self.stats.idle_periods += 1
         self.on_event(f"{IDLE_LABEL}: no app has the virtual camera open, so the camera and the tracker are off")
-        w, h = self.source.width, self.source.height
-        placeholder = placeholder_frame(w, h, self.compositor.settings.rgb)
+        placeholder = placeholder_frame(self.source.width, self.source.height, self.compositor.settings.rgb)
         self._last_out = placeholder
         period = 1.0 / max(self.idle_fps, 0.1)
         began = time.perf_counter()
@@ -681,10 +682,7 @@ class Pipeline:
         if reader.reconnecting:
             self.stats.subject = "reconnecting"
         if self._last_out is None:
-            w, h = self.source.width, self.source.height
-            key = np.empty((h, w, 3), np.uint8)
-            key[:] = self.compositor.settings.rgb
-            self._last_out = key
+            self._last_out = placeholder_frame(self.source.width, self.source.height, self.compositor.settings.rgb)
         self.sink.send(self._last_out)
         self._last_send = time.perf_counter()
         if self.preview is not None:

@@ -265,7 +265,7 @@ class CameraSource:
         self._reconnecting = threading.Event()
         self._cap: Capture | None = None
         self._suspended = threading.Event()
-        self._wake = threading.Event()  # set by resume() and close(): a suspended read goes on
+        self._wake = threading.Event()  # set by resume(), interrupt() and close(): a suspended read goes on
         self.reconnects = 0
         self.opens = 0
         """Times the device was opened (the first open included)."""
@@ -400,9 +400,7 @@ class CameraSource:
         image: np.ndarray | None = self._pending
         self._pending = None
         if image is None and self._suspended.is_set():
-            while not self._wake.wait(0.25):  # until resume() or close()
-                if self._closed.is_set():
-                    return None
+            self._wake.wait()  # until resume(), interrupt() or close()
             if self._closed.is_set():
                 return None
             image = self._reconnect(resuming=True)
@@ -458,6 +456,7 @@ class CameraSource:
     def interrupt(self) -> None:
         """Make a :meth:`read` blocked in another thread return None soon (without releasing yet)."""
         self._closed.set()
+        self._wake.set()
 
     def close(self) -> None:
         """Release the camera; safe from any thread, also while another thread is in :meth:`read`."""

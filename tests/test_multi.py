@@ -246,7 +246,7 @@ def test_preview_r_adds_a_subject_and_d_drops_the_one_under_the_cursor(tiny_mode
     from greenscreen_cam.pipeline import Pipeline
     from greenscreen_cam.sources import ImageFolderSource
 
-    frames = moving_disc_frames(6)
+    frames = moving_disc_frames(8)
     events: list[str] = []
     preview = _Preview()
     tracker = MultiTracker(tiny_model)
@@ -280,6 +280,12 @@ def test_preview_r_adds_a_subject_and_d_drops_the_one_under_the_cursor(tiny_mode
     preview.box = (30, 25, 60, 70)  # r on an empty tracker selects again
     pipe._update_preview(frames[0])
     assert pipe._track(src.read()) is not None and len(tracker.subjects) == 1
+    pipe.reselect(Prompt(box=(30, 25, 60, 70)))  # a re-selection and an added subject before one frame:
+    pipe.add_subject(Prompt(box=(100, 10, 50, 60)))  # the re-selection takes it, the subject joins next
+    pipe._track(src.read())
+    assert len(tracker.subjects) == 1
+    pipe._track(src.read())
+    assert len(tracker.subjects) == 2 and "subject 2 added" in events[-1]
 
 
 # --------------------------------------------------------------------------- several subjects in one serve session

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 
 from greenscreen_cam.bench.common import (
@@ -61,7 +62,7 @@ class _Capture:
         return True
 
     def get(self, prop: int) -> float:
-        return self.fps if prop == 5 else 0.0  # cv2.CAP_PROP_FPS
+        return self.fps if prop == cv2.CAP_PROP_FPS else 0.0
 
     def release(self) -> None:
         self.released = True
