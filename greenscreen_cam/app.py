@@ -8,7 +8,7 @@ and checkpoint file, and every output path (an existing file is refused unless
 ``--overwrite``); then it opens the camera and the outputs, and only then loads
 SAM 2. Every device it opened is released when the ``with`` block ends, and file
 outputs are committed only when the run completed (see
-:class:`~greenscreen_cam.sinks.VideoFileSink`).
+:class:`~greenscreen_cam.media.sinks.VideoFileSink`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ __all__ = ["ModelChoice", "check_start", "load_tracker", "open_pipeline", "resol
 if TYPE_CHECKING:
     from greenscreen_cam.idle import IdleGate
     from greenscreen_cam.link.sessions import ServeLimits
-    from greenscreen_cam.outputs import OutputContext, Policy
+    from greenscreen_cam.media.outputs import OutputContext, Policy
     from greenscreen_cam.pipeline import Pipeline
 
 Notify = Callable[[str], None]
@@ -54,7 +54,7 @@ def load_tracker(choice: ModelChoice, *, profile: bool = False, compile_mode: bo
 
 def run_mode(s: Settings) -> str:
     """``live`` for a camera or ``--realtime`` (the tracker shares the CPU with capture), else ``offline``."""
-    from greenscreen_cam.sources import is_camera
+    from greenscreen_cam.media.sources import is_camera
 
     return "live" if s.realtime or is_camera(s.source) else "offline"
 
@@ -67,18 +67,18 @@ def configure_threads(mode: str) -> None:
 
 
 def file_outputs(s: Settings) -> list[Path]:
-    """The ``--output`` targets that write a file (see :mod:`greenscreen_cam.outputs`).
+    """The ``--output`` targets that write a file (see :mod:`greenscreen_cam.media.outputs`).
 
     Raises:
         SinkError: an ``--output SCHEME://...`` that no registered output handles.
     """
-    from greenscreen_cam import outputs
+    from greenscreen_cam.media import outputs
 
     return [t.path for t in outputs.parse_outputs(s.outputs) if t.path is not None and outputs.writes_file(t)]
 
 
 def sink_policy(mode: str) -> str:
-    """How each output takes frames in a run of ``mode`` (see :mod:`greenscreen_cam.outputs`).
+    """How each output takes frames in a run of ``mode`` (see :mod:`greenscreen_cam.media.outputs`).
 
     ``block`` offline (every frame reaches every output, files included), ``drop`` live (each
     output takes the newest frame on its own thread; what it cannot take is dropped and counted).
@@ -88,7 +88,7 @@ def sink_policy(mode: str) -> str:
 
 def check_start(s: Settings) -> tuple[Prompt | Selection | None, ModelChoice | None]:
     """Every check that needs no device: settings, prompt syntax, model and checkpoint, output paths."""
-    from greenscreen_cam.sinks import check_outputs
+    from greenscreen_cam.media.sinks import check_outputs
 
     s.validate()
     prompt = build_prompt(s.bbox, s.points, s.negative_points)
@@ -125,11 +125,11 @@ def open_pipeline(
     Raises:
         GreencamError: any problem the user can fix, before anything slow happens where possible.
     """
-    from greenscreen_cam import outputs
     from greenscreen_cam.compositor import Compositor, make_background
+    from greenscreen_cam.media import outputs
+    from greenscreen_cam.media.sinks import MatteWriter, MultiSink, PreviewSink
+    from greenscreen_cam.media.sources import open_source
     from greenscreen_cam.pipeline import Pipeline
-    from greenscreen_cam.sinks import MatteWriter, MultiSink, PreviewSink
-    from greenscreen_cam.sources import open_source
 
     say = on_event or (lambda m: None)
     mode = run_mode(s)
@@ -239,7 +239,7 @@ def open_pipeline(
 
 def _threaded(sink: Any, name: str, policy: Policy, *, file: bool, ctx: OutputContext) -> Any:
     """``sink`` on a thread of its own; a file written live keeps about a second of frames (``buffer``)."""
-    from greenscreen_cam import outputs
+    from greenscreen_cam.media import outputs
 
     if file and policy == "drop":
         depth = outputs.buffer_depth(ctx.width, ctx.height, ctx.fps)

@@ -332,7 +332,7 @@ def devices(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List cameras and virtual cameras."""
-    from greenscreen_cam.devices import LINUX_VCAM_PERSIST, list_devices, virtual_camera_help
+    from greenscreen_cam.media.devices import LINUX_VCAM_PERSIST, list_devices, virtual_camera_help
 
     found = list_devices()
     cams = [d for d in found if not d.virtual]

@@ -25,7 +25,7 @@ import numpy as np
 
 from greenscreen_cam.core import Frame, LatestSlot, MaskResult, percentile
 from greenscreen_cam.errors import ConfigError, SourceError
-from greenscreen_cam.sources import IMAGE_SUFFIXES
+from greenscreen_cam.media.sources import IMAGE_SUFFIXES
 from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler
 
 BENCH_MODES: tuple[str, ...] = ("off", "off+flow", "on", "auto")

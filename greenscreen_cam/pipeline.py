@@ -37,15 +37,15 @@ from greenscreen_cam.compositor import Compositor
 from greenscreen_cam.core import Frame, MaskResult, percentile
 from greenscreen_cam.errors import GreencamError, PromptError, TrackerError
 from greenscreen_cam.idle import IDLE_LABEL, IdleGate, placeholder_frame
-from greenscreen_cam.outputs import sink_counts
+from greenscreen_cam.media.outputs import sink_counts
+from greenscreen_cam.media.sinks import Sink
+from greenscreen_cam.media.sources import LatestFrameReader, PrefetchReader, Source
 from greenscreen_cam.prompt import Prompt, Selection
-from greenscreen_cam.sinks import Sink
-from greenscreen_cam.sources import LatestFrameReader, PrefetchReader, Source
 from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler, ThreadedTracker
 from greenscreen_cam.tracking import AsyncTracking, Tracker, is_async
 
 if TYPE_CHECKING:
-    from greenscreen_cam.sinks import PreviewSink
+    from greenscreen_cam.media.sinks import PreviewSink
 
 RemoteTracking = AsyncTracking
 """The former name of :class:`greenscreen_cam.tracking.AsyncTracking` (a tracker that owns its prompt)."""
@@ -79,7 +79,7 @@ class Stats:
     completed: bool = False
     stopped: float | None = None
     sinks: dict[str, dict[str, int]] = field(default_factory=dict)
-    """Per output on a thread of its own: frames ``sent`` and ``dropped`` (see :mod:`greenscreen_cam.outputs`)."""
+    """Per output on a thread of its own: frames ``sent`` and ``dropped`` (see :mod:`greenscreen_cam.media.outputs`)."""
     idle_periods: int = 0
     """Times the run went idle because no app had the virtual camera open."""
     idle_seconds: float = 0.0
@@ -200,7 +200,7 @@ class Pipeline:
         on_event: Called with one-line messages (subject found/lost, re-selection).
         idle: Live only: while this gate says idle (no app has the virtual camera open), release
             the camera (the source must have ``suspend()``/``resume()``, as
-            :class:`~greenscreen_cam.sources.CameraSource` has), run no tracker step and send a
+            :class:`~greenscreen_cam.media.sources.CameraSource` has), run no tracker step and send a
             placeholder frame ``idle_fps`` times a second; resume when it says active again.
         idle_fps: Placeholder frames per second while idle.
     """

@@ -96,7 +96,7 @@ def noise_frames(n: int, width: int = 320, height: int = 240, seed: int = 1):
 
 def test_video_sink_on_a_full_disk_fails_and_leaves_nothing(small_disk):
     from greenscreen_cam.errors import SinkError
-    from greenscreen_cam.sinks import VideoFileSink
+    from greenscreen_cam.media.sinks import VideoFileSink
 
     target = small_disk / "x.mp4"
     sink = VideoFileSink(target, 320, 240, 30.0)
@@ -109,7 +109,7 @@ def test_video_sink_on_a_full_disk_fails_and_leaves_nothing(small_disk):
 
 def test_video_read_back_check(tmp_path):
     """The check done before the rename: a whole file passes, a truncated one and a short one do not."""
-    from greenscreen_cam.sinks import video_problem
+    from greenscreen_cam.media.sinks import video_problem
 
     from .conftest import write_video
 

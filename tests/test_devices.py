@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from greenscreen_cam.cli import app
-from greenscreen_cam.devices import list_v4l2
+from greenscreen_cam.media.devices import list_v4l2
 
 
 def fake_sysfs(root: Path) -> Path:
@@ -50,7 +50,7 @@ def linux_host(monkeypatch, tmp_path):
     """Act as a Linux machine whose sysfs and /dev are temporary folders (empty until a test fills them)."""
     import types
 
-    import greenscreen_cam.devices as d
+    import greenscreen_cam.media.devices as d
 
     sysfs, dev = tmp_path / "sysfs-empty", tmp_path / "dev"
     sysfs.mkdir()
@@ -87,14 +87,14 @@ def test_devices_json(linux_host, monkeypatch, tmp_path):
 
 
 def test_format_probe_of_a_non_camera_is_empty_not_an_error(tmp_path):
-    from greenscreen_cam.devices import _enum_formats
+    from greenscreen_cam.media.devices import _enum_formats
 
     assert _enum_formats("/dev/null") == []  # opens, but answers no V4L2 ioctl
     assert _enum_formats(str(tmp_path / "video9")) == []  # cannot be opened
 
 
 # --------------------------------------------------------------------------- Secure Boot (issue 20)
-from greenscreen_cam import devices as _devices  # noqa: E402
+from greenscreen_cam.media import devices as _devices  # noqa: E402
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from greenscreen_cam.frame_size import EvenSizeSink, even_size
-from greenscreen_cam.sinks import VirtualCameraSink
+from greenscreen_cam.media.frame_size import EvenSizeSink, even_size
+from greenscreen_cam.media.sinks import VirtualCameraSink
 
 
 @pytest.mark.parametrize(

@@ -346,9 +346,9 @@ def _control_socket(model: Any) -> Iterator[tuple[Path, Any]]:
     from greenscreen_cam.compositor import Compositor, make_background
     from greenscreen_cam.config import Settings
     from greenscreen_cam.control import ControlServer, Dispatcher, PipelineControl
+    from greenscreen_cam.media.sources import ImageFolderSource
     from greenscreen_cam.pipeline import Pipeline
     from greenscreen_cam.segmenter import StreamingTracker
-    from greenscreen_cam.sources import ImageFolderSource
     from tests.conftest import write_jpeg_folder
 
     with tempfile.TemporaryDirectory(prefix="gc-fz-") as tmp:  # short: Unix socket paths are ~108 bytes at most

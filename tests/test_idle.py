@@ -110,7 +110,7 @@ def test_placeholder_is_flat_and_sized():
 # --------------------------------------------------------------------------- the live loop, idle for real
 # LoopingWebcam: a stand-in webcam (a capture factory playing frames at 30 fps) that counts its opens.
 def test_camera_source_suspend_releases_the_device_and_resume_opens_it_again():
-    from greenscreen_cam.sources import CameraSource
+    from greenscreen_cam.media.sources import CameraSource
     from tests.conftest import moving_disc_frames
 
     webcam = LoopingWebcam(moving_disc_frames(4))
@@ -140,10 +140,10 @@ def test_camera_source_suspend_releases_the_device_and_resume_opens_it_again():
 def test_live_run_idles_without_a_viewer_and_resumes_with_its_selection(device, tiny_model, vcam_backend):
     """The real loop: no viewer -> no camera open and no tracker step; a viewer -> keyed frames again."""
     from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.media.sinks import VirtualCameraSink
+    from greenscreen_cam.media.sources import CameraSource
     from greenscreen_cam.pipeline import Pipeline
     from greenscreen_cam.segmenter import Prompt, StreamingTracker
-    from greenscreen_cam.sinks import VirtualCameraSink
-    from greenscreen_cam.sources import CameraSource
     from tests.conftest import moving_disc_frames
 
     webcam = LoopingWebcam(moving_disc_frames(30))
@@ -215,7 +215,7 @@ def test_open_idle_says_when_it_stays_off(monkeypatch, device):
 
     from greenscreen_cam.app import _open_idle
     from greenscreen_cam.config import Settings
-    from greenscreen_cam.sources import CameraSource
+    from greenscreen_cam.media.sources import CameraSource
     from tests.conftest import moving_disc_frames
 
     src = CameraSource(0, capture_factory=LoopingWebcam(moving_disc_frames(2)))

@@ -33,8 +33,8 @@ from greenscreen_cam.link.protocol import (
     RemoteMask,
 )
 from greenscreen_cam.link.server import ServeLimits
+from greenscreen_cam.media.sources import VideoFileSource
 from greenscreen_cam.prompt import Prompt
-from greenscreen_cam.sources import VideoFileSource
 from tests.conftest import REPO, moving_disc_frames, write_video
 
 pytestmark = [

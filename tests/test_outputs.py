@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from greenscreen_cam import outputs
 from greenscreen_cam.cli import app
 from greenscreen_cam.compositor import Compositor, CompositorSettings
 from greenscreen_cam.errors import SinkError
-from greenscreen_cam.outputs import OutputKind, ThreadedSink, buffer_depth
+from greenscreen_cam.media import outputs
+from greenscreen_cam.media.outputs import OutputKind, ThreadedSink, buffer_depth
+from greenscreen_cam.media.sinks import MultiSink
+from greenscreen_cam.media.sources import ImageFolderSource
 from greenscreen_cam.pipeline import Pipeline
 from greenscreen_cam.prompt import Prompt
-from greenscreen_cam.sinks import MultiSink
-from greenscreen_cam.sources import ImageFolderSource
 
 from .conftest import moving_disc_frames, write_jpeg_folder, write_video
 from .test_tracking import BoxTracker

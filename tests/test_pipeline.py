@@ -14,10 +14,10 @@ import torch
 from greenscreen_cam import KEY_COLOR
 from greenscreen_cam.compositor import Compositor, CompositorSettings
 from greenscreen_cam.core import Frame
+from greenscreen_cam.media.sinks import MatteWriter, MultiSink, VirtualCameraSink
+from greenscreen_cam.media.sources import ImageFolderSource
 from greenscreen_cam.pipeline import Pipeline
 from greenscreen_cam.segmenter import Prompt, StreamingTracker
-from greenscreen_cam.sinks import MatteWriter, MultiSink, VirtualCameraSink
-from greenscreen_cam.sources import ImageFolderSource
 
 from .conftest import moving_disc_frames, write_jpeg_folder
 
@@ -40,7 +40,7 @@ class _FakeCamera:
     """A live 160x120 source delivering ``frames`` at 30 fps, as a camera does.
 
     Before frame ``gap_at`` it is unplugged for ``gap_s`` s (``reconnecting`` is True meanwhile,
-    as :class:`~greenscreen_cam.sources.CameraSource` reports while reopening the device). After
+    as :class:`~greenscreen_cam.media.sources.CameraSource` reports while reopening the device). After
     the last frame it ends (None), or raises ``lost``.
     """
 

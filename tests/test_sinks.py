@@ -13,7 +13,7 @@ import pytest
 
 from greenscreen_cam import KEY_COLOR
 from greenscreen_cam.errors import SinkError, VirtualCameraError
-from greenscreen_cam.sinks import (
+from greenscreen_cam.media.sinks import (
     LINUX_VCAM_FIX,
     MatteWriter,
     MultiSink,
@@ -57,7 +57,7 @@ class _FakeClock:
 
 
 def test_virtual_camera_paces_to_fps(vcam_backend, monkeypatch):
-    import greenscreen_cam.sinks as sinks_module
+    import greenscreen_cam.media.sinks as sinks_module
 
     clock = _FakeClock()
     monkeypatch.setattr(sinks_module, "time", clock)
@@ -101,8 +101,8 @@ def test_no_virtual_camera_prints_the_exact_fix(monkeypatch):
 
     import pyvirtualcam
 
-    import greenscreen_cam.devices as d
-    import greenscreen_cam.sinks as s
+    import greenscreen_cam.media.devices as d
+    import greenscreen_cam.media.sinks as s
 
     monkeypatch.setattr(d, "sys", types.SimpleNamespace(platform="linux"))
     monkeypatch.setattr(s, "sys", types.SimpleNamespace(platform="linux"))
@@ -122,7 +122,7 @@ def test_the_real_backend_without_v4l2loopback():
     """pyvirtualcam's own backend on a Linux machine that has no loopback device (skipped elsewhere)."""
     import sys
 
-    from greenscreen_cam.devices import list_v4l2
+    from greenscreen_cam.media.devices import list_v4l2
 
     if not sys.platform.startswith("linux") or any(d.virtual for d in list_v4l2(probe_formats=False)):
         pytest.skip("needs Linux without a v4l2loopback device")
@@ -194,7 +194,7 @@ def test_matte_writer_numbers_from_zero(tmp_path):
 def test_preview_without_display(monkeypatch):
     import types
 
-    import greenscreen_cam.sinks as s
+    import greenscreen_cam.media.sinks as s
 
     monkeypatch.setattr(s, "sys", types.SimpleNamespace(platform="linux"))  # macOS and Windows always have one
     monkeypatch.delenv("DISPLAY", raising=False)
@@ -235,7 +235,7 @@ def _hidden_leftovers(folder: Path) -> list[str]:
 
 def test_existing_output_is_refused_and_left_unchanged(tmp_path):
     from greenscreen_cam.errors import OutputExistsError
-    from greenscreen_cam.sinks import check_outputs
+    from greenscreen_cam.media.sinks import check_outputs
 
     out = tmp_path / "talk.mp4"
     out.write_bytes(b"an earlier recording" * 100)
@@ -251,7 +251,7 @@ def test_existing_output_is_refused_and_left_unchanged(tmp_path):
 
 def test_output_equal_to_source_is_refused_even_with_overwrite(tmp_path, clip):
     from greenscreen_cam.errors import OutputExistsError
-    from greenscreen_cam.sinks import check_outputs
+    from greenscreen_cam.media.sinks import check_outputs
 
     source, _ = clip
     before = source.read_bytes()
@@ -267,7 +267,7 @@ def test_output_equal_to_source_is_refused_even_with_overwrite(tmp_path, clip):
 
 def test_matte_folder_checks(tmp_path):
     from greenscreen_cam.errors import OutputExistsError
-    from greenscreen_cam.sinks import check_outputs
+    from greenscreen_cam.media.sinks import check_outputs
 
     mattes = tmp_path / "m"
     check_outputs([], mattes, overwrite=False, sources=[])  # new folder: fine
@@ -292,7 +292,7 @@ def test_matte_folder_checks(tmp_path):
     [("nofolder/out.mp4", "does not exist"), ("out.gif", "unsupported extension"), ("dir.mp4", "is a folder")],
 )
 def test_check_outputs_bad_paths(tmp_path, name, message):
-    from greenscreen_cam.sinks import check_outputs
+    from greenscreen_cam.media.sinks import check_outputs
 
     (tmp_path / "dir.mp4").mkdir()
     with pytest.raises(SinkError, match=message):
@@ -301,7 +301,7 @@ def test_check_outputs_bad_paths(tmp_path, name, message):
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
 def test_check_outputs_unwritable_folder(tmp_path):
-    from greenscreen_cam.sinks import check_outputs
+    from greenscreen_cam.media.sinks import check_outputs
 
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
@@ -391,7 +391,7 @@ def test_matte_overwrite_is_atomic_and_abort_keeps_old_mattes(tmp_path):
 
 
 def test_preview_scale_caps_the_width():
-    from greenscreen_cam.sinks import preview_scale
+    from greenscreen_cam.media.sinks import preview_scale
 
     assert preview_scale(1280, 720) == 1.0 and preview_scale(160, 120) == 1.0
     assert preview_scale(1920, 1080) == pytest.approx(2 / 3)
@@ -399,7 +399,7 @@ def test_preview_scale_caps_the_width():
 
 
 def test_box_selection_drag_in_display_pixels_gives_frame_pixels():
-    from greenscreen_cam.sinks import BoxSelection
+    from greenscreen_cam.media.sinks import BoxSelection
 
     sel = BoxSelection((1920, 1080), scale=0.5)
     sel.on_mouse(cv2.EVENT_MOUSEMOVE, 10, 10, 0)  # moving without a button does nothing
@@ -415,7 +415,7 @@ def test_box_selection_drag_in_display_pixels_gives_frame_pixels():
 
 
 def test_box_selection_clicks_cancels_and_edges():
-    from greenscreen_cam.sinks import BoxSelection
+    from greenscreen_cam.media.sinks import BoxSelection
 
     sel = BoxSelection((160, 120))
     sel.on_mouse(cv2.EVENT_LBUTTONDOWN, 50, 50, cv2.EVENT_FLAG_LBUTTON)
@@ -432,7 +432,7 @@ def test_box_selection_clicks_cancels_and_edges():
 
 
 def test_render_preview_scales_draws_text_and_band_in_bgr():
-    from greenscreen_cam.sinks import render_preview
+    from greenscreen_cam.media.sinks import render_preview
 
     frame = np.zeros((1080, 1920, 3), np.uint8)
     frame[:] = (200, 30, 20)  # red, RGB
@@ -447,7 +447,7 @@ def test_render_preview_scales_draws_text_and_band_in_bgr():
 
 
 def test_render_preview_wraps_long_lines():
-    from greenscreen_cam.sinks import render_preview
+    from greenscreen_cam.media.sinks import render_preview
 
     frame = np.zeros((120, 160, 3), np.uint8)
     one = render_preview(frame, 1.0, ["r re-select"])
@@ -501,7 +501,7 @@ def _in_window_process(display: str, code: str) -> dict:
     import textwrap
 
     script = (
-        "import json, threading, time\nimport cv2, numpy as np\nfrom greenscreen_cam.sinks import PreviewSink\n"
+        "import json, threading, time\nimport cv2, numpy as np\nfrom greenscreen_cam.media.sinks import PreviewSink\n"
         + textwrap.dedent(code)
         + "\nprint('RESULT=' + json.dumps(result))\n"
     )

@@ -12,7 +12,7 @@ import pytest
 
 from greenscreen_cam.core import Frame
 from greenscreen_cam.errors import SourceError
-from greenscreen_cam.sources import (
+from greenscreen_cam.media.sources import (
     CameraSource,
     ImageFolderSource,
     LatestFrameReader,
@@ -87,7 +87,7 @@ def cameras_here(monkeypatch, tmp_path):
     import os
     import types
 
-    import greenscreen_cam.devices as d
+    import greenscreen_cam.media.devices as d
 
     sysfs = tmp_path / "sysfs"
     for name, label, driver in [("video0", "USB Camera", "uvcvideo"), ("video10", "greencam", "v4l2loopback")]:
@@ -114,7 +114,7 @@ def test_missing_camera_lists_what_exists(cameras_here):
 def test_no_camera_at_all_says_so(monkeypatch, tmp_path):
     import types
 
-    import greenscreen_cam.devices as d
+    import greenscreen_cam.media.devices as d
 
     monkeypatch.setattr(d, "SYSFS_V4L", tmp_path / "nothing")
     monkeypatch.setattr(d, "sys", types.SimpleNamespace(platform="linux"))
@@ -149,7 +149,7 @@ class _FakeClock:
 
 
 def test_realtime_file_is_paced_and_drops_when_consumer_is_slow(tmp_path, monkeypatch):
-    import greenscreen_cam.sources as sources_module
+    import greenscreen_cam.media.sources as sources_module
 
     frames = moving_disc_frames(30)
     path = write_video(tmp_path / "c.mp4", frames, fps=50.0)
@@ -175,7 +175,7 @@ def test_realtime_file_is_paced_and_drops_when_consumer_is_slow(tmp_path, monkey
 
 
 def test_realtime_folder_is_paced(tmp_path, monkeypatch):
-    import greenscreen_cam.sources as sources_module
+    import greenscreen_cam.media.sources as sources_module
 
     folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(10))
     src = ImageFolderSource(folder, fps=25.0, realtime=True)
@@ -263,7 +263,7 @@ def test_shared_real_videos_decode(name):
 
 
 def test_prefetch_reader_keeps_every_frame_in_order_and_hands_back_read_ahead(tmp_path):
-    from greenscreen_cam.sources import PrefetchReader
+    from greenscreen_cam.media.sources import PrefetchReader
 
     folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(9))
     src = ImageFolderSource(folder)
@@ -282,7 +282,7 @@ def test_prefetch_reader_keeps_every_frame_in_order_and_hands_back_read_ahead(tm
 
 
 def test_prefetch_reader_reraises_source_errors():
-    from greenscreen_cam.sources import PrefetchReader
+    from greenscreen_cam.media.sources import PrefetchReader
 
     class Broken(_FastSource):
         def read(self):

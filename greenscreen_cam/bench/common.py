@@ -59,7 +59,7 @@ def synthetic_frames(
 
 def load_frames(source: str, n: int) -> list[np.ndarray]:
     """The first ``n`` frames (RGB) of a video file or image folder; at least 2."""
-    from greenscreen_cam.sources import ImageFolderSource, VideoFileSource
+    from greenscreen_cam.media.sources import ImageFolderSource, VideoFileSource
 
     path = Path(source)
     src = ImageFolderSource(path) if path.is_dir() else VideoFileSource(path)

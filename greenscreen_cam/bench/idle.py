@@ -1,7 +1,7 @@
 """A camera left on all day: CPU with and without a viewer, resume latency, and the cost per extra subject.
 
 :func:`bench_idle` runs the real live loop (:class:`~greenscreen_cam.pipeline.Pipeline` with a
-:class:`~greenscreen_cam.sources.CameraSource`, the tracker, the compositor and the idle gate)
+:class:`~greenscreen_cam.media.sources.CameraSource`, the tracker, the compositor and the idle gate)
 over a stand-in webcam (:class:`LoopingWebcam`, a capture that plays generated frames at 30 fps)
 and a stand-in device file watched the way a v4l2loopback device is; a second process opens and
 closes that file as a call app would. :func:`bench_subjects` times :class:`~greenscreen_cam.multi.MultiTracker`
@@ -69,7 +69,7 @@ class _Capture:
 
 
 class LoopingWebcam:
-    """A ``capture_factory`` for :class:`~greenscreen_cam.sources.CameraSource` that plays ``frames`` (RGB) in a loop.
+    """A ``capture_factory`` for :class:`~greenscreen_cam.media.sources.CameraSource` that plays ``frames`` (RGB) in a loop.
 
     It keeps every capture it opened (:attr:`opened`), so a caller can count opens and see
     whether the device is held (:attr:`light_on`).
@@ -153,9 +153,9 @@ def bench_idle(
     """
     from greenscreen_cam.compositor import Compositor, CompositorSettings
     from greenscreen_cam.idle import IDLE_LABEL, IdleGate, ViewerWatch
+    from greenscreen_cam.media.sources import CameraSource
     from greenscreen_cam.pipeline import Pipeline
     from greenscreen_cam.prompt import Prompt, default_box
-    from greenscreen_cam.sources import CameraSource
 
     width, height = size
     with tempfile.TemporaryDirectory(prefix="greencam-bench-idle-") as tmp:

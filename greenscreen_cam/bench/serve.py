@@ -91,8 +91,8 @@ def bench_link(
         down) and their means, and the server's CPU use (% of one core), RSS and peak RSS (MiB).
     """
     from greenscreen_cam.link.client import RemoteTracker
+    from greenscreen_cam.media.sources import VideoFileSource
     from greenscreen_cam.prompt import Prompt
-    from greenscreen_cam.sources import VideoFileSource
 
     say = on_event or (lambda line: None)
     opts = ServeSettings(

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from greenscreen_cam.devices import LINUX_VCAM_FIX, LINUX_VCAM_PERSIST, virtual_camera_fix  # noqa: F401 (re-exported)
 from greenscreen_cam.errors import OutputExistsError, SinkError, VirtualCameraError
+from greenscreen_cam.media.devices import LINUX_VCAM_FIX, LINUX_VCAM_PERSIST, virtual_camera_fix  # noqa: F401 (re-exported)
 
 
 class Sink(Protocol):

@@ -474,7 +474,7 @@ class CameraSource:
 
 
 def _available_cameras_hint() -> str:
-    from greenscreen_cam.devices import list_devices
+    from greenscreen_cam.media.devices import list_devices
 
     cams = [d for d in list_devices() if not d.virtual]
     if not cams:

@@ -41,7 +41,7 @@ import numpy as np
 
 from greenscreen_cam.core import LatestSlot
 from greenscreen_cam.errors import SinkError
-from greenscreen_cam.sinks import Sink, _Closing, abort_sink
+from greenscreen_cam.media.sinks import Sink, _Closing, abort_sink
 
 Policy = Literal["drop", "buffer", "block"]
 
@@ -98,7 +98,7 @@ class OutputKind:
         help: What it is, for error messages (``"virtual (the virtual camera)"``).
         keyword: The exact ``--output`` word it claims, if any.
         schemes: The URL schemes it claims (``"rtmp"`` claims ``rtmp://...``).
-        writes_file: Its target is a file path: checked by :func:`greenscreen_cam.sinks.check_outputs`
+        writes_file: Its target is a file path: checked by :func:`greenscreen_cam.media.sinks.check_outputs`
             before anything opens, and kept only when the run completed.
     """
 
@@ -111,8 +111,8 @@ class OutputKind:
 
 
 def _open_virtual(target: OutputTarget, ctx: OutputContext) -> Sink:
-    from greenscreen_cam.frame_size import EvenSizeSink, even_size
-    from greenscreen_cam.sinks import VirtualCameraSink
+    from greenscreen_cam.media.frame_size import EvenSizeSink, even_size
+    from greenscreen_cam.media.sinks import VirtualCameraSink
 
     vw, vh, rounded = even_size(ctx.width, ctx.height)  # 4:2:0 needs even sizes (Chrome refuses odd ones)
     if rounded:
@@ -123,7 +123,7 @@ def _open_virtual(target: OutputTarget, ctx: OutputContext) -> Sink:
 
 
 def _open_file(target: OutputTarget, ctx: OutputContext) -> Sink:
-    from greenscreen_cam.sinks import VideoFileSink
+    from greenscreen_cam.media.sinks import VideoFileSink
 
     assert target.path is not None
     return VideoFileSink(target.path, ctx.width, ctx.height, ctx.fps, overwrite=ctx.overwrite)
