@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from greenscreen_cam.config import ServeSettings, Settings
 from greenscreen_cam.errors import ConfigError
-from greenscreen_cam.prompt import Prompt, Selection, build_prompt
-from greenscreen_cam.tracking import AsyncTracking, LoadOptions, ModelChoice, Tracker, load_model, resolve_model
+from greenscreen_cam.track.prompt import Prompt, Selection, build_prompt
+from greenscreen_cam.track.tracking import AsyncTracking, LoadOptions, ModelChoice, Tracker, load_model, resolve_model
 
 __all__ = ["ModelChoice", "check_start", "load_tracker", "open_pipeline", "resolve_model", "run_serve"]
 
@@ -46,7 +46,7 @@ def load_tracker(choice: ModelChoice, *, profile: bool = False, compile_mode: bo
             ``"reduce-overhead"`` (CUDA graphs).
 
     Raises:
-        GreencamError: as :func:`greenscreen_cam.tracking.load_model`.
+        GreencamError: as :func:`greenscreen_cam.track.tracking.load_model`.
     """
     loaded = load_model(choice, options=LoadOptions(compile_mode=compile_mode))
     return loaded.new_tracker(profile=profile)
@@ -196,7 +196,7 @@ def open_pipeline(
             say(f"loading {choice.describe()} ...")
             tracker = load_tracker(choice)
             if isinstance(prompt, Selection) or s.preview:  # the preview's r adds subjects
-                from greenscreen_cam.multi import MultiTracker
+                from greenscreen_cam.track.multi import MultiTracker
 
                 tracker = MultiTracker(getattr(tracker, "model"), autocast=getattr(tracker, "autocast", None))  # noqa: B009
             if isinstance(prompt, Selection):

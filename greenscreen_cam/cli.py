@@ -364,7 +364,7 @@ def devices(
 @app.command(epilog="Examples:\n\n  greencam models\n\n  GREENCAM_CHECKPOINTS=/data/sam2 greencam models")
 def models() -> None:
     """List the SAM 2 models greencam knows, which are downloaded, and the folder it looks in."""
-    from greenscreen_cam import models as m
+    from greenscreen_cam.track import models as m
 
     folder = m.default_checkpoint_dir()
     table = Table(title=f"SAM 2 models (in {folder})")
@@ -399,7 +399,7 @@ def download(
     """Download a SAM 2 checkpoint (verified by size and SHA-256) into the checkpoint folder."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-    from greenscreen_cam import models as m
+    from greenscreen_cam.track import models as m
 
     with user_errors():
         spec = m.get_spec(model)

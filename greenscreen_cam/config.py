@@ -197,7 +197,7 @@ def _resolution(v: Any) -> str | None:
 def check_resolution(value: int) -> int:
     """``value`` when it is in :data:`RESOLUTIONS`; else the ConfigError ``--resolution`` gives.
 
-    The one check behind the setting, :func:`greenscreen_cam.models.choose` and the model builder.
+    The one check behind the setting, :func:`greenscreen_cam.track.models.choose` and the model builder.
 
     Example:
         >>> check_resolution(512)

@@ -40,15 +40,15 @@ from greenscreen_cam.idle import IDLE_LABEL, IdleGate, placeholder_frame
 from greenscreen_cam.media.outputs import sink_counts
 from greenscreen_cam.media.sinks import Sink
 from greenscreen_cam.media.sources import LatestFrameReader, PrefetchReader, Source
-from greenscreen_cam.prompt import Prompt, Selection
 from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler, ThreadedTracker
-from greenscreen_cam.tracking import AsyncTracking, Tracker, is_async
+from greenscreen_cam.track.prompt import Prompt, Selection
+from greenscreen_cam.track.tracking import AsyncTracking, Tracker, is_async
 
 if TYPE_CHECKING:
     from greenscreen_cam.media.sinks import PreviewSink
 
 RemoteTracking = AsyncTracking
-"""The former name of :class:`greenscreen_cam.tracking.AsyncTracking` (a tracker that owns its prompt)."""
+"""The former name of :class:`greenscreen_cam.track.tracking.AsyncTracking` (a tracker that owns its prompt)."""
 
 
 HOTKEYS = (
@@ -179,9 +179,9 @@ class Pipeline:
 
     Args:
         source: Where frames come from.
-        tracker: The one tracker: a local :class:`~greenscreen_cam.tracking.Tracker` (the pipeline
+        tracker: The one tracker: a local :class:`~greenscreen_cam.track.tracking.Tracker` (the pipeline
             prompts it, runs it inline offline and on a thread of its own live), or an
-            :class:`~greenscreen_cam.tracking.AsyncTracking` that works on its own time and takes
+            :class:`~greenscreen_cam.track.tracking.AsyncTracking` that works on its own time and takes
             prompts through ``reselect`` (``greencam start --server``'s remote tracker).
         compositor: Mask -> keyed frame.
         sink: Where keyed frames go (usually a MultiSink).
@@ -316,7 +316,7 @@ class Pipeline:
     def add_subject(self, prompt: Prompt) -> None:
         """Track one more subject from the next tracked frame on (the first one is a selection); any thread.
 
-        Needs a tracker of several subjects (:class:`~greenscreen_cam.multi.MultiTracker`); any
+        Needs a tracker of several subjects (:class:`~greenscreen_cam.track.multi.MultiTracker`); any
         other tracker re-selects instead.
         """
         if not self._can_add_subjects:
@@ -434,7 +434,7 @@ class Pipeline:
 
     def _find_subject(self, frame: Frame) -> tuple[int, int, int, int] | None:
         if self._face_finder is None:
-            from greenscreen_cam.autoselect import FaceFinder
+            from greenscreen_cam.track.autoselect import FaceFinder
 
             self._face_finder = FaceFinder()
         return self._face_finder.subject_box(frame.image)

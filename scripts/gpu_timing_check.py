@@ -26,9 +26,10 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from greenscreen_cam import bench, models
-    from greenscreen_cam.prompt import Prompt, default_box
-    from greenscreen_cam.segmenter import StreamingTracker
+    from greenscreen_cam import bench
+    from greenscreen_cam.track import models
+    from greenscreen_cam.track.prompt import Prompt, default_box
+    from greenscreen_cam.track.segmenter import StreamingTracker
 
     ap = argparse.ArgumentParser()
     ap.add_argument("clip")

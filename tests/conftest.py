@@ -87,7 +87,7 @@ def write_jpeg_folder(folder: Path, frames: list[np.ndarray]) -> Path:
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoints/ folder holding a seeded random ``tiny`` checkpoint under its official file name."""
-    from greenscreen_cam import models
+    from greenscreen_cam.track import models
 
     folder = tmp_path_factory.mktemp("checkpoints")
     models.save_random_checkpoint(models.get_spec("tiny"), folder / models.get_spec("tiny").filename, seed=0)
@@ -96,7 +96,7 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(checkpoint_dir: Path) -> Path:
-    from greenscreen_cam import models
+    from greenscreen_cam.track import models
 
     return checkpoint_dir / models.get_spec("tiny").filename
 
@@ -104,7 +104,7 @@ def tiny_checkpoint(checkpoint_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_checkpoint: Path):
     """SAM 2.1 tiny at 256 px with seeded random weights, loaded through the real loader."""
-    from greenscreen_cam import models
+    from greenscreen_cam.track import models
 
     return models.load_model(models.get_spec("tiny"), tiny_checkpoint, device="cpu", resolution=256)
 
@@ -118,7 +118,7 @@ def short_bank_model(tiny_model):
     """
     import copy
 
-    from greenscreen_cam.steady import bank_full_at
+    from greenscreen_cam.track.steady import bank_full_at
 
     model = copy.copy(tiny_model)  # shares every module and weight
     model.num_maskmem = 3

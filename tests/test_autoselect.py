@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from greenscreen_cam.autoselect import (
+from greenscreen_cam.track.autoselect import (
     FaceFinder,
     FaceRules,
     detection_scale,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from greenscreen_cam.batched import BUCKETS, SessionBatch, bucket_for
-from greenscreen_cam.segmenter import Prompt, StreamingTracker
-from greenscreen_cam.steady import bank_full_at
+from greenscreen_cam.track.batched import BUCKETS, SessionBatch, bucket_for
+from greenscreen_cam.track.segmenter import Prompt, StreamingTracker
+from greenscreen_cam.track.steady import bank_full_at
 
 from .conftest import moving_disc_frames
 
@@ -109,7 +109,7 @@ def test_a_reset_tracker_leaves_the_batch(short_bank_model) -> None:
 
 def test_batched_step_has_no_host_sync(short_bank_model) -> None:
     """The stacked step reads no tensor value on the host (so it can be captured per bucket)."""
-    from greenscreen_cam.opcount import OpCounter
+    from greenscreen_cam.track.opcount import OpCounter
 
     model = short_bank_model
     frame = moving_disc_frames(1, seed=5)[0]
@@ -128,7 +128,7 @@ def test_batched_step_has_no_host_sync(short_bank_model) -> None:
     step_items = items(n - 1)
     bucket = batch._current
     assert bucket is not None
-    from greenscreen_cam.batched import batched_step
+    from greenscreen_cam.track.batched import batched_step
 
     feats = [torch.cat([e.feats[j] for _, _, e, _, _ in step_items], dim=1) for j in range(3)]
     pos = [torch.cat([e.pos[j] for _, _, e, _, _ in step_items], dim=1) for j in range(3)]

@@ -12,8 +12,8 @@ import pytest
 
 from greenscreen_cam import bench
 from greenscreen_cam.config import ModelSettings
-from greenscreen_cam.segmenter import STAGES
 from greenscreen_cam.threads import configure_threads
+from greenscreen_cam.track.segmenter import STAGES
 
 from .conftest import REPO
 

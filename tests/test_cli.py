@@ -127,7 +127,7 @@ def test_matte_matches_official_predictor(env, tmp_path, tiny_checkpoint):
     """
     from sam2.build_sam import build_sam2_video_predictor
 
-    from greenscreen_cam import models
+    from greenscreen_cam.track import models
 
     n = 120
     folder = write_jpeg_folder(tmp_path / "frames", moving_disc_frames(n))

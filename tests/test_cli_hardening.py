@@ -233,7 +233,7 @@ def test_max_frames_is_exact_on_a_live_source(checkpoint_dir, tmp_path, monkeypa
 
 def test_empty_bbox_is_a_malformed_bbox(no_env):
     from greenscreen_cam.errors import PromptError
-    from greenscreen_cam.prompt import build_prompt
+    from greenscreen_cam.track.prompt import build_prompt
 
     with pytest.raises(PromptError, match=r"malformed --bbox '': expected x,y,w,h"):
         build_prompt("")

@@ -38,7 +38,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from greenscreen_cam.errors import GreencamError, PromptError  # noqa: E402
 from greenscreen_cam.link.sdp import check_offer  # noqa: E402
-from greenscreen_cam.prompt import build_prompt  # noqa: E402
+from greenscreen_cam.track.prompt import build_prompt  # noqa: E402
 from tests.test_link_whip import TOKEN, Serve, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slow  # about 20 s of cases plus the model (make test still runs it)
@@ -348,7 +348,7 @@ def _control_socket(model: Any) -> Iterator[tuple[Path, Any]]:
     from greenscreen_cam.control import ControlServer, Dispatcher, PipelineControl
     from greenscreen_cam.media.sources import ImageFolderSource
     from greenscreen_cam.pipeline import Pipeline
-    from greenscreen_cam.segmenter import StreamingTracker
+    from greenscreen_cam.track.segmenter import StreamingTracker
     from tests.conftest import write_jpeg_folder
 
     with tempfile.TemporaryDirectory(prefix="gc-fz-") as tmp:  # short: Unix socket paths are ~108 bytes at most

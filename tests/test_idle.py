@@ -143,7 +143,7 @@ def test_live_run_idles_without_a_viewer_and_resumes_with_its_selection(device, 
     from greenscreen_cam.media.sinks import VirtualCameraSink
     from greenscreen_cam.media.sources import CameraSource
     from greenscreen_cam.pipeline import Pipeline
-    from greenscreen_cam.segmenter import Prompt, StreamingTracker
+    from greenscreen_cam.track.segmenter import Prompt, StreamingTracker
     from tests.conftest import moving_disc_frames
 
     webcam = LoopingWebcam(moving_disc_frames(30))

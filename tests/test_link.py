@@ -34,7 +34,7 @@ from greenscreen_cam.link.protocol import (
 )
 from greenscreen_cam.link.server import ServeLimits
 from greenscreen_cam.media.sources import VideoFileSource
-from greenscreen_cam.prompt import Prompt
+from greenscreen_cam.track.prompt import Prompt
 from tests.conftest import REPO, moving_disc_frames, write_video
 
 pytestmark = [
@@ -143,7 +143,7 @@ def upsampled(logits: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def test_offline_clip_every_frame_gets_its_own_mask_like_local(server: ServerThread, tiny_model, tmp_path) -> None:
-    from greenscreen_cam.segmenter import StreamingTracker
+    from greenscreen_cam.track.segmenter import StreamingTracker
 
     frames = decoded_clip(tmp_path, 8)
     masks, stats = remote_masks(server.url, frames, DISC_BOX)
@@ -172,8 +172,8 @@ def test_a_remote_selection_of_two_subjects_keys_their_union_like_a_local_multit
     server: ServerThread, tiny_model, tmp_path
 ) -> None:
     """``start --server --bbox A --bbox B``: the server tracks both and keys their union, like a local run."""
-    from greenscreen_cam.multi import MultiTracker
-    from greenscreen_cam.prompt import Selection
+    from greenscreen_cam.track.multi import MultiTracker
+    from greenscreen_cam.track.prompt import Selection
 
     frames = decoded_clip(tmp_path, 6)
     second = Prompt(box=(100.0, 10.0, 50.0, 60.0))
@@ -198,7 +198,7 @@ def test_a_remote_selection_of_two_subjects_keys_their_union_like_a_local_multit
 
 def test_clients_at_once_each_get_their_own_masks(server: ServerThread, tiny_model, tmp_path) -> None:
     """Two cameras with different scenes and prompts, and one that never prompts, on one batched model."""
-    from greenscreen_cam.segmenter import StreamingTracker
+    from greenscreen_cam.track.segmenter import StreamingTracker
 
     clips = {"a": decoded_clip(tmp_path, 5)}
     (tmp_path / "b").mkdir()
@@ -455,7 +455,7 @@ import aioice.ice
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 from tests.conftest import moving_disc_frames
 from greenscreen_cam.link.client import RemoteTracker
-from greenscreen_cam.prompt import Prompt
+from greenscreen_cam.track.prompt import Prompt
 from greenscreen_cam.core import Frame
 frames = moving_disc_frames(10)
 t = RemoteTracker({url!r}, {token!r}, width=160, height=120)

@@ -15,9 +15,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from greenscreen_cam import models
 from greenscreen_cam.cli import app
 from greenscreen_cam.errors import CheckpointError, ConfigError, DownloadError
+from greenscreen_cam.track import models
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from greenscreen_cam import models
 from greenscreen_cam.errors import PromptError
-from greenscreen_cam.multi import MultiTracker
-from greenscreen_cam.prompt import Prompt
-from greenscreen_cam.segmenter import StreamingTracker
+from greenscreen_cam.track import models
+from greenscreen_cam.track.multi import MultiTracker
+from greenscreen_cam.track.prompt import Prompt
+from greenscreen_cam.track.segmenter import StreamingTracker
 
 from .conftest import moving_disc_frames, write_jpeg_folder
 
@@ -136,7 +136,7 @@ def test_rejects_too_many_and_empty_selections(tiny_model):
 
 
 # --------------------------------------------------------------------------- the CLI's repeatable flags
-from greenscreen_cam.prompt import Selection, build_prompt  # noqa: E402
+from greenscreen_cam.track.prompt import Selection, build_prompt  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -349,7 +349,7 @@ def test_a_serve_session_with_an_added_subject_keys_the_union_of_two_trackers(sh
     rounding (one level of 255). A plain prompt then drops the added subject.
     """
     from greenscreen_cam.link.protocol import STATE_LOST, STATE_TRACKING, probability_u8
-    from greenscreen_cam.steady import bank_full_at
+    from greenscreen_cam.track.steady import bank_full_at
 
     model = short_bank_model
     frames = moving_disc_frames(UNIQUE, seed=3)
@@ -404,7 +404,7 @@ def test_a_serve_session_with_an_added_subject_keys_the_union_of_two_trackers(sh
 
 def test_a_serve_session_refuses_a_subject_beyond_the_most_and_keeps_tracking(tiny_model):
     from greenscreen_cam.link.protocol import STATE_WAITING
-    from greenscreen_cam.multi import MAX_SUBJECTS
+    from greenscreen_cam.track.multi import MAX_SUBJECTS
 
     frames = moving_disc_frames(2, seed=5)
     boxes = [Prompt(box=(5.0 + 15 * k, 10.0, 30.0, 40.0)) for k in range(MAX_SUBJECTS + 1)]

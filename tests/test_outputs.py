@@ -18,7 +18,7 @@ from greenscreen_cam.media.outputs import OutputKind, ThreadedSink, buffer_depth
 from greenscreen_cam.media.sinks import MultiSink
 from greenscreen_cam.media.sources import ImageFolderSource
 from greenscreen_cam.pipeline import Pipeline
-from greenscreen_cam.prompt import Prompt
+from greenscreen_cam.track.prompt import Prompt
 
 from .conftest import moving_disc_frames, write_jpeg_folder, write_video
 from .test_tracking import BoxTracker

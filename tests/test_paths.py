@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from greenscreen_cam import models, paths
+from greenscreen_cam import paths
 from greenscreen_cam.errors import CheckpointError
+from greenscreen_cam.track import models
 
 from .conftest import REPO
 

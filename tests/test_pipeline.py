@@ -17,7 +17,7 @@ from greenscreen_cam.core import Frame
 from greenscreen_cam.media.sinks import MatteWriter, MultiSink, VirtualCameraSink
 from greenscreen_cam.media.sources import ImageFolderSource
 from greenscreen_cam.pipeline import Pipeline
-from greenscreen_cam.segmenter import Prompt, StreamingTracker
+from greenscreen_cam.track.segmenter import Prompt, StreamingTracker
 
 from .conftest import moving_disc_frames, write_jpeg_folder
 

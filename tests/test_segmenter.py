@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from greenscreen_cam import models
 from greenscreen_cam.errors import PromptError
-from greenscreen_cam.segmenter import Prompt, StreamingTracker
+from greenscreen_cam.track import models
+from greenscreen_cam.track.segmenter import Prompt, StreamingTracker
 
 from .conftest import moving_disc_frames, write_jpeg_folder
 
@@ -182,7 +182,7 @@ def test_other_resolution_runs(tiny_checkpoint):
 
 
 def test_profile_records_every_stage(tiny_model):
-    from greenscreen_cam.segmenter import STAGES
+    from greenscreen_cam.track.segmenter import STAGES
 
     tracker = StreamingTracker(tiny_model, profile=True)
     frames = moving_disc_frames(3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from greenscreen_cam.segmenter import Prompt, StreamingTracker
+from greenscreen_cam.track.segmenter import Prompt, StreamingTracker
 
 from .conftest import moving_disc_frames
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from greenscreen_cam.errors import ConfigError
-from greenscreen_cam.opcount import OpCounter, count_step
-from greenscreen_cam.segmenter import Prompt, StreamingTracker
-from greenscreen_cam.steady import bank_full_at, resolve_compile
+from greenscreen_cam.track.opcount import OpCounter, count_step
+from greenscreen_cam.track.segmenter import Prompt, StreamingTracker
+from greenscreen_cam.track.steady import bank_full_at, resolve_compile
 
 from .conftest import moving_disc_frames
 
@@ -148,7 +148,7 @@ def test_compile_setting_on_cpu(tiny_checkpoint):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_captured_step_replays_the_eager_steady_step_on_cuda(tiny_checkpoint):
     """On a GPU: the CUDA graph gives the eager steady step's logits (float32), across a re-prompt."""
-    from greenscreen_cam import models
+    from greenscreen_cam.track import models
 
     net = models.load_model(models.get_spec("tiny"), tiny_checkpoint, device="cuda", resolution=256)
     frames = occluded_clip()[:40]

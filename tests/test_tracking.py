@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from greenscreen_cam import models, tracking
 from greenscreen_cam.config import ModelSettings, Settings
 from greenscreen_cam.errors import CheckpointError, GreencamError, PromptError, TrackerBackendError
-from greenscreen_cam.prompt import Prompt
-from greenscreen_cam.segmenter import StreamingTracker
+from greenscreen_cam.track import models, tracking
+from greenscreen_cam.track.prompt import Prompt
+from greenscreen_cam.track.segmenter import StreamingTracker
 
 from .conftest import moving_disc_frames, write_video
 
@@ -212,7 +212,7 @@ def test_open_model_with_random_weights_is_start_random_weights(tiny_model):
 
 # ----------------------------------------------------------------- many sessions, one step
 def test_track_batch_matches_stepping_each_session_alone(tiny_model):
-    from greenscreen_cam.sam2_backend import wrap
+    from greenscreen_cam.track.sam2_backend import wrap
 
     loaded = wrap(tiny_model, "tiny", "cpu", 256)
     frames = moving_disc_frames(3)
@@ -251,7 +251,7 @@ def test_async_and_plain_trackers_are_told_apart():
 
 # ----------------------------------------------------------------- the pipeline takes one tracker object
 class OwnTimeTracker:
-    """An :class:`~greenscreen_cam.tracking.AsyncTracking` on a thread of its own that takes its
+    """An :class:`~greenscreen_cam.track.tracking.AsyncTracking` on a thread of its own that takes its
     prompts itself, as the remote tracker of ``start --server`` does."""
 
     def __init__(self) -> None:
@@ -356,7 +356,7 @@ def test_a_tracker_of_its_own_time_is_one_argument_and_gets_the_prompt(tmp_path,
 def test_track_batch_is_a_drop_in_for_the_serve_workers_own(tiny_model):
     """link/worker.py's track_batch can call tracking.track_batch: the same numbers, bit for bit."""
     from greenscreen_cam.link.worker import track_batch as worker_track_batch
-    from greenscreen_cam.sam2_backend import wrap
+    from greenscreen_cam.track.sam2_backend import wrap
 
     loaded = wrap(tiny_model, "tiny", "cpu", 256)
     frames = moving_disc_frames(3)

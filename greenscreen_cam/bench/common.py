@@ -148,7 +148,7 @@ def rss_mb() -> float:
 
 def parse_box(bbox: str | None, width: int, height: int) -> tuple[float, ...]:
     """``--bbox x,y,w,h``, or the centre half of a ``width x height`` frame."""
-    from greenscreen_cam.prompt import default_box, parse_numbers
+    from greenscreen_cam.track.prompt import default_box, parse_numbers
 
     return parse_numbers(bbox, 4, "--bbox") if bbox else default_box(width, height)
 

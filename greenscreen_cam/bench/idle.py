@@ -4,7 +4,7 @@
 :class:`~greenscreen_cam.media.sources.CameraSource`, the tracker, the compositor and the idle gate)
 over a stand-in webcam (:class:`LoopingWebcam`, a capture that plays generated frames at 30 fps)
 and a stand-in device file watched the way a v4l2loopback device is; a second process opens and
-closes that file as a call app would. :func:`bench_subjects` times :class:`~greenscreen_cam.multi.MultiTracker`
+closes that file as a call app would. :func:`bench_subjects` times :class:`~greenscreen_cam.track.multi.MultiTracker`
 with 1, 2, ... subjects on the same frames.
 """
 
@@ -155,7 +155,7 @@ def bench_idle(
     from greenscreen_cam.idle import IDLE_LABEL, IdleGate, ViewerWatch
     from greenscreen_cam.media.sources import CameraSource
     from greenscreen_cam.pipeline import Pipeline
-    from greenscreen_cam.prompt import Prompt, default_box
+    from greenscreen_cam.track.prompt import Prompt, default_box
 
     width, height = size
     with tempfile.TemporaryDirectory(prefix="greencam-bench-idle-") as tmp:
@@ -249,8 +249,8 @@ def bench_subjects(
     is (the frame time with the most subjects / with one - 1) / (extra subjects): what each extra
     subject adds, as a share of a one-subject frame.
     """
-    from greenscreen_cam.multi import MultiTracker
-    from greenscreen_cam.prompt import Prompt
+    from greenscreen_cam.track.multi import MultiTracker
+    from greenscreen_cam.track.prompt import Prompt
 
     width, height = size
     clip = synthetic_frames(frames + 1, width, height)

@@ -85,7 +85,7 @@ def bench_process(
     """
     import sys
 
-    from greenscreen_cam import models
+    from greenscreen_cam.track import models
 
     spec, device, resolution = models.choose(settings.model, settings.device, settings.resolution)
     model = spec.name

@@ -92,7 +92,7 @@ def bench_link(
     """
     from greenscreen_cam.link.client import RemoteTracker
     from greenscreen_cam.media.sources import VideoFileSource
-    from greenscreen_cam.prompt import Prompt
+    from greenscreen_cam.track.prompt import Prompt
 
     say = on_event or (lambda line: None)
     opts = ServeSettings(
@@ -234,11 +234,11 @@ def bench_step(
     Each step is what ``greencam serve`` runs per round: every session's newest frame
     through preprocessing, one batched image encoder call and, once the banks are full, one
     stacked memory attention + decoder + memory encoder step for all sessions
-    (:class:`greenscreen_cam.batched.SessionBatch`); with ``batch=False`` everything one by one.
+    (:class:`greenscreen_cam.track.batched.SessionBatch`); with ``batch=False`` everything one by one.
     The masks are copied to the host.
 
     Args:
-        model: A loaded SAM 2 model (:func:`greenscreen_cam.models.load_model`).
+        model: A loaded SAM 2 model (:func:`greenscreen_cam.track.models.load_model`).
         sessions: Trackers stepped together.
         steps: Timed steps (after ``warmup`` untimed ones; the first step prompts).
         warmup: Untimed steps; None = 20 on a GPU (until SAM 2's memory bank is full, so every
@@ -254,15 +254,15 @@ def bench_step(
     import numpy as np
     import torch
 
-    from greenscreen_cam import models
     from greenscreen_cam.link.server import track_batch
-    from greenscreen_cam.prompt import Prompt
-    from greenscreen_cam.segmenter import StreamingTracker
+    from greenscreen_cam.track import models
+    from greenscreen_cam.track.prompt import Prompt
+    from greenscreen_cam.track.segmenter import StreamingTracker
 
     device = str(model.device)
     if warmup is None:
         warmup = 20 if device.startswith("cuda") else 2
-    from greenscreen_cam.batched import SessionBatch
+    from greenscreen_cam.track.batched import SessionBatch
 
     trackers = [StreamingTracker(model, autocast=models.autocast_dtype(device)) for _ in range(sessions)]
     stacked = SessionBatch(model, autocast=models.autocast_dtype(device)) if batch else None
@@ -356,7 +356,7 @@ def bench_capacity(
     """How many ``greencam serve`` sessions one worker can step at ``fps`` (:func:`sessions_at_fps`) on this machine."""
     import tempfile
 
-    from greenscreen_cam.tracking import load_model, resolve_model
+    from greenscreen_cam.track.tracking import load_model, resolve_model
 
     with tempfile.TemporaryDirectory(prefix="greencam-bench-") as tmp:
         choice = resolve_model(settings, random_weights=Path(tmp) if random_weights else None)
@@ -383,7 +383,7 @@ def bench_serve_step(
     Each session tracks ``source`` from its own starting frame with its own prompt box (so its
     frame counter and pointer positions differ). Both sides run the same image-encoder outputs
     (encoded once per session and frame, not timed); after the banks fill, ``steps`` steps are
-    timed: ``batched_ms`` (:class:`greenscreen_cam.batched.SessionBatch`) and ``sequential_ms``
+    timed: ``batched_ms`` (:class:`greenscreen_cam.track.batched.SessionBatch`) and ``sequential_ms``
     (each tracker's own steady-state step, one after another), medians; the masks of both sides
     are compared (mean and minimum IoU, largest logit difference).
     """
@@ -393,12 +393,12 @@ def bench_serve_step(
     import numpy as np
     import torch
 
-    from greenscreen_cam import models
     from greenscreen_cam.app import resolve_model
-    from greenscreen_cam.batched import SessionBatch
     from greenscreen_cam.errors import ConfigError
-    from greenscreen_cam.segmenter import Prompt, StreamingTracker
-    from greenscreen_cam.steady import bank_full_at
+    from greenscreen_cam.track import models
+    from greenscreen_cam.track.batched import SessionBatch
+    from greenscreen_cam.track.segmenter import Prompt, StreamingTracker
+    from greenscreen_cam.track.steady import bank_full_at
 
     if source is None:
         raise ConfigError("--serve-step needs a SOURCE video")

@@ -3,7 +3,7 @@
 - :func:`steady_figures`: the steady-state frames' median against the official predictor's
   steady-state frames in the same run (``ratio_steady_vs_official``).
 - :func:`count_frame_ops`: aten ops and host synchronisations per steady-state frame
-  (:mod:`greenscreen_cam.opcount`), of the tracker under test and of the eager step.
+  (:mod:`greenscreen_cam.track.opcount`), of the tracker under test and of the eager step.
 - :func:`deviation`: mean / minimum mask IoU and the largest logit difference of the
   tracker under test (captured, bf16) against the eager float32 tracker on the same frames.
 """
@@ -41,9 +41,9 @@ def count_frame_ops(tracker: Any, imgs: list[np.ndarray], prompt: Any, frames: i
     and reading the mask and visibility back. The tracker is re-prompted on ``imgs[0]`` and
     filled from ``imgs`` (looped) first; afterwards it holds that stream.
     """
-    from greenscreen_cam.opcount import count_step
-    from greenscreen_cam.segmenter import StreamingTracker
-    from greenscreen_cam.steady import bank_full_at
+    from greenscreen_cam.track.opcount import count_step
+    from greenscreen_cam.track.segmenter import StreamingTracker
+    from greenscreen_cam.track.steady import bank_full_at
 
     full_at = bank_full_at(tracker.model)
     eager = StreamingTracker(tracker.model, autocast=tracker.autocast, steady=False)
@@ -79,7 +79,7 @@ def deviation(tracker: Any, imgs: list[np.ndarray], prompt: Any, logits: list[An
     """
     import torch
 
-    from greenscreen_cam.segmenter import StreamingTracker
+    from greenscreen_cam.track.segmenter import StreamingTracker
 
     captured = bool(getattr(tracker, "captured", False))
     if not captured and tracker.autocast is None:

@@ -75,7 +75,7 @@ def bench_suite(
     """
     import traceback
 
-    from greenscreen_cam import models
+    from greenscreen_cam.track import models
 
     t_start = time.perf_counter()
     dev = models.resolve_device(device)

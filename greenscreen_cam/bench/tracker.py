@@ -76,8 +76,8 @@ def bench_tracker(
     """
     import torch
 
-    from greenscreen_cam import models
-    from greenscreen_cam.segmenter import STAGES, Prompt
+    from greenscreen_cam.track import models
+    from greenscreen_cam.track.segmenter import STAGES, Prompt
 
     imgs = synthetic_frames(frames) if source is None else load_frames(source, frames)
     h, w = imgs[0].shape[:2]
@@ -136,7 +136,7 @@ def bench_tracker(
         if e2e:
             result.update(_bench_pipeline(folder, tracker, prompt, result["total_ms"], tmpdir))
             result["kind"] = "e2e"
-        from greenscreen_cam.steady import bank_full_at
+        from greenscreen_cam.track.steady import bank_full_at
 
         full_at = bank_full_at(tracker.model)
         dev_result = deviation(tracker, imgs, prompt, logits)
@@ -273,7 +273,7 @@ def bench_live(
     from greenscreen_cam.compositor import Compositor, CompositorSettings
     from greenscreen_cam.media.sources import open_source
     from greenscreen_cam.pipeline import Pipeline
-    from greenscreen_cam.segmenter import Prompt
+    from greenscreen_cam.track.segmenter import Prompt
 
     with tempfile.TemporaryDirectory(prefix="greencam-bench-") as tmp:
         tracker, choice = load_bench_tracker(settings, random_weights, Path(tmp))
@@ -323,7 +323,7 @@ def _bare_rate(tracker: Any, source: str, n: int, bbox: str | None) -> float:
     """Frames per second of ``tracker`` alone on the first ``n + 1`` frames of ``source`` (median step)."""
     import torch
 
-    from greenscreen_cam.segmenter import Prompt
+    from greenscreen_cam.track.segmenter import Prompt
 
     imgs = load_frames(source, n + 2)
     h, w = imgs[0].shape[:2]
@@ -349,7 +349,7 @@ def bench_soak(
 ) -> dict[str, Any]:
     """Track ``frames`` frames of a looped clip (scaled down to ``size`` px wide) and sample the process RSS."""
     from greenscreen_cam.compositor import Compositor, CompositorSettings
-    from greenscreen_cam.segmenter import Prompt
+    from greenscreen_cam.track.segmenter import Prompt
 
     clip = synthetic_frames(30) if source is None else load_frames(source, 60)
     h = max(2, round(clip[0].shape[0] * size / clip[0].shape[1]))

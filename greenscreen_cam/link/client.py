@@ -55,7 +55,7 @@ from greenscreen_cam.link.protocol import (
     prompt_message,
 )
 from greenscreen_cam.link.urls import base_url, tls_failure
-from greenscreen_cam.prompt import Prompt, Selection
+from greenscreen_cam.track.prompt import Prompt, Selection
 
 VIDEO_CLOCK = 90000
 """RTP clock rate of video (Hz); frame pts are in these units."""

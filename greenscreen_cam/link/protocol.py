@@ -38,7 +38,7 @@ from greenscreen_cam.errors import (  # noqa: F401  (re-exported for the link's 
     LinkTLSError,
     LinkUnreachableError,
 )
-from greenscreen_cam.prompt import Prompt
+from greenscreen_cam.track.prompt import Prompt
 
 MAGIC = b"GCM1"
 HEADER = struct.Struct(">4sIIHHBBHf")

@@ -3,18 +3,18 @@
 Each session keeps only the newest decoded frame of its camera (older ones are dropped and
 counted); every worker step takes the newest frame of every session that has one, runs the image
 encoder on them as one batch, and then memory attention, mask decoder and memory encoder once for
-every session whose memory bank is full (:class:`~greenscreen_cam.batched.SessionBatch`: the banks
+every session whose memory bank is full (:class:`~greenscreen_cam.track.batched.SessionBatch`: the banks
 stacked along the batch dimension, padded to a bucket of 1, 2, 4, 8 or 16 rows). Sessions being
 prompted or still filling their bank run their own
-:class:`~greenscreen_cam.segmenter.StreamingTracker` step beside it (all trackers share the one
+:class:`~greenscreen_cam.track.segmenter.StreamingTracker` step beside it (all trackers share the one
 model). The worker knows sessions only by id: it calls back with each mask message, on the
 event loop it was started with.
 
 A session may track several subjects (prompts with ``"add": true``, at most
-:data:`~greenscreen_cam.multi.MAX_SUBJECTS`): its first subject is the tracker above, each
+:data:`~greenscreen_cam.track.multi.MAX_SUBJECTS`): its first subject is the tracker above, each
 further one a tracker of its own that steps after the batch on the same image encoding (no
 second encoder run), and the session's mask is their union
-(:func:`~greenscreen_cam.multi.union_result`), as the local :class:`~greenscreen_cam.multi.MultiTracker`
+(:func:`~greenscreen_cam.track.multi.union_result`), as the local :class:`~greenscreen_cam.track.multi.MultiTracker`
 keys it. A step's measured time includes those extra steps.
 
 The per-session slots are not :class:`~greenscreen_cam.core.LatestSlot`: the worker waits for a
@@ -32,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from greenscreen_cam import tracking
 from greenscreen_cam.errors import LinkProtocolError, PromptError
 from greenscreen_cam.link.protocol import (
     STATE_LOST,
@@ -44,14 +43,15 @@ from greenscreen_cam.link.protocol import (
     probability_u8,
     prompt_adds,
 )
+from greenscreen_cam.track import tracking
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from greenscreen_cam.batched import SessionBatch
     from greenscreen_cam.config import ModelSettings
-    from greenscreen_cam.prompt import Prompt
-    from greenscreen_cam.segmenter import Encoded, StreamingTracker, TrackResult
+    from greenscreen_cam.track.batched import SessionBatch
+    from greenscreen_cam.track.prompt import Prompt
+    from greenscreen_cam.track.segmenter import Encoded, StreamingTracker, TrackResult
 
 EventFn = Callable[[str], None]
 DeliverFn = Callable[[bytes, str], None]
@@ -64,7 +64,7 @@ def load_serving_model(s: ModelSettings, *, random_weights: bool = False) -> tup
     """Load the model as ``s`` says, through the tracker backend registry: ``(net, name, device, resolution)``.
 
     The same factory as ``greencam start`` and ``greencam bench``
-    (:func:`greenscreen_cam.tracking.open_model`); the worker's stacked step needs SAM 2's own
+    (:func:`greenscreen_cam.track.tracking.open_model`); the worker's stacked step needs SAM 2's own
     network, so only the ``sam2`` backend is asked. With ``random_weights``, exactly the weights of
     ``greencam start --random-weights`` (seed 0, through the real loader) instead of a checkpoint.
     """
@@ -183,9 +183,9 @@ class ModelWorker:
         captured: bool = False,
         on_event: EventFn | None = None,
     ) -> None:
-        from greenscreen_cam import models
-        from greenscreen_cam.batched import SessionBatch
-        from greenscreen_cam.multi import MAX_SUBJECTS
+        from greenscreen_cam.track import models
+        from greenscreen_cam.track.batched import SessionBatch
+        from greenscreen_cam.track.multi import MAX_SUBJECTS
 
         self.model = model
         self.model_name = model_name
@@ -214,7 +214,7 @@ class ModelWorker:
     # -------------------------------------------------------------- sessions (loop side)
     def add(self, sid: str, deliver: DeliverFn, error: ErrorFn) -> None:
         """Give session ``sid`` its own tracker over the shared model."""
-        from greenscreen_cam.segmenter import StreamingTracker
+        from greenscreen_cam.track.segmenter import StreamingTracker
 
         entry = _Entry(StreamingTracker(self.model, autocast=self.autocast), deliver, error)
         with self._cond:
@@ -276,7 +276,7 @@ class ModelWorker:
 
     def _key(self, sessions: int) -> int:
         """The ``step_times`` key a step of ``sessions`` sessions is measured under: its bucket when stacked."""
-        from greenscreen_cam.batched import BUCKETS, bucket_for
+        from greenscreen_cam.track.batched import BUCKETS, bucket_for
 
         return bucket_for(sessions) if self.batch and sessions <= BUCKETS[-1] else sessions
 
@@ -406,8 +406,8 @@ class ModelWorker:
         self, e: _Entry, first: TrackResult, encoded: Encoded, hw: tuple[int, int], added: list[Prompt]
     ) -> TrackResult:
         """The session's extra subjects (and ``added`` ones) on the first subject's encoding; the union mask."""
-        from greenscreen_cam.multi import union_result
-        from greenscreen_cam.segmenter import StreamingTracker
+        from greenscreen_cam.track.multi import union_result
+        from greenscreen_cam.track.segmenter import StreamingTracker
 
         results = [first] + [t.step_encoded(encoded, hw, None) for t in e.extras]
         for prompt in added:

@@ -12,7 +12,7 @@
 
 export const KEY_COLOR = [0, 175, 57];
 export const STATES = ["tracking", "lost", "waiting"];
-export const MAX_SUBJECTS = 8; // greenscreen_cam/multi.py: the server refuses one more
+export const MAX_SUBJECTS = 8; // greenscreen_cam/track/multi.py: the server refuses one more
 const HEADER = 24;
 const MAGIC = 0x47434d31; // "GCM1"
 

@@ -1,6 +1,6 @@
 """One batched SAM 2 step for every steady-state session of ``greencam serve``.
 
-The fixed-shape step of :mod:`greenscreen_cam.steady` tracks one stream from a full memory
+The fixed-shape step of :mod:`greenscreen_cam.track.steady` tracks one stream from a full memory
 bank. :class:`SessionBatch` stacks the full banks of several streams that share one model
 along the batch dimension, so that memory attention, the mask decoder and the memory encoder
 run once per worker step for all of them (the image encoder is already batched, see
@@ -17,17 +17,17 @@ run once per worker step for all of them (the image encoder is already batched, 
 - **Sessions outside the batch.** A session that is being prompted, re-selected or is still
   filling its bank runs its own eager step beside the batch in the same call
   (:meth:`SessionBatch.track`) and joins the batch on its first frame with a full bank (its
-  eager memory is copied into a free row through :class:`~greenscreen_cam.steady.SteadyBank`).
+  eager memory is copied into a free row through :class:`~greenscreen_cam.track.steady.SteadyBank`).
 - **Capture.** On CUDA, with ``captured=True``, each bucket's step is recorded once as a CUDA
   graph (:class:`_BucketGraph`) and replayed; the CPU runs the same step eagerly.
 
-In float32 each row computes the operations of :func:`greenscreen_cam.steady.steady_step` on
+In float32 each row computes the operations of :func:`greenscreen_cam.track.steady.steady_step` on
 its own numbers; batched matrix products may round differently from one-row products, so the
 masks agree with one-by-one tracking to float rounding (``tests/test_batched.py`` checks IoU and
 reports the largest logit difference), not bit for bit.
 
 Buffers of a bucket with ``B`` rows (``R``, ``P``, ``HW``, ``L``, ``h``, ``D`` as in
-:mod:`greenscreen_cam.steady`): ``t`` ``(B,)`` int64; ``mem`` ``(B, R, HW, mem_dim)``; ``v``
+:mod:`greenscreen_cam.track.steady`): ``t`` ``(B,)`` int64; ``mem`` ``(B, R, HW, mem_dim)``; ``v``
 ``(L, B, R, h, HW, D)``; ``k_cond`` / ``v_cond`` ``(L, B, h, HW, D)``; ``ptr`` ``(B, P, C)``;
 ``ptr_cond`` ``(B, C)``; ``pos`` ``(1, R * HW, mem_dim)`` (the same for every row).
 """
@@ -42,11 +42,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from greenscreen_cam.errors import PromptError
-from greenscreen_cam.steady import SteadyBank, attend_memory, bank_full_at, decode_masks, encode_memory, pointer_tokens
+from greenscreen_cam.track.steady import (
+    SteadyBank,
+    attend_memory,
+    bank_full_at,
+    decode_masks,
+    encode_memory,
+    pointer_tokens,
+)
 
 if TYPE_CHECKING:
-    from greenscreen_cam.prompt import Prompt
-    from greenscreen_cam.segmenter import Encoded, StreamingTracker, TrackResult
+    from greenscreen_cam.track.prompt import Prompt
+    from greenscreen_cam.track.segmenter import Encoded, StreamingTracker, TrackResult
 
 __all__ = ["BUCKETS", "SessionBatch", "batched_step", "bucket_for", "supports_batching"]
 
@@ -72,7 +79,7 @@ def bucket_for(n: int) -> int:
 
 def supports_batching(model: Any) -> bool:
     """True when ``model`` has the layout the stacked step reproduces (the steady step's, and no cross-row mask constraint)."""
-    from greenscreen_cam.segmenter import _supports_cached_memory_attention
+    from greenscreen_cam.track.segmenter import _supports_cached_memory_attention
 
     return _supports_cached_memory_attention(model) and not getattr(model, "non_overlap_masks_for_mem_enc", False)
 
@@ -215,7 +222,7 @@ def batched_step(
 class _BucketGraph:
     """:func:`batched_step` over one bucket recorded once as a CUDA graph (static inputs, static output).
 
-    As :class:`greenscreen_cam.steady.CapturedStep`: two warm-up steps on a side stream, the
+    As :class:`greenscreen_cam.track.steady.CapturedStep`: two warm-up steps on a side stream, the
     bank restored afterwards, so capturing changes no number in any stream.
     """
 
@@ -430,7 +437,7 @@ class SessionBatch:
         batched: list[tuple[int, _Member, Encoded, tuple[int, int]]],
         out: list[TrackResult | PromptError | None],
     ) -> None:
-        from greenscreen_cam.segmenter import TrackResult
+        from greenscreen_cam.track.segmenter import TrackResult
 
         bucket = self._current
         assert bucket is not None

@@ -82,7 +82,7 @@ def parse_numbers(text: str, count: int, what: str) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class Selection:
-    """Several subjects, one :class:`Prompt` each (tracked by :class:`greenscreen_cam.multi.MultiTracker`).
+    """Several subjects, one :class:`Prompt` each (tracked by :class:`greenscreen_cam.track.multi.MultiTracker`).
 
     It has :class:`Prompt`'s ``validate`` and ``scaled``, so it travels wherever a prompt does.
     """

@@ -48,7 +48,7 @@ class ModelSpec:
         sha256: Hex SHA-256 of the file, or None where not published.
         embed_dim: Hiera trunk width (tells model sizes apart in a checkpoint).
         blocks: Number of Hiera trunk blocks.
-        family: The tracker backends that can load it (:mod:`greenscreen_cam.tracking` registry key).
+        family: The tracker backends that can load it (:mod:`greenscreen_cam.track.tracking` registry key).
     """
 
     name: str

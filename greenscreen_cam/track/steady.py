@@ -13,7 +13,7 @@ masks by it with ``torch.where``), so the step can be captured as a CUDA graph
 object score packed behind it, is the frame's single device-to-host copy.
 
 In float32 the step computes the same operations on the same numbers as
-:meth:`greenscreen_cam.segmenter.StreamingTracker._memory_conditioned` and sam2's
+:meth:`greenscreen_cam.track.segmenter.StreamingTracker._memory_conditioned` and sam2's
 decoder and memory encoder, so its logits are bit-identical to the eager
 tracker's (``tests/test_steady.py``, 120 frames with an occlusion and a re-prompt).
 

@@ -3,12 +3,12 @@
 Since December 2024 sam2's official ``SAM2VideoPredictor`` tracks the objects of a video one by
 one on shared image features: every object has its own memory (``output_dict_per_obj``) and
 reads nothing of the others. :class:`MultiTracker` does the same live: each subject is a
-:class:`~greenscreen_cam.segmenter.StreamingTracker` (its own bounded memory) and every frame
+:class:`~greenscreen_cam.track.segmenter.StreamingTracker` (its own bounded memory) and every frame
 goes through the image encoder once, whatever the number of subjects; each subject then runs
 memory attention, the mask decoder and the memory encoder on those features.
 
 The key keeps the union of the subjects: :meth:`MultiTracker.track` answers one
-:class:`~greenscreen_cam.segmenter.TrackResult` whose logits are the per-pixel maximum over the
+:class:`~greenscreen_cam.track.segmenter.TrackResult` whose logits are the per-pixel maximum over the
 subjects (``> 0`` wherever any subject is), so a bystander that nobody selected stays keyed
 out. It has the methods the pipeline calls on a single tracker (``prompt``, ``track``,
 ``reset``, ``is_prompted``), so it drops in where a :class:`StreamingTracker` was used.
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from greenscreen_cam.errors import PromptError
-from greenscreen_cam.prompt import Prompt, Selection
-from greenscreen_cam.segmenter import StreamingTracker, TrackResult
+from greenscreen_cam.track.prompt import Prompt, Selection
+from greenscreen_cam.track.segmenter import StreamingTracker, TrackResult
 
 __all__ = ["MAX_SUBJECTS", "MultiTracker", "union_result"]
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from greenscreen_cam.errors import PromptError
-from greenscreen_cam.prompt import Prompt, fmt_box
+from greenscreen_cam.track.prompt import Prompt, fmt_box
 
 __all__ = ["STAGES", "Encoded", "Prompt", "StreamingTracker", "TrackResult", "fmt_box"]
 
@@ -120,14 +120,14 @@ class StreamingTracker:
     """Track one subject through a stream of frames with a SAM 2 model.
 
     Args:
-        model: A sam2 ``SAM2Base`` (as built by :func:`greenscreen_cam.models.load_model`).
+        model: A sam2 ``SAM2Base`` (as built by :func:`greenscreen_cam.track.models.load_model`).
         autocast: dtype for ``torch.autocast`` (bf16 on CUDA) or None for float32.
         profile: Record per-stage wall times (synchronising CUDA after each stage).
         steady: Track frames whose memory bank is full with the fixed-shape, sync-free step of
-            :mod:`greenscreen_cam.steady` (bit-exact with the eager step in float32; used in
+            :mod:`greenscreen_cam.track.steady` (bit-exact with the eager step in float32; used in
             float32, or under autocast when ``captured``). False = always the eager step.
         captured: Replay that step as a CUDA graph (``--compile on``; CUDA only, see
-            :func:`greenscreen_cam.steady.resolve_compile`). Call :meth:`prepare` before the camera
+            :func:`greenscreen_cam.track.steady.resolve_compile`). Call :meth:`prepare` before the camera
             opens so that the capture does not delay a live frame.
 
     Frames are ``(H, W, 3)`` uint8 **RGB** numpy arrays. Use :meth:`prompt` on the
@@ -162,7 +162,7 @@ class StreamingTracker:
         # Verified bit-exact in float32 (tests/test_segmenter_cache.py); under autocast sam2's own code runs.
         self._fast_memory = autocast is None and _supports_cached_memory_attention(model)
         _install_cached_pos_embed(model)
-        from greenscreen_cam.steady import SteadyBank
+        from greenscreen_cam.track.steady import SteadyBank
 
         if captured and self.device.type != "cuda":
             raise ValueError("a captured step needs a CUDA device")
@@ -396,8 +396,8 @@ class StreamingTracker:
         return TrackResult(t, low, (height, width), score, is_cond)
 
     def _steady_step(self, encoded: Encoded, t: int, frame_hw: tuple[int, int]) -> TrackResult:
-        """Frame ``t`` through the fixed-shape step of :mod:`greenscreen_cam.steady` (the bank is full)."""
-        from greenscreen_cam.steady import CapturedStep, steady_step
+        """Frame ``t`` through the fixed-shape step of :mod:`greenscreen_cam.track.steady` (the bank is full)."""
+        from greenscreen_cam.track.steady import CapturedStep, steady_step
 
         bank = self._bank
         assert bank is not None

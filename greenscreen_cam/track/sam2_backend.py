@@ -1,7 +1,7 @@
 """The SAM 2 tracker backend: one sam2 model per process, one :class:`StreamingTracker` per session.
 
-Registered in :data:`greenscreen_cam.tracking._BUILTIN` as ``sam2`` for models of the ``sam2``
-family; :func:`greenscreen_cam.tracking.load_model` calls :func:`load`.
+Registered in :data:`greenscreen_cam.track.tracking._BUILTIN` as ``sam2`` for models of the ``sam2``
+family; :func:`greenscreen_cam.track.tracking.load_model` calls :func:`load`.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from greenscreen_cam.tracking import LoadedModel, LoadOptions, ModelChoice
+from greenscreen_cam.track.tracking import LoadedModel, LoadOptions, ModelChoice
 
 
 def load(choice: ModelChoice, options: LoadOptions) -> LoadedModel:
     """Load SAM 2 as ``choice`` says (slow), optionally compiling the image encoder."""
-    from greenscreen_cam import models
+    from greenscreen_cam.track import models
 
     net = models.load_model(choice.spec, choice.checkpoint, device=choice.device, resolution=choice.resolution)
     if options.compile_mode:
@@ -35,8 +35,8 @@ def wrap(net: Any, name: str, device: str, resolution: int, *, captured: bool = 
     With ``captured`` (``--compile on`` on CUDA) each new tracker captures its steady-state step as a
     CUDA graph when it is made, before the pipeline starts, never on a live frame.
     """
-    from greenscreen_cam import models
-    from greenscreen_cam.segmenter import StreamingTracker
+    from greenscreen_cam.track import models
+    from greenscreen_cam.track.segmenter import StreamingTracker
 
     autocast = models.autocast_dtype(device)
 

@@ -13,7 +13,7 @@ pyvirtualcam's backend registry: :func:`load_model` tries every backend register
 family in order and, when none can load the model, raises one :class:`TrackerBackendError` that
 says why each candidate failed. ``start``, ``bench`` and ``serve`` all load through it.
 
-Adding a backend means one new module with a factory (see :mod:`greenscreen_cam.sam2_backend`)
+Adding a backend means one new module with a factory (see :mod:`greenscreen_cam.track.sam2_backend`)
 and one entry in :data:`_BUILTIN` (or a :func:`register_backend` call, e.g. from a test)::
 
     def load(choice: ModelChoice, options: LoadOptions) -> LoadedModel: ...
@@ -37,11 +37,11 @@ import numpy as np
 
 from greenscreen_cam.core import Frame, MaskResult
 from greenscreen_cam.errors import GreencamError, PromptError, TrackerBackendError
-from greenscreen_cam.prompt import Prompt, Selection
+from greenscreen_cam.track.prompt import Prompt, Selection
 
 if TYPE_CHECKING:
     from greenscreen_cam.config import ModelSettings
-    from greenscreen_cam.models import ModelSpec
+    from greenscreen_cam.track.models import ModelSpec
 
 __all__ = [
     "AsyncTracking",
@@ -66,7 +66,7 @@ __all__ = [
 
 # --------------------------------------------------------------------------- the interface
 class TrackOutput(Protocol):
-    """What a tracker returns for one frame (:class:`greenscreen_cam.segmenter.TrackResult` for SAM 2)."""
+    """What a tracker returns for one frame (:class:`greenscreen_cam.track.segmenter.TrackResult` for SAM 2)."""
 
     @property
     def visible(self) -> bool:
@@ -187,7 +187,7 @@ class ModelChoice:
     resolution: int
     checkpoint: Path
     captured: bool = False
-    """Replay the steady-state step as a CUDA graph (``--compile``, see :func:`greenscreen_cam.steady.resolve_compile`)."""
+    """Replay the steady-state step as a CUDA graph (``--compile``, see :func:`greenscreen_cam.track.steady.resolve_compile`)."""
 
     def describe(self) -> str:
         return f"SAM 2 {self.spec.name} at {self.resolution} px on {self.device}"
@@ -199,8 +199,8 @@ def resolve_model(s: ModelSettings, *, random_weights: Path | None = None) -> Mo
     With ``random_weights`` (a folder), a checkpoint of seeded random weights is
     written there instead of looking for the real file (tests and benchmarks).
     """
-    from greenscreen_cam import models
-    from greenscreen_cam.steady import resolve_compile
+    from greenscreen_cam.track import models
+    from greenscreen_cam.track.steady import resolve_compile
 
     spec, dev, res = models.choose(s.model, s.device, s.resolution)
     captured = resolve_compile(s.compile, dev)
@@ -269,7 +269,7 @@ class _Entry:
 
 
 _BUILTIN: dict[str, _Entry] = {
-    "sam2": _Entry("greenscreen_cam.sam2_backend:load", "sam2"),
+    "sam2": _Entry("greenscreen_cam.track.sam2_backend:load", "sam2"),
 }
 """The backends that ship with greencam, in order of preference per family."""
 
