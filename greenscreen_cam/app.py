@@ -125,7 +125,7 @@ def open_pipeline(
     Raises:
         GreencamError: any problem the user can fix, before anything slow happens where possible.
     """
-    from greenscreen_cam.compositor import Compositor, make_background
+    from greenscreen_cam.key.compositor import Compositor, make_background
     from greenscreen_cam.media import outputs
     from greenscreen_cam.media.sinks import MatteWriter, MultiSink, PreviewSink
     from greenscreen_cam.media.sources import open_source
@@ -284,9 +284,9 @@ def _open_idle(
 
 def _open_control(stack: ExitStack, pipeline: Any, s: Settings, say: Notify) -> None:
     """Listen for ``greencam ctl`` on the user's control socket; a second greencam runs without one."""
-    from greenscreen_cam.compositor import make_background
     from greenscreen_cam.control import ControlServer, Dispatcher, PipelineControl
     from greenscreen_cam.errors import ControlError
+    from greenscreen_cam.key.compositor import make_background
 
     try:
         server = ControlServer(Dispatcher(PipelineControl(pipeline, make_background), s)).start()

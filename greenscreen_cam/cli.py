@@ -231,7 +231,7 @@ def _tracker_steps_end_before_exit(timeout: float = 10.0) -> Iterator[None]:
     """After the run (devices released, summary printed), wait for a tracker step still running.
 
     The live tracker runs on a daemon thread (``greencam-tracker``, see
-    :class:`~greenscreen_cam.sync.ThreadedTracker`) that a stop does not wait for; a process that
+    :class:`~greenscreen_cam.key.sync.ThreadedTracker`) that a stop does not wait for; a process that
     exits while torch runs there aborts ("terminate called without an active exception").
     """
     try:
@@ -577,7 +577,7 @@ def bench(
         if frames < 2:
             raise ConfigError("--frames must be at least 2")
         if oracle is not None:
-            from greenscreen_cam.oracle import run_oracle_bench
+            from greenscreen_cam.key.oracle import run_oracle_bench
 
             if source is None:
                 raise ConfigError("--oracle needs a SOURCE folder of frames")
@@ -667,7 +667,7 @@ def bench(
         if as_json:
             out.print_json(json.dumps(result))
         elif oracle is not None:
-            from greenscreen_cam.oracle import print_oracle
+            from greenscreen_cam.key.oracle import print_oracle
 
             print_oracle(result, out)
         else:

@@ -131,7 +131,7 @@ def parse_color(text: str) -> tuple[int, int, int]:
 
 @dataclass
 class KeyingSettings:
-    """How a mask becomes a keyed frame: the compositor's options (``greenscreen_cam.compositor``)."""
+    """How a mask becomes a keyed frame: the compositor's options (``greenscreen_cam.key.compositor``)."""
 
     color: str = setting(
         "green",

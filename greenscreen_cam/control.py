@@ -216,7 +216,7 @@ class PipelineControl:
 
     Args:
         pipeline: The running pipeline.
-        make_background: ``(spec, rgb) -> Background`` (:func:`greenscreen_cam.compositor.make_background`).
+        make_background: ``(spec, rgb) -> Background`` (:func:`greenscreen_cam.key.compositor.make_background`).
     """
 
     def __init__(self, pipeline: Any, make_background: Callable[[str, tuple[int, int, int]], Any]) -> None:

@@ -10,7 +10,7 @@ Two modes, chosen by the source:
   (on a thread of its own, or on a ``greencam serve`` machine); the main thread
   keys every captured frame and sends it, so the output runs at the source's rate
   even when the tracker is slower. Which mask keys which frame, and how long a
-  frame may wait for its own mask, is the :class:`~greenscreen_cam.sync.KeyScheduler`'s
+  frame may wait for its own mask, is the :class:`~greenscreen_cam.key.sync.KeyScheduler`'s
   decision (``--sync``).
 
 The output never stalls: while the camera is reconnecting the last picture (or
@@ -33,14 +33,14 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from greenscreen_cam.compositor import Compositor
 from greenscreen_cam.core import Frame, MaskResult, percentile
 from greenscreen_cam.errors import GreencamError, PromptError, TrackerError
 from greenscreen_cam.idle import IDLE_LABEL, IdleGate, placeholder_frame
+from greenscreen_cam.key.compositor import Compositor
+from greenscreen_cam.key.sync import AsyncTracker, Keyed, KeyScheduler, ThreadedTracker
 from greenscreen_cam.media.outputs import sink_counts
 from greenscreen_cam.media.sinks import Sink
 from greenscreen_cam.media.sources import LatestFrameReader, PrefetchReader, Source
-from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler, ThreadedTracker
 from greenscreen_cam.track.prompt import Prompt, Selection
 from greenscreen_cam.track.tracking import AsyncTracking, Tracker, is_async
 
@@ -191,7 +191,7 @@ class Pipeline:
         preview: Optional preview window (hotkeys, drag-to-select).
         max_frames: Stop after exactly this many output frames (live: frames the key scheduler
             still holds and keep-alive repeats count too).
-        sync: ``auto``, ``on`` or ``off``: how live frames wait for their own mask (see :mod:`greenscreen_cam.sync`).
+        sync: ``auto``, ``on`` or ``off``: how live frames wait for their own mask (see :mod:`greenscreen_cam.key.sync`).
         max_delay: Most seconds a live frame may be held for its mask.
         flow: With ``sync="off"``, warp the newest mask to the current frame with optical flow.
         lost_after: Seconds (frames at the source's fps, offline) of low visibility before the

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from greenscreen_cam import KEY_COLOR
-from greenscreen_cam.compositor import (
+from greenscreen_cam.errors import ConfigError
+from greenscreen_cam.key.compositor import (
     BlurBackground,
     ColorBackground,
     Compositor,
@@ -19,7 +20,6 @@ from greenscreen_cam.compositor import (
     make_background,
     parse_color,
 )
-from greenscreen_cam.errors import ConfigError
 
 from .conftest import shared_data, write_video
 

@@ -258,7 +258,7 @@ class StandInPipeline:
     """What PipelineControl uses of a Pipeline: a real Compositor, call_soon, stats, reselect, pause, stop."""
 
     def __init__(self) -> None:
-        from greenscreen_cam.compositor import Compositor
+        from greenscreen_cam.key.compositor import Compositor
 
         self.compositor = Compositor(Settings())
         self.paused = False
@@ -293,7 +293,7 @@ class StandInPipeline:
 def test_pipeline_control_changes_the_compositor_between_frames():
     import numpy as np
 
-    from greenscreen_cam.compositor import BlurBackground, make_background
+    from greenscreen_cam.key.compositor import BlurBackground, make_background
 
     pipe = StandInPipeline()
     dispatch = control.Dispatcher(control.PipelineControl(pipe, make_background), Settings())

@@ -139,7 +139,7 @@ def test_camera_source_suspend_releases_the_device_and_resume_opens_it_again():
 @pytest.mark.slow
 def test_live_run_idles_without_a_viewer_and_resumes_with_its_selection(device, tiny_model, vcam_backend):
     """The real loop: no viewer -> no camera open and no tracker step; a viewer -> keyed frames again."""
-    from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.key.compositor import Compositor, CompositorSettings
     from greenscreen_cam.media.sinks import VirtualCameraSink
     from greenscreen_cam.media.sources import CameraSource
     from greenscreen_cam.pipeline import Pipeline

@@ -11,7 +11,7 @@ import pytest
 
 from greenscreen_cam.core import Frame
 from greenscreen_cam.errors import ConfigError, SourceError
-from greenscreen_cam.oracle import (
+from greenscreen_cam.key.oracle import (
     BENCH_MODES,
     OracleTracker,
     SimClock,
@@ -69,7 +69,7 @@ def test_fast_tracker_every_frame_its_own_mask(disc_sequence: tuple[Path, Path])
 def test_print_oracle_table(disc_sequence: tuple[Path, Path]) -> None:
     from rich.console import Console
 
-    from greenscreen_cam.oracle import print_oracle
+    from greenscreen_cam.key.oracle import print_oracle
 
     console = Console(record=True, width=120)
     print_oracle(run_oracle_bench(*disc_sequence, tracker_ms=10, fps=30, modes=("off", "auto")), console)

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from greenscreen_cam.cli import app
-from greenscreen_cam.compositor import Compositor, CompositorSettings
 from greenscreen_cam.errors import SinkError
+from greenscreen_cam.key.compositor import Compositor, CompositorSettings
 from greenscreen_cam.media import outputs
 from greenscreen_cam.media.outputs import OutputKind, ThreadedSink, buffer_depth
 from greenscreen_cam.media.sinks import MultiSink

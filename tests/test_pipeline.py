@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from greenscreen_cam import KEY_COLOR
-from greenscreen_cam.compositor import Compositor, CompositorSettings
 from greenscreen_cam.core import Frame
+from greenscreen_cam.key.compositor import Compositor, CompositorSettings
 from greenscreen_cam.media.sinks import MatteWriter, MultiSink, VirtualCameraSink
 from greenscreen_cam.media.sources import ImageFolderSource
 from greenscreen_cam.pipeline import Pipeline

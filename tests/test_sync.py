@@ -12,8 +12,8 @@ import pytest
 
 from greenscreen_cam.core import Frame
 from greenscreen_cam.errors import ConfigError
-from greenscreen_cam.oracle import OracleTracker, SimClock, replay
-from greenscreen_cam.sync import (
+from greenscreen_cam.key.oracle import OracleTracker, SimClock, replay
+from greenscreen_cam.key.sync import (
     FlowWarper,
     Keyed,
     KeyScheduler,

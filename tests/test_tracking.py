@@ -257,7 +257,7 @@ class OwnTimeTracker:
     def __init__(self) -> None:
         import threading
 
-        from greenscreen_cam.sync import ThreadedTracker
+        from greenscreen_cam.key.sync import ThreadedTracker
 
         self.inner = BoxTracker()
         self.prompts: list[Prompt | None] = []
@@ -320,7 +320,7 @@ class _Recorder:
 @pytest.mark.parametrize("realtime", [False, True])
 def test_a_tracker_of_its_own_time_is_one_argument_and_gets_the_prompt(tmp_path, realtime):
     from greenscreen_cam import KEY_COLOR
-    from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.key.compositor import Compositor, CompositorSettings
     from greenscreen_cam.media.sources import ImageFolderSource
     from greenscreen_cam.pipeline import Pipeline
 

@@ -18,7 +18,7 @@ def bench_compositor(frames: int, width: int = 1280, height: int = 720, *, devic
     on CUDA whether it waits for kernels other work queued on the GPU
     (:func:`compositor_overlap`).
     """
-    from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.key.compositor import Compositor, CompositorSettings
 
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
@@ -59,7 +59,7 @@ def compositor_overlap(device: str, frame: np.ndarray, grid: tuple[np.ndarray, n
     """
     import torch
 
-    from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.key.compositor import Compositor, CompositorSettings
 
     yy, xx = grid
     logits = (22.0 - np.hypot(yy - 32, xx - 32)).astype(np.float32)

@@ -151,8 +151,8 @@ def bench_idle(
         then to the first frame keyed with a mask of a frame captured after the resume) and
         ``resume_ms`` (their sum); medians as ``*_p50``.
     """
-    from greenscreen_cam.compositor import Compositor, CompositorSettings
     from greenscreen_cam.idle import IDLE_LABEL, IdleGate, ViewerWatch
+    from greenscreen_cam.key.compositor import Compositor, CompositorSettings
     from greenscreen_cam.media.sources import CameraSource
     from greenscreen_cam.pipeline import Pipeline
     from greenscreen_cam.track.prompt import Prompt, default_box

@@ -219,7 +219,7 @@ def bench_official(
 
 def _bench_pipeline(folder: Path, tracker: Any, prompt: Any, bare_ms: float, tmpdir: Path) -> dict[str, Any]:
     """The offline pipeline on the same frames, into a virtual-camera-like sink and into an mp4 file."""
-    from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.key.compositor import Compositor, CompositorSettings
     from greenscreen_cam.media.sinks import VideoFileSink
     from greenscreen_cam.media.sources import ImageFolderSource
     from greenscreen_cam.pipeline import Pipeline
@@ -270,7 +270,7 @@ def bench_live(
     alone in the same process (same thread policy), giving ``bare_tracker_fps`` and
     ``live_vs_bare`` (tracker rate in the loop / bare rate).
     """
-    from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.key.compositor import Compositor, CompositorSettings
     from greenscreen_cam.media.sources import open_source
     from greenscreen_cam.pipeline import Pipeline
     from greenscreen_cam.track.segmenter import Prompt
@@ -348,7 +348,7 @@ def bench_soak(
     size: int = 96,
 ) -> dict[str, Any]:
     """Track ``frames`` frames of a looped clip (scaled down to ``size`` px wide) and sample the process RSS."""
-    from greenscreen_cam.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.key.compositor import Compositor, CompositorSettings
     from greenscreen_cam.track.segmenter import Prompt
 
     clip = synthetic_frames(30) if source is None else load_frames(source, 60)

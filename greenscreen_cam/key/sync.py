@@ -28,7 +28,7 @@ feeds it frames (:meth:`KeyScheduler.push`) and tracker results
 (:meth:`KeyScheduler.add_result`), asks it which frame to give the tracker
 (:meth:`KeyScheduler.take_submission`) and takes the frames that are due
 (:meth:`KeyScheduler.pop_ready`). The same code runs the live pipeline, on the
-real clock, and the oracle benchmark (:mod:`greenscreen_cam.oracle`), on a
+real clock, and the oracle benchmark (:mod:`greenscreen_cam.key.oracle`), on a
 simulated one.
 
 Trackers are driven through :class:`AsyncTracker`; :class:`ThreadedTracker`

@@ -2,7 +2,7 @@
 
 It needs no checkpoint: a folder of frames is replayed as a camera at ``fps`` on a
 *simulated* clock (deterministic, much faster than real time) through the real
-:class:`~greenscreen_cam.sync.KeyScheduler` and optical-flow code, with an
+:class:`~greenscreen_cam.key.sync.KeyScheduler` and optical-flow code, with an
 :class:`OracleTracker` that answers each frame it is given with that frame's
 ground-truth mask, ``tracker_ms`` of simulated time later. For every output
 frame the mask that keyed it (thresholded at the compositor's 0.5 probability,
@@ -25,8 +25,8 @@ import numpy as np
 
 from greenscreen_cam.core import Frame, LatestSlot, MaskResult, percentile
 from greenscreen_cam.errors import ConfigError, SourceError
+from greenscreen_cam.key.sync import AsyncTracker, Keyed, KeyScheduler
 from greenscreen_cam.media.sources import IMAGE_SUFFIXES
-from greenscreen_cam.sync import AsyncTracker, Keyed, KeyScheduler
 
 BENCH_MODES: tuple[str, ...] = ("off", "off+flow", "on", "auto")
 ORACLE_LOGIT = 10.0
@@ -43,7 +43,7 @@ class SimClock:
 
 
 class OracleTracker:
-    """An :class:`~greenscreen_cam.sync.AsyncTracker` that returns ground truth after a fixed time.
+    """An :class:`~greenscreen_cam.key.sync.AsyncTracker` that returns ground truth after a fixed time.
 
     Args:
         masks: Per frame index, the ``(H, W)`` bool ground truth (True = subject).
@@ -236,7 +236,7 @@ def simulate(
 
 
 class SimTracker(AsyncTracker, Protocol):
-    """An :class:`~greenscreen_cam.sync.AsyncTracker` on a simulated clock that says when it next completes."""
+    """An :class:`~greenscreen_cam.key.sync.AsyncTracker` on a simulated clock that says when it next completes."""
 
     def next_done(self) -> float | None:
         """Simulated time of the next completion (None: nothing will complete on its own)."""
