@@ -28,10 +28,10 @@ from greenscreen_cam.track.tracking import AsyncTracking, LoadOptions, ModelChoi
 __all__ = ["ModelChoice", "check_start", "load_tracker", "open_pipeline", "resolve_model", "run_serve"]
 
 if TYPE_CHECKING:
-    from greenscreen_cam.idle import IdleGate
     from greenscreen_cam.link.sessions import ServeLimits
+    from greenscreen_cam.live.idle import IdleGate
+    from greenscreen_cam.live.pipeline import Pipeline
     from greenscreen_cam.media.outputs import OutputContext, Policy
-    from greenscreen_cam.pipeline import Pipeline
 
 Notify = Callable[[str], None]
 
@@ -60,8 +60,8 @@ def run_mode(s: Settings) -> str:
 
 
 def configure_threads(mode: str) -> None:
-    """The thread policy for the run mode (see :mod:`greenscreen_cam.threads`)."""
-    from greenscreen_cam.threads import configure_threads as apply
+    """The thread policy for the run mode (see :mod:`greenscreen_cam.live.threads`)."""
+    from greenscreen_cam.live.threads import configure_threads as apply
 
     apply("live" if mode == "live" else "offline")
 
@@ -115,7 +115,7 @@ def open_pipeline(
     on_event: Notify | None = None,
     on_status: Callable[[dict[str, Any]], None] | None = None,
 ) -> Iterator[Pipeline]:
-    """Open everything ``greencam start`` needs and yield the ready :class:`~greenscreen_cam.pipeline.Pipeline`.
+    """Open everything ``greencam start`` needs and yield the ready :class:`~greenscreen_cam.live.pipeline.Pipeline`.
 
     Leaving the block releases every device. File outputs are kept only when
     the pipeline's run completed (``pipeline.stats.completed``): an interrupted
@@ -126,10 +126,10 @@ def open_pipeline(
         GreencamError: any problem the user can fix, before anything slow happens where possible.
     """
     from greenscreen_cam.key.compositor import Compositor, make_background
+    from greenscreen_cam.live.pipeline import Pipeline
     from greenscreen_cam.media import outputs
     from greenscreen_cam.media.sinks import MatteWriter, MultiSink, PreviewSink
     from greenscreen_cam.media.sources import open_source
-    from greenscreen_cam.pipeline import Pipeline
 
     say = on_event or (lambda m: None)
     mode = run_mode(s)
@@ -257,7 +257,7 @@ def _open_idle(
     """
     import sys
 
-    from greenscreen_cam.idle import IdleGate, ViewerWatch, support
+    from greenscreen_cam.live.idle import IdleGate, ViewerWatch, support
 
     if s.idle == "never" or not devices or not callable(getattr(src, "suspend", None)):
         return None
@@ -284,9 +284,9 @@ def _open_idle(
 
 def _open_control(stack: ExitStack, pipeline: Any, s: Settings, say: Notify) -> None:
     """Listen for ``greencam ctl`` on the user's control socket; a second greencam runs without one."""
-    from greenscreen_cam.control import ControlServer, Dispatcher, PipelineControl
     from greenscreen_cam.errors import ControlError
     from greenscreen_cam.key.compositor import make_background
+    from greenscreen_cam.live.control import ControlServer, Dispatcher, PipelineControl
 
     try:
         server = ControlServer(Dispatcher(PipelineControl(pipeline, make_background), s)).start()

@@ -42,7 +42,7 @@ from greenscreen_cam.config import (
     to_toml,
 )
 from greenscreen_cam.errors import ConfigError, GreencamError
-from greenscreen_cam.status import StatusLine
+from greenscreen_cam.live.status import StatusLine
 
 # greencam reports every file and camera problem in its own one line: FFmpeg's messages inside
 # OpenCV ("moov atom not found") stay quiet unless the user asks for them (OPENCV_FFMPEG_LOGLEVEL=24).
@@ -682,7 +682,7 @@ def ctl(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")] = False,
 ) -> None:
     """Change the running greencam without restarting it (over its local control socket)."""
-    from greenscreen_cam.control import send
+    from greenscreen_cam.live.control import send
 
     with user_errors():
         answer = send(words)
@@ -712,7 +712,7 @@ def service_install(
     ] = False,
 ) -> None:
     """Write and enable ~/.config/systemd/user/greencam.service (restarts on failure)."""
-    from greenscreen_cam import service
+    from greenscreen_cam.live import service
     from greenscreen_cam.paths import user_config_path
 
     with user_errors():
@@ -726,7 +726,7 @@ def service_remove(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be done; change nothing.")] = False,
 ) -> None:
     """Stop, disable and delete the greencam user unit."""
-    from greenscreen_cam import service
+    from greenscreen_cam.live import service
 
     with user_errors():
         todo = service.plan("remove") if dry_run else service.remove()

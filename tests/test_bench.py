@@ -12,7 +12,7 @@ import pytest
 
 from greenscreen_cam import bench
 from greenscreen_cam.config import ModelSettings
-from greenscreen_cam.threads import configure_threads
+from greenscreen_cam.live.threads import configure_threads
 from greenscreen_cam.track.segmenter import STAGES
 
 from .conftest import REPO
@@ -116,7 +116,7 @@ def test_configure_threads_sets_policy_per_mode_and_keeps_the_users(mode, preset
     import cv2
     import torch
 
-    from greenscreen_cam.threads import live_torch_threads
+    from greenscreen_cam.live.threads import live_torch_threads
 
     env: dict[str, str] = {} if preset is None else {"OMP_WAIT_POLICY": preset}
     before, torch_before = cv2.getNumThreads(), torch.get_num_threads()
@@ -136,10 +136,10 @@ def test_configure_threads_sets_policy_per_mode_and_keeps_the_users(mode, preset
 
 @pytest.mark.slow
 def test_configure_threads_before_torch_sets_the_environment():
-    from greenscreen_cam.threads import live_torch_threads
+    from greenscreen_cam.live.threads import live_torch_threads
 
     code = (
-        "import json, os, sys; from greenscreen_cam.threads import configure_threads; "
+        "import json, os, sys; from greenscreen_cam.live.threads import configure_threads; "
         "r = configure_threads(sys.argv[1]); import torch; "
         "print(json.dumps([r, os.environ.get('OMP_NUM_THREADS'), torch.get_num_threads()]))"
     )

@@ -372,7 +372,7 @@ def _status(interactive: bool, width: int = 200):
     from rich.console import Console
 
     from greenscreen_cam.config import Settings
-    from greenscreen_cam.status import StatusLine
+    from greenscreen_cam.live.status import StatusLine
 
     buf = io.StringIO()
     console = Console(file=buf, width=width, force_terminal=interactive, color_system=None)
@@ -419,7 +419,7 @@ def test_progress_without_a_known_length():
     "seconds, text", [(3.25, "3.2 s"), (59.9, "59.9 s"), (125.0, "2 min 05 s"), (3725.0, "1 h 02 min")]
 )
 def test_durations(seconds, text):
-    from greenscreen_cam.status import format_duration
+    from greenscreen_cam.live.status import format_duration
 
     assert format_duration(seconds) == text
 

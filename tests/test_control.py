@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from greenscreen_cam import control
 from greenscreen_cam.config import Settings
 from greenscreen_cam.errors import ControlError
+from greenscreen_cam.live import control
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs Unix sockets")
 

@@ -344,10 +344,10 @@ def _control_socket(model: Any) -> Iterator[tuple[Path, Any]]:
     import numpy as np
 
     from greenscreen_cam.config import Settings
-    from greenscreen_cam.control import ControlServer, Dispatcher, PipelineControl
     from greenscreen_cam.key.compositor import Compositor, make_background
+    from greenscreen_cam.live.control import ControlServer, Dispatcher, PipelineControl
+    from greenscreen_cam.live.pipeline import Pipeline
     from greenscreen_cam.media.sources import ImageFolderSource
-    from greenscreen_cam.pipeline import Pipeline
     from greenscreen_cam.track.segmenter import StreamingTracker
     from tests.conftest import write_jpeg_folder
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from greenscreen_cam import KEY_COLOR, idle
+from greenscreen_cam import KEY_COLOR
 from greenscreen_cam.bench.idle import LoopingWebcam
+from greenscreen_cam.live import idle
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and inotify (Linux)")
 
@@ -140,9 +141,9 @@ def test_camera_source_suspend_releases_the_device_and_resume_opens_it_again():
 def test_live_run_idles_without_a_viewer_and_resumes_with_its_selection(device, tiny_model, vcam_backend):
     """The real loop: no viewer -> no camera open and no tracker step; a viewer -> keyed frames again."""
     from greenscreen_cam.key.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.live.pipeline import Pipeline
     from greenscreen_cam.media.sinks import VirtualCameraSink
     from greenscreen_cam.media.sources import CameraSource
-    from greenscreen_cam.pipeline import Pipeline
     from greenscreen_cam.track.segmenter import Prompt, StreamingTracker
     from tests.conftest import moving_disc_frames
 

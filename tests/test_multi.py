@@ -243,8 +243,8 @@ def _only_under(results, index: int, frame_hw: tuple[int, int]) -> tuple[float, 
 @pytest.mark.slow
 def test_preview_r_adds_a_subject_and_d_drops_the_one_under_the_cursor(tiny_model, tmp_path):
     from greenscreen_cam.key.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.live.pipeline import Pipeline
     from greenscreen_cam.media.sources import ImageFolderSource
-    from greenscreen_cam.pipeline import Pipeline
 
     frames = moving_disc_frames(8)
     events: list[str] = []

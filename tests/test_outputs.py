@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 from greenscreen_cam.cli import app
 from greenscreen_cam.errors import SinkError
 from greenscreen_cam.key.compositor import Compositor, CompositorSettings
+from greenscreen_cam.live.pipeline import Pipeline
 from greenscreen_cam.media import outputs
 from greenscreen_cam.media.outputs import OutputKind, ThreadedSink, buffer_depth
 from greenscreen_cam.media.sinks import MultiSink
 from greenscreen_cam.media.sources import ImageFolderSource
-from greenscreen_cam.pipeline import Pipeline
 from greenscreen_cam.track.prompt import Prompt
 
 from .conftest import moving_disc_frames, write_jpeg_folder, write_video

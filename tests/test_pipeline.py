@@ -14,9 +14,9 @@ import torch
 from greenscreen_cam import KEY_COLOR
 from greenscreen_cam.core import Frame
 from greenscreen_cam.key.compositor import Compositor, CompositorSettings
+from greenscreen_cam.live.pipeline import Pipeline
 from greenscreen_cam.media.sinks import MatteWriter, MultiSink, VirtualCameraSink
 from greenscreen_cam.media.sources import ImageFolderSource
-from greenscreen_cam.pipeline import Pipeline
 from greenscreen_cam.track.segmenter import Prompt, StreamingTracker
 
 from .conftest import moving_disc_frames, write_jpeg_folder
@@ -343,7 +343,7 @@ def test_status_lines_in_a_log():
     from rich.console import Console
 
     from greenscreen_cam.config import Settings
-    from greenscreen_cam.status import StatusLine
+    from greenscreen_cam.live.status import StatusLine
 
     buf = io.StringIO()
     status = StatusLine(Console(file=buf, width=300), Settings(device="cpu", resolution=256), interactive=False)

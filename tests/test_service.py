@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from greenscreen_cam import service
+from greenscreen_cam.live import service
 
 
 @pytest.fixture()

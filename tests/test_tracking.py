@@ -321,8 +321,8 @@ class _Recorder:
 def test_a_tracker_of_its_own_time_is_one_argument_and_gets_the_prompt(tmp_path, realtime):
     from greenscreen_cam import KEY_COLOR
     from greenscreen_cam.key.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.live.pipeline import Pipeline
     from greenscreen_cam.media.sources import ImageFolderSource
-    from greenscreen_cam.pipeline import Pipeline
 
     from .conftest import write_jpeg_folder
 

@@ -1,6 +1,6 @@
 """A camera left on all day: CPU with and without a viewer, resume latency, and the cost per extra subject.
 
-:func:`bench_idle` runs the real live loop (:class:`~greenscreen_cam.pipeline.Pipeline` with a
+:func:`bench_idle` runs the real live loop (:class:`~greenscreen_cam.live.pipeline.Pipeline` with a
 :class:`~greenscreen_cam.media.sources.CameraSource`, the tracker, the compositor and the idle gate)
 over a stand-in webcam (:class:`LoopingWebcam`, a capture that plays generated frames at 30 fps)
 and a stand-in device file watched the way a v4l2loopback device is; a second process opens and
@@ -151,10 +151,10 @@ def bench_idle(
         then to the first frame keyed with a mask of a frame captured after the resume) and
         ``resume_ms`` (their sum); medians as ``*_p50``.
     """
-    from greenscreen_cam.idle import IDLE_LABEL, IdleGate, ViewerWatch
     from greenscreen_cam.key.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.live.idle import IDLE_LABEL, IdleGate, ViewerWatch
+    from greenscreen_cam.live.pipeline import Pipeline
     from greenscreen_cam.media.sources import CameraSource
-    from greenscreen_cam.pipeline import Pipeline
     from greenscreen_cam.track.prompt import Prompt, default_box
 
     width, height = size

@@ -220,9 +220,9 @@ def bench_official(
 def _bench_pipeline(folder: Path, tracker: Any, prompt: Any, bare_ms: float, tmpdir: Path) -> dict[str, Any]:
     """The offline pipeline on the same frames, into a virtual-camera-like sink and into an mp4 file."""
     from greenscreen_cam.key.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.live.pipeline import Pipeline
     from greenscreen_cam.media.sinks import VideoFileSink
     from greenscreen_cam.media.sources import ImageFolderSource
-    from greenscreen_cam.pipeline import Pipeline
 
     out: dict[str, Any] = {"bare_tracker_ms": bare_ms}
     for name in ("vcam", "mp4"):
@@ -271,8 +271,8 @@ def bench_live(
     ``live_vs_bare`` (tracker rate in the loop / bare rate).
     """
     from greenscreen_cam.key.compositor import Compositor, CompositorSettings
+    from greenscreen_cam.live.pipeline import Pipeline
     from greenscreen_cam.media.sources import open_source
-    from greenscreen_cam.pipeline import Pipeline
     from greenscreen_cam.track.segmenter import Prompt
 
     with tempfile.TemporaryDirectory(prefix="greencam-bench-") as tmp:

@@ -35,9 +35,9 @@ import numpy as np
 
 from greenscreen_cam.core import Frame, MaskResult, percentile
 from greenscreen_cam.errors import GreencamError, PromptError, TrackerError
-from greenscreen_cam.idle import IDLE_LABEL, IdleGate, placeholder_frame
 from greenscreen_cam.key.compositor import Compositor
 from greenscreen_cam.key.sync import AsyncTracker, Keyed, KeyScheduler, ThreadedTracker
+from greenscreen_cam.live.idle import IDLE_LABEL, IdleGate, placeholder_frame
 from greenscreen_cam.media.outputs import sink_counts
 from greenscreen_cam.media.sinks import Sink
 from greenscreen_cam.media.sources import LatestFrameReader, PrefetchReader, Source

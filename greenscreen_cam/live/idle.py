@@ -11,7 +11,7 @@ camera active at once; it goes idle only when nobody has held the device for ``h
 seconds. A program that opens and closes the device every few seconds (Discord does) therefore
 keeps the camera on instead of making it flap.
 
-The live loop (:class:`greenscreen_cam.pipeline.Pipeline` with ``idle=``) asks the gate between
+The live loop (:class:`greenscreen_cam.live.pipeline.Pipeline` with ``idle=``) asks the gate between
 frames: when it goes idle the loop releases the physical camera, runs no tracker step and sends
 a cheap :func:`placeholder_frame` at a low rate (so a device with ``exclusive_caps=1`` stays in
 Chrome's list), and it resumes as soon as a viewer opens the device.

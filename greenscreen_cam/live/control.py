@@ -209,7 +209,7 @@ class Dispatcher:
 
 
 class PipelineControl:
-    """The :class:`ControlTarget` of a running :class:`greenscreen_cam.pipeline.Pipeline`.
+    """The :class:`ControlTarget` of a running :class:`greenscreen_cam.live.pipeline.Pipeline`.
 
     Changes are handed to the pipeline's own thread (``pipeline.call_soon``) and applied between
     two frames, so the compositor is never changed while it keys a frame.
