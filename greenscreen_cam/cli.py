@@ -82,7 +82,7 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _version(value: bool) -> None:
+def _print_version(value: bool) -> None:
     if value:
         out.print(f"greencam {__version__}")
         raise typer.Exit()
@@ -91,7 +91,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """greencam: a virtual green screen for video calls."""

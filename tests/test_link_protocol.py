@@ -13,7 +13,7 @@ import pytest
 from greenscreen_cam.config import ServeSettings
 from greenscreen_cam.errors import ConfigError, PromptError
 from greenscreen_cam.link import protocol as P
-from greenscreen_cam.link.client import _send_size
+from greenscreen_cam.link.client import send_size
 from greenscreen_cam.link.urls import base_url
 
 
@@ -157,7 +157,7 @@ def test_bad_server_urls_are_refused(url: str) -> None:
     [((1280, 720), 256, (456, 256)), ((640, 480), 1024, (640, 480)), ((161, 121), 256, (160, 120))],
 )
 def test_frames_go_up_with_their_shorter_side_at_the_model_size(size, resolution, expect) -> None:
-    assert _send_size(*size, resolution) == expect
+    assert send_size(*size, resolution) == expect
 
 
 @pytest.mark.parametrize(

@@ -324,9 +324,9 @@ def sessions_at_fps(
     ``frame_hw`` defaults to a 1280x720 camera as the client sends it (shorter side at most the model size).
     """
     if frame_hw is None:
-        from greenscreen_cam.link.client import _send_size
+        from greenscreen_cam.link.client import send_size
 
-        w, h = _send_size(1280, 720, int(model.image_size))
+        w, h = send_size(1280, 720, int(model.image_size))
         frame_hw = (h, w)
     budget = 1000.0 / fps
     runs: dict[int, dict[str, Any]] = {}

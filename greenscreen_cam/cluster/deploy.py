@@ -285,8 +285,7 @@ class SessionHost:
     # -------------------------------------------------------------- Serve hooks
     async def check_health(self) -> None:
         await self._ensure_started()
-        thread = self.worker._thread
-        if thread is not None and not thread.is_alive():
+        if self.worker.stopped_unexpectedly:
             raise RuntimeError("the model worker stopped")
 
     def record_routing_stats(self) -> dict[str, Any]:

@@ -80,7 +80,7 @@ class _Waiter:
         self.result: RemoteMask | None = None
 
 
-def _send_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+def send_size(width: int, height: int, resolution: int) -> tuple[int, int]:
     """Scale ``width x height`` so its shorter side is ``resolution`` (never up); even sizes for I420."""
     scale = min(1.0, resolution / max(1, min(width, height)))
     w = max(2, int(round(width * scale / 2)) * 2)
@@ -754,7 +754,7 @@ def _frame_track(owner: RemoteTracker) -> Any:
             frame, waiter = item
             image = frame.image
             h, w = image.shape[:2]
-            sw, sh = _send_size(w, h, owner.resolution)
+            sw, sh = send_size(w, h, owner.resolution)
             if (sw, sh) != (w, h):
                 image = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
             out = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")

@@ -78,6 +78,7 @@ class ConnectionGuard:
         self._timers[h] = loop.call_later(self.limits.header_timeout, self._expire, h)
         self._unauthenticated[h] = None
         if len(self._unauthenticated) > self.limits.max_unauthenticated:
+            # aiohttp's RequestHandler._current_request (no public way to ask whether a connection is mid-request)
             victim = next((o for o in self._unauthenticated if o is not h and o._current_request is None), None)
             if victim is None:
                 victim = h  # every other one is busy with a request: refuse the newcomer
@@ -133,7 +134,7 @@ def _handler_class(guard: ConnectionGuard) -> type[RequestHandler]:
             guard.emit(f"{status} bad HTTP request from {request.remote}: {reason}")
             if request.writer.output_size > 0:
                 raise ConnectionError("response already sent; cannot send the error")
-            phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+            phrase = _phrase(status)
             text = "malformed HTTP request" if status < 500 else "internal error"
             resp = web.Response(status=status, text=f"{status} {phrase}: {text}\n", content_type="text/plain")
             resp.force_close()
@@ -226,3 +227,11 @@ async def serve_app(
             await until
     finally:
         await runner.cleanup()
+
+
+def _phrase(status: int) -> str:
+    """The reason phrase of ``status`` ("Error" for a code that HTTPStatus does not name)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

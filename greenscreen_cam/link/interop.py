@@ -53,6 +53,7 @@ def prefer_dtls_server(pc: Any, offer_setup: str) -> bool:
     if pc.sctp is not None:
         transports.append(pc.sctp.transport)
     for transport in transports:
+        # aiortc's RTCDtlsTransport._set_role: its role is chosen only through this private setter
         if getattr(transport, "_role", None) == "auto":
             transport._set_role("server")
     return True

@@ -62,6 +62,7 @@ def use_marker_jitter_buffer(receiver: Any) -> bool:
                     return None
                 if timestamp is None:
                     timestamp = packet.timestamp
+                # aiortc's RtpPacket._data: the depayloaded payload its depacketizer set (this jitter buffer's one private read)
                 elif packet.timestamp != timestamp:  # the next frame began: this one is complete
                     self.remove(count)
                     return JitterFrame(data=b"".join(p._data for p in packets), timestamp=timestamp)

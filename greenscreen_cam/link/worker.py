@@ -309,6 +309,12 @@ class ModelWorker:
         self._thread = threading.Thread(target=self._work, name="greencam-serve-model", daemon=True)
         self._thread.start()
 
+    @property
+    def stopped_unexpectedly(self) -> bool:
+        """True when the model thread was started and has died without :meth:`stop` (a replica's health check)."""
+        thread = self._thread
+        return thread is not None and not thread.is_alive()
+
     def stop(self) -> None:
         """Stop the thread (waits for a running step)."""
         with self._cond:

@@ -41,7 +41,7 @@ import numpy as np
 
 from greenscreen_cam.core import LatestSlot
 from greenscreen_cam.errors import SinkError
-from greenscreen_cam.media.sinks import Sink, _Closing, abort_sink
+from greenscreen_cam.media.sinks import ClosingSink, Sink, abort_sink
 
 Policy = Literal["drop", "buffer", "block"]
 
@@ -196,7 +196,7 @@ def open_output(target: OutputTarget, ctx: OutputContext) -> Sink:
 _END = object()
 
 
-class ThreadedSink(_Closing):
+class ThreadedSink(ClosingSink):
     """Runs ``sink.send`` on a thread of its own, so that a slow output never stalls the caller.
 
     Args:

@@ -46,7 +46,7 @@ def abort_sink(sink: object) -> None:
         sink.close()  # type: ignore[attr-defined]
 
 
-class _Closing:
+class ClosingSink:
     """Context-manager base: a clean exit calls ``close()``, an exception calls ``abort()``."""
 
     def __enter__(self) -> Any:
@@ -66,7 +66,7 @@ class _Closing:
         self.close()
 
 
-class VirtualCameraSink(_Closing):
+class VirtualCameraSink(ClosingSink):
     """The virtual webcam, through ``pyvirtualcam.Camera``.
 
     Frames are sent as RGB: pyvirtualcam converts them to the device's native
@@ -236,7 +236,7 @@ def check_outputs(paths: list[Path], matte_dir: Path | None, *, overwrite: bool,
             )
 
 
-class VideoFileSink(_Closing):
+class VideoFileSink(ClosingSink):
     """A video file written with OpenCV (``.mp4`` -> mp4v, ``.avi`` -> MJPG, ``.mkv`` -> XVID).
 
     Frames go to a hidden temporary file in the same folder
@@ -519,7 +519,7 @@ def _wrap(line: str, max_chars: int) -> list[str]:
 SELECT_HINT = "drag a box around the subject (right click or Esc cancels)"
 
 
-class PreviewSink(_Closing):
+class PreviewSink(ClosingSink):
     """An OpenCV window showing the keyed frames, with state lines and a non-blocking box selection.
 
     The window is resizable and opens at the frame's size, scaled down to at
@@ -649,7 +649,7 @@ class PreviewSink(_Closing):
             pass
 
 
-class MatteWriter(_Closing):
+class MatteWriter(ClosingSink):
     """Writes each frame's alpha matte as an 8-bit PNG: ``DIR/000000.png``, ``000001.png``, ...
 
     The PNGs go to a hidden sibling folder (``.DIR.greencam-tmp-XXXXXXXX``) that
@@ -720,7 +720,7 @@ class MatteWriter(_Closing):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-class NullSink(_Closing):
+class NullSink(ClosingSink):
     """Discards frames (benchmarks)."""
 
     def __init__(self) -> None:
@@ -733,7 +733,7 @@ class NullSink(_Closing):
         pass
 
 
-class MultiSink(_Closing):
+class MultiSink(ClosingSink):
     """Sends each frame to every sink; :meth:`close` closes all of them, even if one raises."""
 
     def __init__(self, sinks: list[Any]) -> None:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from greenscreen_cam.errors import PromptError
+from greenscreen_cam.track import sam2_private
 from greenscreen_cam.track.steady import (
     SteadyBank,
     attend_memory,
@@ -79,9 +80,9 @@ def bucket_for(n: int) -> int:
 
 def supports_batching(model: Any) -> bool:
     """True when ``model`` has the layout the stacked step reproduces (the steady step's, and no cross-row mask constraint)."""
-    from greenscreen_cam.track.segmenter import _supports_cached_memory_attention
+    from greenscreen_cam.track.segmenter import supports_cached_memory_attention
 
-    return _supports_cached_memory_attention(model) and not getattr(model, "non_overlap_masks_for_mem_enc", False)
+    return supports_cached_memory_attention(model) and not getattr(model, "non_overlap_masks_for_mem_enc", False)
 
 
 class _Bucket:
@@ -211,7 +212,7 @@ def batched_step(
     buf["mem"][rows, write] = torch.where(keep3, new_mem.to(buf["mem"].dtype), buf["mem"][rows, write])
     for li, layer in enumerate(attention.layers):
         attn = layer.cross_attn_image
-        v = attn._separate_heads(attn.v_proj(new_mem), attn.num_heads).to(buf["v"].dtype)  # (B, h, HW, D)
+        v = sam2_private.separate_heads(attn, attn.v_proj(new_mem), attn.num_heads).to(buf["v"].dtype)  # (B, h, HW, D)
         ring = buf["v"][li]
         ring[rows, write] = torch.where(live[:, None, None, None], v, ring[rows, write])
     write_ptr = torch.remainder(t, p)
@@ -338,12 +339,12 @@ class SessionBatch:
         t = tracker.frame_index + 1
         amp = self._amp()
         with torch.inference_mode(), amp:
-            if tracker.steady_active:  # its own steady bank holds the memory
-                bank = tracker._bank
-                assert bank is not None
+            own = tracker.steady_bank()  # its own steady bank holds the memory
+            if own is not None:
+                bank = own
             else:
                 bank = self._staging
-                bank.prime(tracker._memory, t)
+                tracker.prime_bank(bank, t)
         used = {m.row for m in self._members.values()}
         need = bucket_for(len(self._members) + 1)
         if self._current is None or need > self._current.size or self._current.mem_dtype != bank.mem_dtype:
@@ -357,8 +358,7 @@ class SessionBatch:
         bank.active = False  # the tracker's own bank, if it was one, is no longer read
         self._template = bank
         # the batch now holds the memory: the tracker keeps only its conditioning entry (is_prompted)
-        tracker._memory["non_cond_frame_outputs"] = {}
-        tracker._kv_cache = {}
+        tracker.release_memory()
         self._members[key] = _Member(tracker, row, tracker.frame_index)
 
     def _move_to(self, size: int, like: SteadyBank | None = None) -> None:
@@ -465,8 +465,7 @@ class SessionBatch:
         rows = host.numpy()
         side = int(round((packed.shape[1] - 1) ** 0.5))
         for i, m, _, hw in batched:
-            m.tracker._frame_index += 1
-            m.frame_index = m.tracker._frame_index
+            m.frame_index = m.tracker.advance_frame()
             row = rows[m.row]
             low_host = row[:-1].reshape(side, side)
             if packed.device.type == "cpu":

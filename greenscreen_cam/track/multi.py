@@ -182,7 +182,7 @@ class MultiTracker:
     # ------------------------------------------------------------------ core
     def _step(self, frame: np.ndarray, *, keep: bool, new: list[Prompt]) -> TrackResult:
         hw = (int(frame.shape[0]), int(frame.shape[1]))
-        with self._encoder._stage("preprocess"):
+        with self._encoder.stage("preprocess"):
             image = self._encoder.preprocess(frame)
         encoded = self._encoder.encode(image)[0]
         results: list[TrackResult] = []

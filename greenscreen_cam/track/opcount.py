@@ -66,6 +66,7 @@ class OpCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        # torch's OpOverload._schema: the schema name (aten::op.overload) torch dispatch gives no public getter for
         name = func._schema.name
         self.ops += 1
         self.by_op[name] += 1

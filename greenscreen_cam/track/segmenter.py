@@ -30,13 +30,17 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from greenscreen_cam.errors import PromptError
+from greenscreen_cam.track import sam2_private
+
+if TYPE_CHECKING:
+    from greenscreen_cam.track.steady import SteadyBank
 from greenscreen_cam.track.prompt import Prompt, fmt_box
 
 __all__ = ["STAGES", "Encoded", "Prompt", "StreamingTracker", "TrackResult", "fmt_box"]
@@ -160,13 +164,13 @@ class StreamingTracker:
         self._to_unit = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
         """uint8 -> [0, 1] float32 lookup, equal to sam2's ``x.astype(float64) / 255`` then ``.float()``."""
         # Verified bit-exact in float32 (tests/test_segmenter_cache.py); under autocast sam2's own code runs.
-        self._fast_memory = autocast is None and _supports_cached_memory_attention(model)
+        self._fast_memory = autocast is None and supports_cached_memory_attention(model)
         _install_cached_pos_embed(model)
         from greenscreen_cam.track.steady import SteadyBank
 
         if captured and self.device.type != "cuda":
             raise ValueError("a captured step needs a CUDA device")
-        supported = _supports_cached_memory_attention(model)
+        supported = supports_cached_memory_attention(model)
         self._captured_mode = captured and supported
         self._bank = SteadyBank(model) if steady and supported and (autocast is None or captured) else None
         self._graph: Any = None
@@ -222,6 +226,26 @@ class StreamingTracker:
         """True while frames run the fixed-shape steady-state step (the bank is full)."""
         return self._bank is not None and self._bank.active
 
+    # ------------------------------------------------------------------ handing the memory to a batch
+    # What greencam serve's stacked step (batched.py) needs from a tracker whose memory it takes over.
+    def steady_bank(self) -> SteadyBank | None:
+        """The tracker's own full steady bank while :attr:`steady_active`, else None."""
+        return self._bank if self.steady_active else None
+
+    def prime_bank(self, bank: SteadyBank, t: int) -> None:
+        """Fill ``bank`` from this tracker's stored memory, as of frame ``t``."""
+        bank.prime(self._memory, t)
+
+    def release_memory(self) -> None:
+        """Drop every non-conditioning memory (a batch now holds it); the prompt stays (:attr:`is_prompted`)."""
+        self._memory["non_cond_frame_outputs"] = {}
+        self._kv_cache = {}
+
+    def advance_frame(self) -> int:
+        """Count one frame tracked outside this tracker (by a batch); returns the new :attr:`frame_index`."""
+        self._frame_index += 1
+        return self._frame_index
+
     @property
     def captured(self) -> bool:
         """True once the steady-state step has been captured as a CUDA graph."""
@@ -265,7 +289,7 @@ class StreamingTracker:
         """
         h, w = frame.shape[:2]
         prompt.validate(w, h)
-        with self._stage("preprocess"):
+        with self.stage("preprocess"):
             image = self.preprocess(frame)
         return self.step(image, (h, w), prompt)
 
@@ -273,7 +297,7 @@ class StreamingTracker:
         """Track the subject into the next frame of the stream."""
         if not self.is_prompted:
             raise PromptError("the tracker has no prompt yet; select a subject first")
-        with self._stage("preprocess"):
+        with self.stage("preprocess"):
             image = self.preprocess(frame)
         return self.step(image, frame.shape[:2], None)
 
@@ -304,9 +328,9 @@ class StreamingTracker:
         :meth:`step_encoded`.
         """
         amp = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()
-        with amp, self._stage("image_encoder"):
+        with amp, self.stage("image_encoder"):
             backbone = self.model.forward_image(images)
-            _, feats, pos, sizes = self.model._prepare_backbone_features(backbone)
+            _, feats, pos, sizes = sam2_private.prepare_backbone_features(self.model, backbone)
         batch = int(images.shape[0])
         if batch == 1:
             return [Encoded(list(feats), list(pos), list(sizes))]
@@ -347,11 +371,12 @@ class StreamingTracker:
         feats, pos, sizes = encoded.feats, encoded.pos, encoded.sizes
         amp = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()
         with amp:
-            with self._stage("memory_attention"):
+            with self.stage("memory_attention"):
                 if self._fast_memory and not is_cond:
                     pix_feat = self._memory_conditioned(t, feats[-1], pos[-1], sizes[-1])
                 else:
-                    pix_feat = model._prepare_memory_conditioned_features(
+                    pix_feat = sam2_private.prepare_memory_conditioned_features(
+                        model,
                         frame_idx=t,
                         is_init_cond_frame=is_cond,
                         current_vision_feats=feats[-1:],
@@ -360,21 +385,23 @@ class StreamingTracker:
                         output_dict=self._memory,
                         num_frames=_STREAM_LENGTH,
                     )
-            with self._stage("mask_decoder"):
+            with self.stage("mask_decoder"):
                 high_res_features = [
                     x.permute(1, 2, 0).view(x.size(1), x.size(2), *s)
                     for x, s in zip(feats[:-1], sizes[:-1], strict=True)
                 ]
-                heads = model._forward_sam_heads(
+                heads = sam2_private.forward_sam_heads(
+                    model,
                     backbone_features=pix_feat,
                     point_inputs=point_inputs,
                     mask_inputs=None,
                     high_res_features=high_res_features,
-                    multimask_output=model._use_multimask(is_cond, point_inputs),
+                    multimask_output=sam2_private.use_multimask(model, is_cond, point_inputs),
                 )
                 low_res, high_res, obj_ptr, obj_score = heads[3], heads[4], heads[5], heads[6]
-            with self._stage("memory_encoder"):
-                maskmem, maskmem_pos = model._encode_new_memory(
+            with self.stage("memory_encoder"):
+                maskmem, maskmem_pos = sam2_private.encode_new_memory(
+                    model,
                     current_vision_feats=feats,
                     feat_sizes=sizes,
                     pred_masks_high_res=high_res,
@@ -390,7 +417,7 @@ class StreamingTracker:
         }
         self._memory["cond_frame_outputs" if is_cond else "non_cond_frame_outputs"][t] = entry
         self._prune(t)
-        with self._stage("postprocess"):
+        with self.stage("postprocess"):
             low = low_res.float()
             score = float(obj_score.float().reshape(-1)[0])  # also waits for the device
         return TrackResult(t, low, (height, width), score, is_cond)
@@ -416,14 +443,14 @@ class StreamingTracker:
                 self._memory["non_cond_frame_outputs"] = {}
                 self._kv_cache = {}
             if self._captured_mode and self._graph is None:
-                with self._stage("capture"):
+                with self.stage("capture"):
                     self._graph = CapturedStep(bank, encoded.feats, encoded.pos, encoded.sizes, self.autocast)
             if self._graph is not None:
-                with self._stage("steady_step"):
+                with self.stage("steady_step"):
                     out = self._graph(encoded.feats, encoded.pos)
             else:
-                out = steady_step(bank, encoded.feats, encoded.pos, encoded.sizes, self._stage)
-        with self._stage("postprocess"):
+                out = steady_step(bank, encoded.feats, encoded.pos, encoded.sizes, self.stage)
+        with self.stage("postprocess"):
             # the frame's one device-to-host copy: mask logits with the object score behind them
             host = out.packed if out.packed.device.type == "cpu" else out.packed.to("cpu")
             row = host.numpy()[0]
@@ -554,12 +581,12 @@ class StreamingTracker:
             ptr_pos_bf = ptr_pos.to(pos_dtype).transpose(0, 1)
 
         for li, layer in enumerate(attention.layers):
-            output = layer._forward_sa(output, query_pos)
+            output = sam2_private.self_attention(layer, output, query_pos)
             # Cross-attention (sam2's MemoryAttentionLayer._forward_ca + RoPEAttention.forward).
             tgt2 = layer.norm2(output)
             attn = layer.cross_attn_image
             q = attn.q_proj(tgt2 + query_pos if layer.pos_enc_at_cross_attn_queries else tgt2)
-            q = attn._separate_heads(q, attn.num_heads)
+            q = sam2_private.separate_heads(attn, q, attn.num_heads)
             side = math.sqrt(q.shape[-2])
             attn.freqs_cis = attn.freqs_cis.to(q.device)
             if attn.freqs_cis.shape[0] != q.shape[-2]:
@@ -569,13 +596,13 @@ class StreamingTracker:
             for (t_pos, idx, _), mem, pos in zip(spatial, mem_bf, pos_bf, strict=True):
                 cached = self._kv_cache.setdefault(idx, {"v": [], "k": []})
                 if len(cached["v"]) <= li:
-                    cached["v"].append(attn._separate_heads(attn.v_proj(mem), attn.num_heads))
+                    cached["v"].append(sam2_private.separate_heads(attn, attn.v_proj(mem), attn.num_heads))
                 values.append(cached["v"][li])
                 if t_pos == 0 and len(cached["k"]) > li:
                     keys.append(cached["k"][li])
                     continue
                 k = attn.k_proj(mem + pos if layer.pos_enc_at_cross_attn_keys else mem)
-                k = attn._separate_heads(k, attn.num_heads)
+                k = sam2_private.separate_heads(attn, k, attn.num_heads)
                 k = _rotate_keys(k, attn.freqs_cis)
                 if t_pos == 0:
                     cached["k"].append(k)
@@ -583,10 +610,10 @@ class StreamingTracker:
             q, _ = apply_rotary_enc(q, q[:, :, :0], freqs_cis=attn.freqs_cis)
             if ptr_mem is not None:
                 k_ptr = attn.k_proj(ptr_mem_bf + ptr_pos_bf if layer.pos_enc_at_cross_attn_keys else ptr_mem_bf)
-                keys.append(attn._separate_heads(k_ptr, attn.num_heads))
-                values.append(attn._separate_heads(attn.v_proj(ptr_mem_bf), attn.num_heads))
+                keys.append(sam2_private.separate_heads(attn, k_ptr, attn.num_heads))
+                values.append(sam2_private.separate_heads(attn, attn.v_proj(ptr_mem_bf), attn.num_heads))
             attended = F.scaled_dot_product_attention(q, torch.cat(keys, dim=-2), torch.cat(values, dim=-2))
-            output = output + layer.dropout2(attn.out_proj(attn._recombine_heads(attended)))
+            output = output + layer.dropout2(attn.out_proj(sam2_private.recombine_heads(attn, attended)))
             # MLP
             tgt2 = layer.norm3(output)
             tgt2 = layer.linear2(layer.dropout(layer.activation(layer.linear1(tgt2))))
@@ -613,7 +640,7 @@ class StreamingTracker:
                 del self._kv_cache[idx]
 
     @contextmanager
-    def _stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str) -> Iterator[None]:
         if not self.profile:
             yield
             return
@@ -627,7 +654,7 @@ class StreamingTracker:
         self.timings[name].append((time.perf_counter() - start) * 1000.0)
 
 
-def _supports_cached_memory_attention(model: Any) -> bool:
+def supports_cached_memory_attention(model: Any) -> bool:
     """True when ``model``'s memory attention has the layout :meth:`StreamingTracker._memory_conditioned` reproduces.
 
     That is sam2's ``MemoryAttention`` (batch-first) of ``MemoryAttentionLayer`` s
@@ -664,6 +691,7 @@ def _install_cached_pos_embed(model: Any) -> None:
     (their version counter) or of the autocast state computes it afresh.
     """
     trunk = getattr(getattr(model, "image_encoder", None), "trunk", None)
+    # sam2's Hiera._get_pos_embed is wrapped in place; _greencam_pos_cache marks a trunk already wrapped
     compute = getattr(trunk, "_get_pos_embed", None)
     if trunk is None or compute is None or getattr(trunk, "_greencam_pos_cache", None) is not None:
         return
@@ -674,6 +702,7 @@ def _install_cached_pos_embed(model: Any) -> None:
             return compute(hw)
         params = (trunk.pos_embed, trunk.pos_embed_window)
         device = params[0].device.type
+        # torch's Tensor._version: the in-place write counter (a reloaded weight must miss the cache)
         key = (
             tuple(hw),
             *((p.data_ptr(), p._version) for p in params),

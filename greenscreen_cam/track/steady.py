@@ -47,6 +47,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from greenscreen_cam.track import sam2_private
+
 __all__ = ["CapturedStep", "SteadyBank", "StepOutput", "bank_full_at", "steady_step"]
 
 _MUTABLE = ("t", "mem", "v", "ptr")
@@ -166,9 +168,9 @@ class SteadyBank:
         for li, layer in enumerate(attention.layers):
             attn = layer.cross_attn_image
             _ensure_freqs(attn, hw, device)
-            buf["v_cond"][li].copy_(attn._separate_heads(attn.v_proj(cond_mem), heads))
+            buf["v_cond"][li].copy_(sam2_private.separate_heads(attn, attn.v_proj(cond_mem), heads))
             k = attn.k_proj(cond_mem + buf["pos_cond"] if layer.pos_enc_at_cross_attn_keys else cond_mem)
-            buf["k_cond"][li].copy_(_rotate(attn._separate_heads(k, heads), attn.freqs_cis))
+            buf["k_cond"][li].copy_(_rotate(sam2_private.separate_heads(attn, k, heads), attn.freqs_cis))
         for f in recent:
             self._store_spatial(layout(non_cond[f]), f % r)
         for f in ptr_frames:
@@ -184,7 +186,7 @@ class SteadyBank:
         buf["mem"].index_copy_(1, index, mem.unsqueeze(1).to(buf["mem"].dtype))
         for li, layer in enumerate(self.model.memory_attention.layers):
             attn = layer.cross_attn_image
-            v = attn._separate_heads(attn.v_proj(mem), attn.num_heads)  # bf16 under autocast
+            v = sam2_private.separate_heads(attn, attn.v_proj(mem), attn.num_heads)  # bf16 under autocast
             buf["v"][li].index_copy_(2, index, v.unsqueeze(2).to(buf["v"].dtype))
 
     # ------------------------------------------------------------------ state
@@ -228,12 +230,13 @@ def decode_masks(
     high_res_features = [
         x.permute(1, 2, 0).view(x.size(1), x.size(2), *s) for x, s in zip(feats[:-1], sizes[:-1], strict=True)
     ]
-    heads = model._forward_sam_heads(
+    heads = sam2_private.forward_sam_heads(
+        model,
         backbone_features=pix_feat,
         point_inputs=None,
         mask_inputs=None,
         high_res_features=high_res_features,
-        multimask_output=model._use_multimask(False, None),
+        multimask_output=sam2_private.use_multimask(model, False, None),
     )
     return heads[3], heads[4], heads[5], heads[6]
 
@@ -250,7 +253,8 @@ def encode_memory(
 
     Stored through bf16 like the official predictor, then read back in ``mem_dtype``.
     """
-    maskmem, _ = model._encode_new_memory(
+    maskmem, _ = sam2_private.encode_new_memory(
+        model,
         current_vision_feats=feats,
         feat_sizes=sizes,
         pred_masks_high_res=high_res,
@@ -296,24 +300,24 @@ def attend_memory(
     output = output.transpose(0, 1)
     query_pos = feat_pos.transpose(0, 1)
     for li, layer in enumerate(attention.layers):
-        output = layer._forward_sa(output, query_pos)
+        output = sam2_private.self_attention(layer, output, query_pos)
         tgt2 = layer.norm2(output)
         attn = layer.cross_attn_image
         q = attn.q_proj(tgt2 + query_pos if layer.pos_enc_at_cross_attn_queries else tgt2)
-        q = attn._separate_heads(q, attn.num_heads)
+        q = sam2_private.separate_heads(attn, q, attn.num_heads)
         _ensure_freqs(attn, q.shape[-2], device)
         k_mem = attn.k_proj(mem + mem_pos if layer.pos_enc_at_cross_attn_keys else mem)
-        k_mem = attn._separate_heads(k_mem, attn.num_heads)
+        k_mem = sam2_private.separate_heads(attn, k_mem, attn.num_heads)
         k_mem = _rotate(k_mem.unflatten(-2, (r, hw)), attn.freqs_cis).flatten(-3, -2)
         v_mem = recent_values(li)
         q, _ = apply_rotary_enc(q, q[:, :, :0], freqs_cis=attn.freqs_cis)
         k_ptr = attn.k_proj(ptr_mem + ptr_pos if layer.pos_enc_at_cross_attn_keys else ptr_mem)
-        keys = torch.cat([buf["k_cond"][li], k_mem, attn._separate_heads(k_ptr, attn.num_heads)], dim=-2)
+        keys = torch.cat([buf["k_cond"][li], k_mem, sam2_private.separate_heads(attn, k_ptr, attn.num_heads)], dim=-2)
         values = torch.cat(
-            [buf["v_cond"][li], v_mem, attn._separate_heads(attn.v_proj(ptr_mem), attn.num_heads)], dim=-2
+            [buf["v_cond"][li], v_mem, sam2_private.separate_heads(attn, attn.v_proj(ptr_mem), attn.num_heads)], dim=-2
         )
         attended = F.scaled_dot_product_attention(q, keys, values)
-        output = output + layer.dropout2(attn.out_proj(attn._recombine_heads(attended)))
+        output = output + layer.dropout2(attn.out_proj(sam2_private.recombine_heads(attn, attended)))
         tgt2 = layer.norm3(output)
         tgt2 = layer.linear2(layer.dropout(layer.activation(layer.linear1(tgt2))))
         output = output + layer.dropout3(tgt2)
@@ -349,7 +353,7 @@ def steady_step(
         feats: The frame's image features per level, ``(H*W, B, C)`` (as :class:`Encoded`).
         pos: Their positional encodings.
         sizes: Per level ``(H, W)``.
-        stage: Optional per-stage timer (``StreamingTracker._stage``); None inside a capture.
+        stage: Optional per-stage timer (``StreamingTracker.stage``); None inside a capture.
 
     Returns:
         The frame's outputs, still on the device.
