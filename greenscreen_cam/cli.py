@@ -48,6 +48,24 @@ from greenscreen_cam.live.status import StatusLine
 # OpenCV ("moov atom not found") stay quiet unless the user asks for them (OPENCV_FFMPEG_LOGLEVEL=24).
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
+
+def _flags_show_no_metavar() -> None:
+    """Typer prints a flag's type in ``--help`` (``--json <bool>``) as if it took a value: a flag shows none."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "greencam_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.greencam_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_metavar()
+
 app = typer.Typer(
     name="greencam",
     help=(
@@ -428,7 +446,8 @@ def download(
 @app.command(
     "config",
     epilog="Examples:\n\n  greencam config\n\n  greencam config --config my.toml --json\n\n"
-    "  greencam config --defaults > my.toml\n\n  greencam config --path",
+    "  greencam config --defaults > my.toml\n\n  greencam config --path\n\n"
+    "  greencam config --write\n\n  greencam config --write --config my.toml --overwrite",
 )
 def show_config(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Settings file (TOML, YAML or JSON).")] = None,
@@ -438,11 +457,26 @@ def show_config(
     show_secrets: Annotated[
         bool, typer.Option("--show-secrets", help="Print token and turn_password in clear (masked by default).")
     ] = False,
+    write: Annotated[
+        bool,
+        typer.Option(
+            "--write",
+            help="Write a starter config file (every setting commented out at its default) to the path --path "
+            "prints, or to --config FILE. Refuses to replace an existing file.",
+        ),
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="With --write: replace an existing file.")] = False,
 ) -> None:
     """Print the effective settings (defaults < configs/default.toml < your file); credentials are masked."""
-    from greenscreen_cam.config import MASK, SECRET_SETTINGS, masked, user_config_file
+    from greenscreen_cam.config import MASK, SECRET_SETTINGS, masked, user_config_file, write_config_file
 
     with user_errors():
+        if overwrite and not write:
+            raise ConfigError("--overwrite goes with --write (greencam config --write --overwrite)")
+        if write:
+            written = write_config_file(config if config is not None else user_config_file(), overwrite=overwrite)
+            out.print(f"wrote {written}; edit it, then greencam config shows the settings in force", soft_wrap=True)
+            return
         if path:
             out.print(str(user_config_file()), soft_wrap=True)
             return

@@ -648,6 +648,64 @@ def defaults_toml() -> str:
     return "\n".join(parts) + "\n"
 
 
+STARTER_HEADER = """\
+# Your greencam settings (written by `greencam config --write`). Every setting is listed at its
+# default and commented out: uncomment a line and change its value to use it. `greencam config`
+# prints the settings in force; CLI flags override this file.
+"""
+
+
+def starter_toml() -> str:
+    """A user config file that changes nothing yet: :func:`defaults_toml` with every setting commented out."""
+    lines = []
+    for line in defaults_toml().splitlines()[DEFAULTS_HEADER.count("\n") :]:
+        lines.append(line if not line or line.startswith("#") else f"# {line}")
+    return STARTER_HEADER + "\n".join(lines) + "\n"
+
+
+def write_config_file(path: Path, *, overwrite: bool = False) -> Path:
+    """Write :func:`starter_toml` to ``path`` atomically (a temp file beside it, then a rename).
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is False (the file is left as it was).
+        ConfigError: the folder cannot be created or written (permissions, full disk).
+    """
+    import os
+    import tempfile
+
+    from greenscreen_cam.errors import OutputExistsError
+
+    path = path.expanduser()
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{path} already exists; pass --overwrite to replace it (the old file is kept until then)"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(starter_toml())
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o600)  # it may come to hold a token
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if the file appeared meanwhile: never replaces one
+            tmp.unlink()
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it") from None
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
+
+
 SECRET_SETTINGS = ("token", "turn_password")
 """Settings that are credentials: ``greencam config`` masks them unless ``--show-secrets``."""
 
