@@ -152,6 +152,12 @@ class ClusterError(GreencamError):
     exit_code = 9
 
 
+class ServiceError(GreencamError):
+    """The login service (``greencam service``) cannot be installed or removed here."""
+
+    exit_code = 1
+
+
 class ControlError(GreencamError):
     """The control channel (``greencam ctl``) cannot be reached or opened."""
 

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from greenscreen_cam.errors import ServiceError
 from greenscreen_cam.live import service
 
 
@@ -29,9 +30,9 @@ def test_plan_and_paths(config, tmp_path):
     assert ["systemctl", "--user", "enable", "--now", "greencam.service"] in todo.commands
     assert "ExecStart=" in todo.describe() and "systemctl --user daemon-reload" in todo.describe()
     assert service.unit_path("relative") == service.unit_path("")  # a relative XDG_CONFIG_HOME is ignored
-    with pytest.raises(service.ServiceError, match="does not exist"):
+    with pytest.raises(ServiceError, match="does not exist"):
         service.plan("install", tmp_path / "missing.toml", home)
-    with pytest.raises(service.ServiceError, match="unknown service action"):
+    with pytest.raises(ServiceError, match="unknown service action"):
         service.plan("restart", config, home)
 
 
@@ -42,7 +43,7 @@ def test_install_then_remove_writes_and_deletes_the_unit(config, tmp_path):
     assert done.path.read_text() == done.text
     service.remove(config_home=home, run=False)
     assert not done.path.exists()
-    with pytest.raises(service.ServiceError, match="no greencam service installed"):
+    with pytest.raises(ServiceError, match="no greencam service installed"):
         service.remove(config_home=home, run=False)
 
 

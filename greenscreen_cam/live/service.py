@@ -19,17 +19,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from greenscreen_cam.errors import GreencamError
+from greenscreen_cam.errors import ServiceError
 
-__all__ = ["ServiceError", "ServicePlan", "install", "plan", "remove", "unit_path", "unit_text"]
+__all__ = ["ServicePlan", "install", "plan", "remove", "unit_path", "unit_text"]
 
 UNIT_NAME = "greencam.service"
-
-
-class ServiceError(GreencamError):
-    """The login service cannot be installed or removed here."""
-
-    exit_code = 1
 
 
 def unit_path(config_home: str | None = None) -> Path:
