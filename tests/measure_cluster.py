@@ -23,7 +23,7 @@ from pathlib import Path
 
 from greenscreen_cam.core import percentile
 from tests.conftest import moving_disc_frames, write_video
-from tests.test_cluster import TOKEN, Cluster, _client, _offers, _request, kill_a_busy_replica, wait_for
+from tests.test_cluster import TOKEN, Cluster, StderrLog, _client, _offers, _request, kill_a_busy_replica, wait_for
 from tests.test_link_cli import BOX, LOOPBACK, free_port
 
 MODEL = ["--model", "tiny", "--device", "cpu", "--resolution", "256"]
@@ -122,9 +122,9 @@ def reconnects(n: int, tmp: Path) -> None:
             wait_for(lambda: len(cluster.health()["replicas"]) >= 2, 180, "two replicas", every=0.5)
             procs = [_client(cluster, clip, tmp / f"r{k}-{i}") for i in range(2)]
             try:
-                held, took = kill_a_busy_replica(cluster, len(procs))
+                held, took = kill_a_busy_replica(cluster, [StderrLog(p) for p in procs])
                 times.append(took)
-                sys.stdout.write(f"kill {k + 1}: {held} session(s) on the killed replica, moved in {took:.2f} s\n")
+                sys.stdout.write(f"kill {k + 1}: {held} client(s) on the killed replica, moved in {took:.2f} s\n")
                 sys.stdout.flush()
             finally:
                 for p in procs:

@@ -207,7 +207,7 @@ def test_oversized_stream_silent_client_and_flood(running):
     silent.connect(str(server.path))
     t0 = time.monotonic()
     assert control.send(["status"], server.path, timeout=5)["ok"]
-    assert time.monotonic() - t0 < control.REQUEST_TIMEOUT + 1.5
+    assert time.monotonic() - t0 < control.REQUEST_TIMEOUT + 3.0  # not the 5 s of a server that waits on it
     silent.close()
     # A flood: 8 threads x 25 connections of garbage and real commands at once.
     frames_before = cam.frames

@@ -198,12 +198,13 @@ def test_buffer_policy_rides_out_a_stall_and_then_drops_the_oldest_never_waiting
     stuck = Hangs()
     threaded = ThreadedSink(stuck, name="rec.mp4", policy="buffer", depth=6)
     frames = [np.full((4, 4, 3), i, np.uint8) for i in range(10)]
-    started = time.monotonic()
     threaded.send(frames[0])
-    assert stuck.entered.wait(5.0)  # frame 0 is being written, and hangs
+    assert stuck.entered.wait(5.0)  # frame 0 is being written, and hangs (until released: for ever)
+    started = time.monotonic()
     for f in frames[1:]:
         threaded.send(f)  # 1-9 arrive while it hangs
-    assert time.monotonic() - started < 1.0, "send never waits for the output"
+    # A send that waited for the output would wait for ever; 5 s leaves room for a loaded machine.
+    assert time.monotonic() - started < 5.0, "send never waits for the output"
     stuck.release.set()
     threaded.close()
     got = [int(f[0, 0, 0]) for f in stuck.frames]

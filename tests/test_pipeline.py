@@ -98,7 +98,11 @@ def test_live_output_keeps_the_source_rate_while_the_tracker_is_slower(tiny_mode
     # ...while SAM 2 ran on far fewer of them (it is much slower than 30 fps on this CPU).
     assert 1 <= summary["tracked"] < summary["frames_in"]
     assert summary["output_fps"] == pytest.approx(len(cam.frames) / summary["seconds"], rel=0.01)
-    assert 20 < (len(cam.frames) - 1) / (cam.times[-1] - cam.times[0]) < 40
+    # At the rate the source delivered (30 fps, less what a loaded machine's reader had to drop:
+    # 15 of 45 at a load of 9 on 2 cores), never the tracker's few fps.
+    out_rate = (len(cam.frames) - 1) / (cam.times[-1] - cam.times[0])
+    assert 0.8 * summary["input_fps"] < out_rate < 40, (out_rate, summary["input_fps"])
+    assert summary["input_fps"] > 2 * summary["tracked"] / summary["seconds"], "the tracker must be the slower one"
     assert summary["latency_p95_ms"] >= summary["latency_p50_ms"] > 0
     assert statuses and statuses[-1]["subject"] == "tracking"
     last = cam.frames[-1].reshape(120, 160, 3)
@@ -223,7 +227,7 @@ def test_tracker_failure_in_live_mode_ends_the_run_with_one_error(tiny_model, tm
         def track(self, frame):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(4) * 50)
+    folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(4) * 600)  # 80 s of frames at 30 fps
     pipe = Pipeline(
         ImageFolderSource(folder, fps=30.0, realtime=True),
         Broken(tiny_model),
@@ -234,12 +238,12 @@ def test_tracker_failure_in_live_mode_ends_the_run_with_one_error(tiny_model, tm
     start = time.perf_counter()
     with pytest.raises(TrackerError, match="the tracker failed: RuntimeError: CUDA error"):
         pipe.run()
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 20.0  # ended by the failure, long before the clip's end
 
 
 @pytest.mark.slow
 def test_stop_from_another_thread_ends_a_live_run(tiny_model, tmp_path):
-    folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(4) * 200)
+    folder = write_jpeg_folder(tmp_path / "f", moving_disc_frames(4) * 200)  # 27 s of frames at 30 fps
     source = ImageFolderSource(folder, fps=30.0, realtime=True)
     twenty_sent = threading.Event()
     pipe = Pipeline(
@@ -259,8 +263,10 @@ def test_stop_from_another_thread_ends_a_live_run(tiny_model, tmp_path):
     threading.Thread(target=stop_after_twenty, daemon=True).start()
     summary = pipe.run()
     assert stopped, "the run ended before 20 frames were sent"
-    assert time.perf_counter() - stopped[0] < 1.0
-    assert 20 <= summary["frames_out"] < 20 + 30, "it stopped within a second of 30 fps frames"
+    # Promptly: within the tracker step in flight and the threads' joins (3 s leaves room for a
+    # loaded 2-core machine; running on would take the clip's 27 s).
+    assert time.perf_counter() - stopped[0] < 3.0
+    assert 20 <= summary["frames_out"] < 20 + 90, "it stopped within 3 s of 30 fps frames"
 
 
 @pytest.mark.slow
