@@ -46,7 +46,49 @@ def bench_compositor(frames: int, width: int = 1280, height: int = 720, *, devic
         results[name] = {"median_ms": median_ms(times), "p95_ms": percentile(times, 95)}
     if device is not None and device.startswith("cuda"):
         results["gpu_overlap"] = compositor_overlap(device, frame, (yy, xx))
+    results["subjects"] = subjects_union(min(frames, 60))
     return results
+
+
+def subjects_union(frames: int) -> dict[str, dict[str, float]]:
+    """What keying several subjects costs: each subject upsampled, then the union (ms per frame, medians).
+
+    Per frame size (720p, 1080p) and subject count (1, 2, 8): the official order with torch's
+    kernel (``refine none``'s exact path), the same with OpenCV (the refined path's kernel, at the
+    frame size here), the old order (maximum at 64x64, one upsampling) for comparison, and whole
+    ``compose`` calls on both paths.
+    """
+    from greenscreen_cam.key.compositor import Compositor, CompositorSettings, upsample_union
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:64, 0:64]
+    out: dict[str, dict[str, float]] = {}
+    for width, height in ((1280, 720), (1920, 1080)):
+        frame = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        for n in (1, 2, 8):
+            centres = [(8 + 48 * k / max(1, n - 1), 32.0) for k in range(n)]
+            planes = np.stack([(10.0 - np.hypot(yy - cy, xx - cx)).astype(np.float32) for cx, cy in centres])
+            size = (height, width)
+            cases: dict[str, Any] = {
+                "exact (torch)": lambda p=planes, s=size: upsample_union(p, s, exact=True),
+                "opencv": lambda p=planes, s=size: upsample_union(p, s),
+                "max first (old)": lambda p=planes, s=size: upsample_union(p.max(axis=0), s, exact=True),
+            }
+            for label, settings in (("compose refine none", CompositorSettings(refine="none", smooth=0.0)),
+                                    ("compose default", CompositorSettings(smooth=0.3))):  # fmt: skip
+                comp = Compositor(settings)
+                cases[label] = lambda c=comp, p=planes, f=frame: c.compose(f, p)
+            row: dict[str, float] = {}
+            for label, fn in cases.items():
+                times = []
+                for i in range(frames + 3):
+                    start = time.perf_counter()
+                    fn()
+                    if i >= 3:
+                        times.append((time.perf_counter() - start) * 1000.0)
+                row[label] = median_ms(times)
+            out[f"{width}x{height}, {n} subject{'s' if n > 1 else ''}"] = row
+    return out
 
 
 def compositor_overlap(device: str, frame: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:

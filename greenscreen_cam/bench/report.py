@@ -23,6 +23,16 @@ def print_result(result: dict[str, Any], console: Any) -> None:
             if isinstance(value, dict) and "median_ms" in value:
                 table.add_row(key, f"{value['median_ms']:.2f}", f"{value['p95_ms']:.2f}")
         console.print(table)
+        subjects = result.get("subjects")
+        if subjects:
+            table = Table(title="several subjects: each upsampled, then their union (median ms per frame)")
+            columns = list(next(iter(subjects.values())))
+            table.add_column("frame, subjects")
+            for c in columns:
+                table.add_column(c, justify="right")
+            for key, row in subjects.items():
+                table.add_row(key, *(f"{row[c]:.2f}" for c in columns))
+            console.print(table)
         return
     title = (
         f"{result['model']} @ {result['resolution']} on {result['device']} ({result['dtype']}"
