@@ -42,8 +42,9 @@ class MaskResult:
     Attributes:
         frame_index: :attr:`Frame.index` of the tracked frame.
         timestamp: :attr:`Frame.timestamp` of the tracked frame.
-        logits: ``(h, w)`` float32 mask logits at the tracker's (low) resolution, ``> 0`` = subject;
-            None when the frame has no mask (no subject selected yet, or none found).
+        logits: ``(h, w)`` float32 mask logits at the tracker's (low) resolution, ``> 0`` = subject
+            (``(n, h, w)`` for ``n`` subjects, one plane each: the key upsamples each before they
+            meet); None when the frame has no mask (no subject selected yet, or none found).
         visible: The tracker's verdict that the subject is in the frame.
         object_score: The tracker's visibility logit (``> 0`` = visible).
         selected: False when the frame was not tracked at all because no subject is selected yet:

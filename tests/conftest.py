@@ -84,6 +84,31 @@ def write_jpeg_folder(folder: Path, frames: list[np.ndarray]) -> Path:
     return folder
 
 
+def official_logits(checkpoint: Path, folder: Path, prompts: list[dict], device: str = "cpu") -> list:
+    """The official ``SAM2VideoPredictor`` (tiny at 256 px) on a JPEG folder, one object per prompt added on frame 0.
+
+    Per frame, in order: its full-resolution logits, shape (objects, H, W), on the CPU.
+    """
+    from sam2.build_sam import build_sam2_video_predictor
+
+    from greenscreen_cam.track import models
+
+    predictor = build_sam2_video_predictor(
+        models.get_spec("tiny").config, str(checkpoint), device=device, hydra_overrides_extra=["++model.image_size=256"]
+    )
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state = predictor.init_state(str(folder))
+        for obj_id, prompt in enumerate(prompts, start=1):
+            predictor.add_new_points_or_box(state, 0, obj_id, **prompt)
+        for i, obj_ids, masks in predictor.propagate_in_video(state):
+            assert list(obj_ids) == list(range(1, len(prompts) + 1))
+            out[i] = masks[:, 0].detach().cpu().clone()
+    assert sorted(out) == list(range(len(out)))
+    return [out[i] for i in range(len(out))]
+
+
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoints/ folder holding a seeded random ``tiny`` checkpoint under its official file name."""

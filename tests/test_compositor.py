@@ -56,11 +56,70 @@ def test_no_subject_means_plain_key(frame):
 
 
 def test_refine_none_is_exactly_the_tracker_probability(frame):
+    import torch
+    import torch.nn.functional as F
+
     logits = disc_logits(scale=0.3)
     _, alpha = Compositor(CompositorSettings(refine="none")).compose(frame, logits)
-    up = cv2.resize(logits, (W, H), interpolation=cv2.INTER_LINEAR)
-    expected = np.rint(255 / (1 + np.exp(-up))).astype(np.uint8)
+    # sam2's own upsampling (video_res_masks): torch's bilinear kernel, not OpenCV's
+    up = F.interpolate(torch.from_numpy(logits)[None, None], size=(H, W), mode="bilinear", align_corners=False)
+    expected = np.rint(255 / (1 + np.exp(-up[0, 0].numpy()))).astype(np.uint8)
     assert np.array_equal(alpha, expected)
+    # alpha >= 128 is exactly sam2's mask (logits > 0), even for logits a hair below zero
+    tiny = np.full((4, 4), -3.7e-8, np.float32)
+    tiny[0, 0] = 3.7e-8
+    _, a = Compositor(CompositorSettings(refine="none")).compose(frame[:4, :4].copy(), tiny)
+    assert a[0, 0] == 128 and (a.ravel()[1:] == 127).all()
+
+
+def test_several_subjects_meet_after_each_is_upsampled(frame):
+    """(n, h, w) logits: the union of the planes upsampled one by one, not the upsampled maximum."""
+    import torch
+    import torch.nn.functional as F
+
+    from greenscreen_cam.key.compositor import upsample_union
+
+    rng = np.random.default_rng(3)
+    planes = (rng.standard_normal((3, 16, 16)) * 6).astype(np.float32)
+    ups = F.interpolate(torch.from_numpy(planes)[:, None], size=(H, W), mode="bilinear", align_corners=False)
+    official = ups[:, 0].numpy()
+    union = upsample_union(planes, (H, W), exact=True)
+    assert np.array_equal(union > 0, (official > 0).any(axis=0))  # the official predictor's (masks > 0).any(0)
+    assert np.array_equal(union, official.max(axis=0))
+    once = upsample_union(planes.max(axis=0), (H, W), exact=True)
+    assert (once > 0).sum() > (union > 0).sum(), "the maximum upsampled once grows where subjects meet"
+    _, alpha = Compositor(CompositorSettings(refine="none")).compose(frame, planes)
+    assert np.array_equal(alpha > 127, (official > 0).any(axis=0))
+    assert np.abs(alpha.astype(int) - np.rint(255 / (1 + np.exp(-official.max(axis=0))))).max() <= 1
+    # The default (refined) path takes the union at its work resolution, after each plane's resize.
+    fast = upsample_union(planes, (H, W))
+    assert np.array_equal(fast, np.max([cv2.resize(p, (W, H), interpolation=cv2.INTER_LINEAR) for p in planes], axis=0))
+    _, alpha_auto = Compositor(CompositorSettings()).compose(frame, planes)
+    assert alpha_auto.shape == (H, W) and (alpha_auto == 255).any()
+    with pytest.raises(ValueError, match="2-D"):
+        Compositor(CompositorSettings()).compose(frame, np.zeros((2, 2, 2, 2), np.float32))
+
+
+def test_a_subject_that_is_not_there_is_not_upsampled_and_changes_nothing(frame):
+    """A plane below ALPHA_ZERO_LOGIT everywhere is left out of the exact union: same mask, same alpha."""
+    from greenscreen_cam.key.compositor import ALPHA_ZERO_LOGIT, upsample_union
+
+    rng = np.random.default_rng(4)
+    present = (rng.standard_normal((16, 16)) * 6).astype(np.float32)
+    absent = np.full((16, 16), ALPHA_ZERO_LOGIT - 0.5, np.float32)
+    absent[3, 3] = ALPHA_ZERO_LOGIT - 0.01  # still below the floor everywhere
+    comp = Compositor(CompositorSettings(refine="none"))
+    _, alone = comp.compose(frame, present[None])
+    _, both = comp.compose(frame, np.stack([present, absent]))
+    assert np.array_equal(alone, both)
+    # Left out only where it cannot matter: the full union agrees wherever the alpha is not 0.
+    full = upsample_union(np.stack([present, absent]), (H, W), exact=True)
+    floored = upsample_union(np.stack([present, absent]), (H, W), exact=True, floor=ALPHA_ZERO_LOGIT)
+    assert np.array_equal(full > 0, floored > 0)
+    assert np.array_equal(floored, upsample_union(present, (H, W), exact=True))
+    # Every subject absent: one plane is kept, the key colour everywhere.
+    _, none = comp.compose(frame, np.stack([absent, absent]))
+    assert (none == 0).all()
 
 
 def test_upsampling_is_smooth_not_blocky(frame):
@@ -265,8 +324,9 @@ def test_bad_settings(settings, message):
 @pytest.mark.parametrize(
     "logits, message",
     [
-        (np.zeros((4, 4, 2), np.float32), "2-D"),
+        (np.zeros((4, 4, 2, 1), np.float32), "2-D"),
         (np.zeros((0, 4), np.float32), "2-D"),
+        (np.zeros((0, 4, 4), np.float32), "2-D"),
         (np.full((4, 4), np.nan, np.float32), "NaN"),
     ],
 )
@@ -280,7 +340,9 @@ def test_infinite_logits_are_clean(frame, refine):
     inside = disc_logits() > 0
     comp = Compositor(CompositorSettings(refine=refine))
     _, alpha = comp.compose(frame, np.where(inside, np.inf, -np.inf).astype(np.float32))
-    _, finite = comp.compose(frame, np.where(inside, 40.0, -40.0).astype(np.float32))
+    from greenscreen_cam.key.compositor import LOGIT_CLIP
+
+    _, finite = comp.compose(frame, np.where(inside, LOGIT_CLIP, -LOGIT_CLIP).astype(np.float32))
     assert np.array_equal(alpha, finite) and alpha.max() == 255 and alpha.min() == 0
 
 

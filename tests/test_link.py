@@ -23,6 +23,7 @@ from greenscreen_cam.app import run_serve
 from greenscreen_cam.config import ServeSettings
 from greenscreen_cam.core import Frame
 from greenscreen_cam.core import MaskResult as TrackerResult
+from greenscreen_cam.errors import PromptError
 from greenscreen_cam.link.client import RemoteTracker
 from greenscreen_cam.link.protocol import (
     LinkAuthError,
@@ -132,11 +133,10 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def upsampled(logits: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
+    """Logits (one plane, or one per subject) upsampled as sam2 does, each plane before they meet."""
+    from greenscreen_cam.key.compositor import upsample_union
 
-    t = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=hw, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return upsample_union(logits, hw, exact=True)
 
 
 # --------------------------------------------------------------------------- tracking
@@ -186,7 +186,8 @@ def test_a_remote_selection_of_two_subjects_keys_their_union_like_a_local_multit
     ious, grew = [], []
     for i, (f, m, m1) in enumerate(zip(frames, masks, one, strict=True)):
         res = local.prompt(f.image, both) if i == 0 else local.track(f.image)
-        mine = upsampled(res.low_res_logits[0, 0].numpy(), hw) > 0
+        assert m.logits.shape == (2, 64, 64)  # one plane per subject
+        mine = upsampled(res.low_res_numpy(), hw) > 0
         theirs = upsampled(m.logits, hw) > 0
         assert 0.02 < mine.mean() < 0.98, "a degenerate mask would make the comparison meaningless"
         ious.append(iou(mine, theirs))
@@ -194,6 +195,32 @@ def test_a_remote_selection_of_two_subjects_keys_their_union_like_a_local_multit
     print(f"\nremote vs local two-subject IoU per frame: {[round(v, 3) for v in ious]}")
     assert np.mean(ious) >= 0.9
     assert max(grew) > 0, "the second subject adds to the key"
+
+
+def test_a_remote_subject_is_dropped_by_its_number_and_the_other_keeps_tracking(server: ServerThread, tmp_path) -> None:
+    """The preview's ``d`` with ``start --server``: the subject under the cursor goes, the other stays."""
+    from greenscreen_cam.track.prompt import Selection
+
+    frames = decoded_clip(tmp_path, 6)
+    h, w = frames[0].image.shape[:2]
+    events: list[str] = []
+    with RemoteTracker(server.url, TOKEN, width=w, height=h, on_event=events.append) as tracker:
+        assert tracker.subject_at(10, 10) is None  # no mask yet
+        tracker.reselect(Selection((DISC_BOX, Prompt(box=(100.0, 10.0, 50.0, 60.0)))))
+        masks = [tracker.track_sync(f, timeout=60) for f in frames[:3]]
+        assert all(m.logits is not None and m.logits.shape == (2, 64, 64) for m in masks)
+        covered = [(x, y) for y in range(2, h, 4) for x in range(2, w, 4) if tracker.subject_at(x, y) is not None]
+        assert covered, "neither subject covers any pixel: nothing to drop"
+        index = tracker.subject_at(*covered[0])
+        assert index in (0, 1)
+        with pytest.raises(PromptError, match="no subject 3 to drop: 2 tracked"):
+            tracker.drop_subject(2)
+        assert tracker.drop_subject(index) == 1
+        after = [tracker.track_sync(f, timeout=60) for f in frames[3:]]
+        # The drop goes on the data channel, the frames as video: it applies within a frame or two.
+        assert after[-1].logits is not None and after[-1].logits.shape == (64, 64)
+        assert all(m.state in ("tracking", "lost") for m in after)
+    assert not [e for e in events if e.startswith("server:")], events
 
 
 def test_clients_at_once_each_get_their_own_masks(server: ServerThread, tiny_model, tmp_path) -> None:
@@ -551,6 +578,11 @@ def test_bad_channel_messages_get_an_error_and_the_session_goes_on(server: Serve
             '{"type": "prompt", "box": [1, 2, 3, 4]}',
             '{"type": "prompt", "box": null, "points": [], "labels": [], "width": 160, "height": 120}',
             '{"type": "prompt", "box": [1, 2, 30, 40], "width": 160, "height": 120, "add": "yes"}',
+            '{"type": "prompt", "drop": 1}',  # no subject yet
+            '{"type": "prompt", "drop": true}',
+            '{"type": "prompt", "drop": 1.5}',
+            '{"type": "prompt", "drop": 99}',
+            '{"type": "prompt", "drop": 1, "box": [1, 2, 30, 40], "width": 160, "height": 120}',
             b"\x00binary",
         ]
         for msg in bad:

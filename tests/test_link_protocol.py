@@ -33,6 +33,24 @@ def test_mask_message_layout_is_the_documented_one() -> None:
     np.testing.assert_array_equal(back.probability, prob)
 
 
+def test_several_subjects_go_as_one_plane_each() -> None:
+    """Encoding 2: n planes after one another, n in bytes 18-19; one plane is plain encoding 1."""
+    planes = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    msg = P.encode_mask(9, 2, P.STATE_TRACKING, 0.25, planes)
+    assert struct.unpack(">HH", msg[12:16]) == (5, 4)
+    assert msg[17] == P.ENCODING_U8_PLANES_ZLIB and struct.unpack(">H", msg[18:20])[0] == 3
+    assert zlib.decompress(msg[24:]) == planes.tobytes()
+    back = P.decode_mask(msg)
+    assert back.probability.shape == (3, 4, 5)
+    np.testing.assert_array_equal(back.probability, planes)
+    one = P.encode_mask(9, 2, P.STATE_TRACKING, 0.25, planes[:1])
+    assert one == P.encode_mask(9, 2, P.STATE_TRACKING, 0.25, planes[0]) and one[17] == 1 and one[18:20] == b"\0\0"
+    assert P.MAX_MASK_PLANES == __import__("greenscreen_cam.track.multi", fromlist=["x"]).MAX_SUBJECTS
+    for bad in (np.zeros((9, 2, 2), np.uint8), np.zeros((1, 2, 2, 2), np.uint8), np.zeros((0, 2, 2), np.uint8)):
+        with pytest.raises(ValueError):
+            P.encode_mask(0, 0, 0, 0.0, bad)
+
+
 def test_tags_and_sequence_numbers_wrap_at_32_bits() -> None:
     msg = P.encode_mask(2**32 + 5, 2**33 + 1, P.STATE_TRACKING, 1.0, np.zeros((2, 2), np.uint8))
     back = P.decode_mask(msg)
@@ -48,11 +66,49 @@ def test_tags_and_sequence_numbers_wrap_at_32_bits() -> None:
         (P.HEADER.pack(P.MAGIC, 0, 0, 2, 2, 5, 1, 0, 0.0) + zlib.compress(b"\0" * 4), "state"),
         (P.HEADER.pack(P.MAGIC, 0, 0, 2, 2, 0, 1, 0, 0.0) + b"not zlib", "corrupt"),
         (P.HEADER.pack(P.MAGIC, 0, 0, 3, 3, 0, 1, 0, 0.0) + zlib.compress(b"\0" * 4), "header says 3x3"),
+        (P.HEADER.pack(P.MAGIC, 0, 0, 2, 2, 0, 1, 0, 0.0) + zlib.compress(b"\0" * 5), "longer than the 2x2"),
+        (P.HEADER.pack(P.MAGIC, 0, 0, 2, 2, 0, 1, 0, 0.0) + zlib.compress(b"\0" * 4)[:-3], "cut short"),
+        (P.HEADER.pack(P.MAGIC, 0, 0, 2, 2, 0, 2, 1, 0.0) + zlib.compress(b"\0" * 4), "a mask of 1 planes"),
+        (P.HEADER.pack(P.MAGIC, 0, 0, 2, 2, 0, 2, 0, 0.0) + zlib.compress(b"\0" * 4), "a mask of 0 planes"),
+        (P.HEADER.pack(P.MAGIC, 0, 0, 2, 2, 0, 2, 9, 0.0) + zlib.compress(b"\0" * 36), "a mask of 9 planes"),
+        (P.HEADER.pack(P.MAGIC, 0, 0, 2, 2, 0, 2, 3, 0.0) + zlib.compress(b"\0" * 8), "header says 3 x 2x2"),
+        (P.HEADER.pack(P.MAGIC, 0, 0, 2, 2, 0, 2, 2, 0.0) + zlib.compress(bytes(1 << 24)), "longer than the 2 x 2x2"),
     ],
 )
 def test_malformed_mask_messages_are_refused(data: bytes, fragment: str) -> None:
     with pytest.raises(P.LinkProtocolError, match=fragment):
         P.decode_mask(data)
+
+
+def test_a_drop_names_one_subject_by_its_number() -> None:
+    msg = P.parse_text(P.drop_message(2, 7))
+    assert msg == {"type": "prompt", "drop": 2, "id": 7} and P.prompt_drop(msg) == 2
+    assert P.prompt_drop({"type": "prompt", "box": [1, 2, 3, 4], "width": 9, "height": 9}) is None
+    for n in (1, P.MAX_MASK_PLANES):
+        assert P.prompt_drop({"type": "prompt", "drop": n}) == n
+
+
+@pytest.mark.parametrize(
+    ("msg", "fragment"),
+    [
+        ({"drop": 0}, "out of range"),
+        ({"drop": 9}, "out of range"),
+        ({"drop": -1}, "out of range"),
+        ({"drop": 2**70}, "out of range"),
+        ({"drop": True}, "not bool"),
+        ({"drop": 1.0}, "not float"),
+        ({"drop": "1"}, "not str"),
+        ({"drop": None}, "not NoneType"),
+        ({"drop": [1]}, "not list"),
+        ({"drop": 1, "box": [1, 2, 3, 4]}, "no box, points or add"),
+        ({"drop": 1, "points": [[1, 2]]}, "no box, points or add"),
+        ({"drop": 1, "add": True}, "no box, points or add"),
+        ({"drop": 1, "add": False}, "no box, points or add"),
+    ],
+)
+def test_a_malformed_drop_is_refused(msg: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(P.LinkProtocolError, match=fragment):
+        P.prompt_drop({"type": "prompt", **msg})
 
 
 def test_probability_and_logits_round_trip_with_clamping() -> None:

@@ -417,6 +417,31 @@ def test_without_a_prompt_the_page_asks_and_a_drag_selects(page, serve: ServePro
     wait_for(page, f"greencam.stats.masks > {masks + 2}", MASK_WAIT_S, "masks with two subjects")
     assert page.evaluate("greencam.stats.state") in ("tracking", "lost")
     assert "Server:" not in (page.text_content("#message") or "")
+    # Two subjects come as two planes, each upsampled before they meet.
+    wait_for(page, "greencam.lastMask && greencam.lastMask.planes.length === 2", MASK_WAIT_S, "a mask of two planes")
+
+    # D drops the subject under the pointer: find a pixel that one subject covers, point at it, press D.
+    target = page.evaluate(
+        "(() => { const k = greencam.keyer, w = k.canvas.width, h = k.canvas.height;"
+        " for (let y = 4; y < h; y += 8) for (let x = 4; x < w; x += 8) {"
+        " const i = k.subjectAt(x, y, w, h); if (i >= 0) return [x / w, y / h, i]; } return null; })()"
+    )
+    assert target is not None, "neither subject covers any pixel: nothing to point at"
+    box = page.locator("#output").bounding_box()
+    page.mouse.move(box["x"] + target[0] * box["width"], box["y"] + target[1] * box["height"])
+    masks = page.evaluate("greencam.stats.masks")
+    page.keyboard.press("d")
+    wait_for(page, "window.sentTexts.some((t) => JSON.parse(t).drop !== undefined)", 30, "a drop sent")
+    drops = [m for m in map(json.loads, page.evaluate("window.sentTexts")) if "drop" in m]
+    assert drops == [{"type": "prompt", "drop": target[2] + 1}]
+    assert len(page.evaluate("new URLSearchParams(location.search).getAll('bbox')")) == 1
+    wait_for(
+        page,
+        f"greencam.stats.masks > {masks + 2} && greencam.lastMask && greencam.lastMask.planes.length === 1",
+        MASK_WAIT_S,
+        "one subject left after the drop",
+    )
+    assert "Server:" not in (page.text_content("#message") or "")
 
     # Re-select: back to waiting, all key colour again.
     page.click("#reset")

@@ -10,7 +10,13 @@ the resulting soft alpha is upsampled (bilinear, no blockiness) to the frame.
 All morphology therefore costs the same whatever the camera resolution.
 
 ``refine="none"`` skips every step, temporal smoothing included: the alpha is
-exactly ``sigmoid`` of the logits upsampled to the frame (bilinear, as sam2 does).
+exactly ``sigmoid`` of the logits upsampled to the frame (bilinear, with torch's kernel, as
+sam2 upsamples them), so its mask is the official predictor's bit for bit.
+
+Several subjects arrive as ``(n, h, w)`` logits, one plane per subject. Each plane is upsampled
+on its own and only then do they meet (per-pixel maximum): the official predictor's order, see
+:func:`upsample_union`. Taking the maximum first and upsampling once would cut into the
+subjects where two of them meet.
 
 Blending happens in uint8 fixed point: pixels with alpha 255 are the camera
 pixels unchanged, alpha 0 is the background exactly (the key colour by
@@ -30,8 +36,10 @@ import numpy as np
 from greenscreen_cam.config import NAMED_COLORS, KeyingSettings, parse_color
 from greenscreen_cam.errors import ConfigError
 
-__all__ = ["Compositor", "CompositorSettings", "make_background", "parse_color"]
+__all__ = ["Compositor", "CompositorSettings", "make_background", "parse_color", "upsample_union"]
 
+LOGIT_CLIP = 1000.0
+"""Incoming logits are clipped to +-this (finite, so resizing cannot make NaN)."""
 WORK_SIZE = 400
 """Long side, in pixels, of the resolution mask refinement runs at."""
 
@@ -181,6 +189,50 @@ def make_background(spec: str, color: tuple[int, int, int]) -> Background:
 # --------------------------------------------------------------------------- compositor
 
 
+ALPHA_ZERO_LOGIT = -7.0
+"""At or below this logit a pixel's alpha is 0 (``255 * sigmoid(-7) = 0.23`` rounds to 0)."""
+
+
+def upsample_union(
+    logits: np.ndarray, size: tuple[int, int], *, exact: bool = False, floor: float | None = None
+) -> np.ndarray:
+    """``(h, w)`` or ``(n, h, w)`` logits -> ``(H, W)`` float32 logits of the union, for ``size = (H, W)``.
+
+    Every plane (subject) is upsampled bilinearly by itself, then the planes meet in their
+    per-pixel maximum, as ``SAM2VideoPredictor`` upsamples each object's logits to the video
+    size before ``(masks > 0).any(0)``.
+
+    Args:
+        exact: Upsample with torch's bilinear kernel (``align_corners=False``), the very one
+            sam2 uses, so the result equals the official predictor's bit for bit; otherwise
+            OpenCV's ``INTER_LINEAR`` (same sampling grid, about 10x faster on a CPU, last bits
+            of the logits may differ: about one pixel in 400,000 flips sign).
+        floor: Leave out the planes whose every logit is below this (a subject that is not
+            there): bilinear values lie between their neighbours', so such a plane stays below
+            ``floor`` everywhere and, with ``floor <= ALPHA_ZERO_LOGIT``, can change neither the
+            mask nor the 8-bit alpha. At least one plane is kept.
+    """
+    height, width = size
+    planes = logits[None] if logits.ndim == 2 else logits
+    if floor is not None and len(planes) > 1:
+        keep = planes.reshape(len(planes), -1).max(axis=1) >= floor
+        planes = planes[keep] if keep.any() else planes[:1]
+    if planes.shape[-2:] == (height, width):
+        return planes[0] if len(planes) == 1 else planes.max(axis=0)
+    if exact:
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32))[:, None]
+            up = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
+            return (up[0, 0] if len(planes) == 1 else up[:, 0].amax(dim=0)).numpy()
+    out = cv2.resize(planes[0], (width, height), interpolation=cv2.INTER_LINEAR)
+    for plane in planes[1:]:
+        cv2.max(out, cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR), out)
+    return out
+
+
 def _work_size(width: int, height: int) -> tuple[int, int]:
     scale = min(1.0, WORK_SIZE / max(width, height))
     return max(1, round(width * scale)), max(1, round(height * scale))
@@ -234,10 +286,10 @@ class Compositor:
 
     # ---------------------------------------------------------------- alpha
     def alpha(self, logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """Mask logits (any resolution) -> uint8 alpha ``(H, W)`` for a ``size = (H, W)`` frame.
+        """Mask logits (any resolution; ``(n, h, w)`` for n subjects) -> uint8 alpha ``(H, W)`` for a ``size = (H, W)`` frame.
 
         Raises:
-            ValueError: logits that are not 2-D, empty, or contain NaN.
+            ValueError: logits that are not 2-D or 3-D, empty, or contain NaN.
         """
         return self._upsample(self._soft_alpha(_checked(logits), size), size)
 
@@ -248,13 +300,13 @@ class Compositor:
             raise ValueError(f"bad frame size {size}")
         s = self.settings
         if s.refine == "none":
-            up = (
-                logits
-                if logits.shape == (height, width)
-                else cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)
-            )
-            prob = 1.0 / (1.0 + np.exp(-up))
-            return np.rint(prob * 255.0).astype(np.uint8)  # exactly the tracker's probability: no smoothing
+            up = upsample_union(logits, (height, width), exact=True, floor=ALPHA_ZERO_LOGIT)
+            prob = 1.0 / (1.0 + np.exp(-np.clip(up, -40.0, 40.0)))  # uint8 is already 0 / 255 at +-40
+            alpha = np.rint(prob * 255.0).astype(np.uint8)  # exactly the tracker's probability: no smoothing
+            # The mask is sam2's ``logits > 0``: alpha >= 128 exactly there. Rounding alone gives 128
+            # to logits in (-2e-7, 0], so those (and only those) move down one level, to 127.
+            np.minimum(alpha, np.where(up > 0, 255, 127).astype(np.uint8), out=alpha)
+            return alpha
         ww, wh = _work_size(width, height)
         soft = self._refined_soft(logits, ww, wh, ww / width)
         if s.smooth > 0:
@@ -274,7 +326,7 @@ class Compositor:
     def _refined_soft(self, logits: np.ndarray, ww: int, wh: int, scale: float) -> np.ndarray:
         """Threshold, clean and feather the mask at the ``ww x wh`` work resolution (uint8 alpha)."""
         s = self.settings
-        work = cv2.resize(logits, (ww, wh), interpolation=cv2.INTER_LINEAR)
+        work = upsample_union(logits, (wh, ww))
         mask = (work > self._logit_threshold).astype(np.uint8)
         area = ww * wh
         if s.max_hole > 0 and mask.any():
@@ -401,14 +453,15 @@ class Compositor:
 
 
 def _checked(logits: np.ndarray) -> np.ndarray:
-    """2-D, non-empty, NaN-free float32 logits, clipped to +-40 (sigmoid is already 0/1 in uint8
-    there, and an infinity would turn into NaN when resized)."""
+    """2-D (or ``(n, h, w)``: one plane per subject), non-empty, NaN-free float32 logits, clipped to
+    +-LOGIT_CLIP (an infinity would turn into NaN when resized; SAM 2's logits stay far inside,
+    so the clip never moves the upsampled mask's edge)."""
     logits = np.asarray(logits)
-    if logits.ndim != 2 or logits.size == 0:
-        raise ValueError(f"mask logits must be a non-empty 2-D array, got shape {logits.shape}")
+    if logits.ndim not in (2, 3) or logits.size == 0:
+        raise ValueError(f"mask logits must be a non-empty 2-D (or n x h x w) array, got shape {logits.shape}")
     if np.isnan(logits).any():
         raise ValueError("mask logits contain NaN")
-    return np.clip(logits, -40.0, 40.0).astype(np.float32, copy=False)
+    return np.clip(logits, -LOGIT_CLIP, LOGIT_CLIP).astype(np.float32, copy=False)
 
 
 def _despill(frame: np.ndarray, key: tuple[int, int, int]) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 
 from greenscreen_cam.core import Frame, LatestSlot, MaskResult, percentile
 from greenscreen_cam.errors import ConfigError, SourceError
+from greenscreen_cam.key.compositor import upsample_union
 from greenscreen_cam.key.sync import AsyncTracker, Keyed, KeyScheduler
 from greenscreen_cam.media.sources import IMAGE_SUFFIXES
 
@@ -173,14 +174,12 @@ def load_sequence(frames_dir: Path, masks_dir: Path) -> tuple[list[np.ndarray], 
 def iou(logits: np.ndarray | None, truth: np.ndarray) -> float:
     """IoU of the keyed subject (logits > 0, i.e. probability > 0.5, at the frame's size) with ``truth``.
 
+    ``(n, h, w)`` logits are n subjects: each is upsampled, then they meet (:func:`upsample_union`).
+
     Two empty masks agree perfectly (1.0); no logits means an empty mask.
     """
-    if logits is None:
-        pred = np.zeros_like(truth)
-    else:
-        h, w = truth.shape
-        up = logits if logits.shape == (h, w) else cv2.resize(logits, (w, h), interpolation=cv2.INTER_LINEAR)
-        pred = up > 0.0
+    size = (truth.shape[0], truth.shape[1])
+    pred = np.zeros_like(truth) if logits is None else upsample_union(logits, size) > 0.0
     union = np.count_nonzero(pred | truth)
     if union == 0:
         return 1.0

@@ -264,8 +264,9 @@ class FlowWarper:
         return self._dis.calc(dst, src, None)
 
     def apply(self, logits: np.ndarray, flow: np.ndarray) -> np.ndarray:
-        """Move ``(h, w)`` float32 logits along a :meth:`flow` (resampled to the logits' grid)."""
-        h, w = logits.shape
+        """Move ``(h, w)`` float32 logits (or ``(n, h, w)``, each subject's plane) along a :meth:`flow`
+        (resampled to the logits' grid)."""
+        h, w = logits.shape[-2:]
         fh, fw = flow.shape[:2]
         if (fh, fw) != (h, w):
             flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -277,9 +278,12 @@ class FlowWarper:
             gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
             self._grid = np.dstack([gx, gy])
         flow += self._grid  # absolute source coordinates
-        return cv2.remap(
-            logits.astype(np.float32, copy=False), flow, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
+        planes = logits.astype(np.float32, copy=False)
+        if planes.ndim == 3:
+            return np.stack(
+                [cv2.remap(p, flow, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for p in planes]
+            )
+        return cv2.remap(planes, flow, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     def warp(self, logits: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         """``logits`` computed on frame ``src``, moved onto frame ``dst`` (both ``(H, W, 3)`` uint8 RGB)."""

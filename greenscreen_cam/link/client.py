@@ -23,7 +23,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
-import ssl
 import threading
 import time
 from collections import OrderedDict, deque
@@ -35,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from greenscreen_cam.core import Frame
-from greenscreen_cam.errors import ConfigError
+from greenscreen_cam.core import Frame, percentile
+from greenscreen_cam.errors import ConfigError, PromptError
 from greenscreen_cam.link import rtc
 from greenscreen_cam.link.auth import bearer_header
 from greenscreen_cam.link.protocol import (
@@ -50,11 +49,12 @@ from greenscreen_cam.link.protocol import (
     LinkUnreachableError,
     RemoteMask,
     decode_mask,
+    drop_message,
     logits_from_u8,
     parse_text,
     prompt_message,
 )
-from greenscreen_cam.link.urls import base_url, tls_failure
+from greenscreen_cam.link.urls import base_url, server_request
 from greenscreen_cam.track.prompt import Prompt, Selection
 
 VIDEO_CLOCK = 90000
@@ -174,6 +174,8 @@ class RemoteTracker:
         # change, and the id the server acknowledged. Every (re)send sends all of them.
         self._prompt: list[Prompt] | None = None
         self._prompt_id = 0
+        self._last_logits: np.ndarray | None = None
+        """The newest mask's logits (one plane per subject), for :meth:`subject_at`."""
         self._acked_id = 0
         self._prompt_sent_at = 0.0
         # Counters.
@@ -315,6 +317,38 @@ class RemoteTracker:
             self._prompt_id += 1
         self._call(self._send_prompt)
 
+    def subject_at(self, x: float, y: float) -> int | None:
+        """Index of the subject whose last mask covers pixel ``(x, y)`` of this client's frame most surely, or None."""
+        with self._lock:
+            logits = self._last_logits
+        if logits is None:
+            return None
+        planes = logits if logits.ndim == 3 else logits[None]
+        lh, lw = planes.shape[-2:]
+        ix = min(lw - 1, max(0, int(x * lw / self.width)))
+        iy = min(lh - 1, max(0, int(y * lh / self.height)))
+        values = planes[:, iy, ix]
+        best = int(values.argmax())
+        return best if values[best] > 0 else None
+
+    def drop_subject(self, index: int) -> int:
+        """Stop tracking subject ``index`` (0-based, in selection order) on the server; the others keep
+        tracking, with their memory. Returns how many are left.
+
+        Raises:
+            PromptError: there is no such subject.
+        """
+        with self._lock:
+            prompts = list(self._prompt or [])
+            if not 0 <= index < len(prompts):
+                raise PromptError(f"no subject {index + 1} to drop: {len(prompts)} tracked")
+            del prompts[index]
+            self._prompt = prompts or None  # what a reconnection selects again
+            self._prompt_id += 1
+            pid = self._prompt_id
+        self._call(lambda: self._send_drop(index, pid))
+        return len(prompts)
+
     def stats(self) -> dict[str, Any]:
         """Counters of the link: frames, masks, drops, latency (ms), bandwidth (kbit/s), reconnects."""
         elapsed = max(1e-6, time.perf_counter() - self._started_at)
@@ -322,7 +356,7 @@ class RemoteTracker:
             lat = sorted(self._latencies)
 
         def pct(q: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000.0, 1) if lat else None
+            return round(percentile(lat, q) * 1000.0, 1) if lat else None
 
         return {
             "state": self.state,
@@ -336,8 +370,8 @@ class RemoteTracker:
             "server_dropped": self.server_dropped,
             "reconnects": self.reconnects,
             "rtt_ms": self.rtt_ms,
-            "latency_p50_ms": pct(0.5),
-            "latency_p95_ms": pct(0.95),
+            "latency_p50_ms": pct(50),
+            "latency_p95_ms": pct(95),
             "uplink_kbps": round((self._bytes_up_done + self._bytes_up_now) * 8 / elapsed / 1000.0, 1),
             "downlink_kbps": round(self.bytes_down * 8 / elapsed / 1000.0, 1),
         }
@@ -510,11 +544,18 @@ class RemoteTracker:
         else:
             with self._lock:
                 self._results.append(result)
+        if result.logits is not None:
+            with self._lock:
+                self._last_logits = result.logits
 
     def _send_json(self, msg: dict[str, Any] | str) -> None:
         ch = self._channel
         if ch is not None and ch.readyState == "open":
             ch.send(msg if isinstance(msg, str) else json.dumps(msg))
+
+    def _send_drop(self, index: int, pid: int) -> None:
+        if self._connected:  # otherwise the reconnection selects the subjects left
+            self._send_json(drop_message(index + 1, pid))
 
     def _send_prompt(self) -> None:
         if not self._connected:
@@ -532,37 +573,9 @@ class RemoteTracker:
             self._send_json(prompt_message(subject, self.width, self.height, pid if last else None, add=i > 0))
 
     # ================================================================== loop side: connection
-    def _ssl(self) -> ssl.SSLContext | bool:
-        if not self.url.startswith("https"):
-            return False
-        ctx = ssl.create_default_context(cafile=str(self._cafile) if self._cafile else None)
-        return ctx
-
     async def _http(self, method: str, path: str, **kw: Any) -> tuple[int, str, Any]:
         """One HTTP request to the server: ``(status, body text, headers)``; errors as LinkError."""
-        import aiohttp
-
-        timeout = aiohttp.ClientTimeout(total=self.connect_timeout)
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as http,
-                http.request(method, self.url + path, ssl=self._ssl(), **kw) as resp,
-            ):
-                text = await resp.text(errors="replace")
-                return resp.status, text, resp.headers
-        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
-            raise LinkTLSError(tls_failure(self.url, e)) from None
-        except aiohttp.ClientConnectorError as e:
-            raise LinkUnreachableError(
-                f"cannot reach {self.url}: {e.os_error or e}; is greencam serve running?"
-            ) from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as e:
-            hint = " (a plain-http client on an https port?)" if self.url.startswith("http:") else ""
-            raise LinkProtocolError(f"{self.url} gave no valid HTTP answer{hint}: {e}") from None
-        except TimeoutError:
-            raise LinkUnreachableError(f"{self.url} did not answer within {self.connect_timeout:g} s") from None
-        except aiohttp.ClientError as e:
-            raise LinkUnreachableError(f"cannot talk to {self.url}: {e}") from None
+        return await server_request(self.url, method, path, timeout=self.connect_timeout, cafile=self._cafile, **kw)
 
     async def _health(self) -> None:
         status, text, _ = await self._http("GET", "/health")

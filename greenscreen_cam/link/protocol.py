@@ -10,8 +10,9 @@ Masks travel server -> client as binary data-channel messages::
     12-13 uint16 BE  mask width
     14-15 uint16 BE  mask height
     16    uint8      state: 0 tracking (visible), 1 lost (not visible), 2 waiting for a prompt
-    17    uint8      encoding: 1 = 8-bit probability 0..255, row-major, zlib (RFC 1950)
-    18-19            reserved, zero
+    17    uint8      encoding: 1 = 8-bit probability 0..255, row-major, zlib (RFC 1950);
+                     2 = one such plane per subject, plane after plane, zlib
+    18-19 uint16 BE  encoding 2: the number of planes (2 to MAX_MASK_PLANES); encoding 1: zero
     20-23 float32 BE object score (SAM 2's visibility logit; > 0 means visible)
     24..  payload
 
@@ -44,6 +45,10 @@ MAGIC = b"GCM1"
 HEADER = struct.Struct(">4sIIHHBBHf")
 """magic, tag, seq, width, height, state, encoding, reserved, object score (24 bytes)."""
 ENCODING_U8_ZLIB = 1
+ENCODING_U8_PLANES_ZLIB = 2
+"""Several subjects: one probability plane each, so that the client upsamples each before they meet."""
+MAX_MASK_PLANES = 8
+"""Most planes (subjects) one mask carries: ``greenscreen_cam.track.multi.MAX_SUBJECTS``."""
 STATE_TRACKING, STATE_LOST, STATE_WAITING = 0, 1, 2
 STATE_NAMES = {STATE_TRACKING: "tracking", STATE_LOST: "lost", STATE_WAITING: "waiting"}
 CHANNEL_LABEL = "greencam"
@@ -75,6 +80,8 @@ class RemoteMask(MaskResult):
         logits: ``(h, w)`` float32 low-resolution mask logits covering the whole frame
             (the tracker's ``S/4`` square output, e.g. 64x64 at 256 px), clamped to
             ``[-LOGIT_LIMIT, LOGIT_LIMIT]``; upsample to the frame like the local tracker's.
+            ``(n, h, w)`` when the session tracks ``n`` subjects: one plane each, upsampled one by
+            one before they meet (:func:`greenscreen_cam.key.compositor.upsample_union`).
             None while the server waits for a prompt.
         visible: True when the server saw the subject (state "tracking").
         object_score: SAM 2's visibility logit (> 0 means visible; 0 while waiting).
@@ -98,7 +105,8 @@ class MaskMessage:
         seq: Mask sequence number of the session.
         state: ``STATE_TRACKING``, ``STATE_LOST`` or ``STATE_WAITING``.
         object_score: SAM 2's visibility logit.
-        probability: ``(height, width)`` uint8 subject probability, 0..255.
+        probability: ``(height, width)`` uint8 subject probability, 0..255; ``(n, height, width)``
+            for ``n`` subjects (encoding 2), one plane each, in the order they were selected.
     """
 
     tag: int
@@ -130,37 +138,56 @@ def encode_mask(tag: int, seq: int, state: int, object_score: float, probability
         seq: Sequence number (taken modulo 2**32).
         state: One of the ``STATE_*`` values.
         object_score: Visibility logit (stored as float32; non-finite values become +/-1e4).
-        probability: ``(height, width)`` uint8 probabilities.
+        probability: ``(height, width)`` uint8 probabilities, or ``(n, height, width)``: one plane
+            per subject (encoding 2 for ``n >= 2``; one plane goes as encoding 1).
     """
-    if probability.dtype != np.uint8 or probability.ndim != 2:
+    if probability.dtype != np.uint8 or probability.ndim not in (2, 3) or probability.size == 0:
         raise ValueError(f"expected an (h, w) uint8 probability mask, got {probability.shape} {probability.dtype}")
-    h, w = probability.shape
+    planes = probability if probability.ndim == 3 else probability[None]
+    if len(planes) > MAX_MASK_PLANES:
+        raise ValueError(f"{len(planes)} mask planes; at most {MAX_MASK_PLANES}")
+    if len(planes) == 1:
+        planes = planes[0]
+    n, h, w = (1, *planes.shape) if planes.ndim == 2 else planes.shape
     score = float(object_score)
     if not math.isfinite(score):
         score = math.copysign(1e4, score) if not math.isnan(score) else 0.0
     score = max(-1e4, min(1e4, score))
-    head = HEADER.pack(MAGIC, tag & 0xFFFFFFFF, seq & 0xFFFFFFFF, w, h, state, ENCODING_U8_ZLIB, 0, score)
-    return head + zlib.compress(np.ascontiguousarray(probability).tobytes(), 6)
+    encoding, count = (ENCODING_U8_ZLIB, 0) if n == 1 else (ENCODING_U8_PLANES_ZLIB, n)
+    head = HEADER.pack(MAGIC, tag & 0xFFFFFFFF, seq & 0xFFFFFFFF, w, h, state, encoding, count, score)
+    return head + zlib.compress(np.ascontiguousarray(planes).tobytes(), 6)
 
 
 def decode_mask(data: bytes) -> MaskMessage:
     """Unpack a mask message; raises LinkProtocolError when it is not one."""
     if len(data) < HEADER.size:
         raise LinkProtocolError(f"mask message too short ({len(data)} bytes)")
-    magic, tag, seq, w, h, state, encoding, _reserved, score = HEADER.unpack_from(data)
+    magic, tag, seq, w, h, state, encoding, count, score = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise LinkProtocolError(f"not a greencam mask message (magic {magic!r})")
-    if encoding != ENCODING_U8_ZLIB:
+    if encoding == ENCODING_U8_ZLIB:
+        n = 1
+    elif encoding == ENCODING_U8_PLANES_ZLIB:
+        if not 2 <= count <= MAX_MASK_PLANES:
+            raise LinkProtocolError(f"a mask of {count} planes (2 to {MAX_MASK_PLANES} expected)")
+        n = count
+    else:
         raise LinkProtocolError(f"unknown mask encoding {encoding}")
     if state not in STATE_NAMES:
         raise LinkProtocolError(f"unknown mask state {state}")
+    expected = n * w * h
     try:
-        raw = zlib.decompress(data[HEADER.size :], bufsize=max(1, w * h))
+        # max_length bounds what a small hostile payload may inflate to
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(data[HEADER.size :], expected + 1)
     except zlib.error as e:
         raise LinkProtocolError(f"corrupt mask payload ({e})") from None
-    if len(raw) != w * h:
-        raise LinkProtocolError(f"mask payload holds {len(raw)} bytes, header says {w}x{h}")
-    prob = np.frombuffer(raw, dtype=np.uint8).reshape(h, w)
+    size = f"{n} x {w}x{h}" if n > 1 else f"{w}x{h}"
+    if len(raw) < expected:
+        raise LinkProtocolError(f"mask payload holds {len(raw)} bytes, header says {size}")
+    if len(raw) > expected or not inflater.eof:
+        raise LinkProtocolError(f"mask payload is longer than the {size} bytes its header says, or cut short")
+    prob = np.frombuffer(raw, dtype=np.uint8).reshape((h, w) if n == 1 else (n, h, w))
     return MaskMessage(int(tag), int(seq), int(state), float(score), prob)
 
 
@@ -183,6 +210,15 @@ def prompt_message(prompt: Prompt, width: int, height: int, msg_id: int | None =
     }
     if add:
         msg["add"] = True
+    if msg_id is not None:
+        msg["id"] = int(msg_id)
+    return json.dumps(msg)
+
+
+def drop_message(subject: int, msg_id: int | None = None) -> str:
+    """The ``{"type": "prompt", "drop": n}`` message that stops tracking subject ``n`` (1-based, in the
+    order the subjects were selected); the others keep tracking."""
+    msg: dict[str, Any] = {"type": "prompt", "drop": int(subject)}
     if msg_id is not None:
         msg["id"] = int(msg_id)
     return json.dumps(msg)
@@ -225,6 +261,25 @@ def prompt_adds(msg: dict[str, Any]) -> bool:
     if not isinstance(add, bool):
         raise LinkProtocolError(f"add must be true or false, not {type(add).__name__}")
     return add
+
+
+def prompt_drop(msg: dict[str, Any]) -> int | None:
+    """The subject a ``prompt`` message drops (``"drop": n``, 1-based), or None when it selects one.
+
+    Raises LinkProtocolError unless ``drop`` is a JSON integer from 1 to ``MAX_MASK_PLANES``
+    (not a boolean) in a message that carries no subject of its own (no box, points or ``add``).
+    Whether the session tracks that many subjects is checked where they are known.
+    """
+    if "drop" not in msg:
+        return None
+    n = msg["drop"]
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise LinkProtocolError(f"drop must be a subject number, 1 to {MAX_MASK_PLANES}, not {type(n).__name__}")
+    if not 1 <= n <= MAX_MASK_PLANES:
+        raise LinkProtocolError(f"drop {n} is out of range (subjects are numbered 1 to {MAX_MASK_PLANES})")
+    if msg.get("box") is not None or msg.get("points") or "add" in msg:
+        raise LinkProtocolError("a drop names a subject only: no box, points or add")
+    return n
 
 
 def parse_prompt(msg: dict[str, Any], frame_width: int, frame_height: int) -> Prompt:

@@ -29,7 +29,7 @@ from greenscreen_cam.errors import (
 from greenscreen_cam.link import interop, rtc
 from greenscreen_cam.link import sdp as sdp_rules
 from greenscreen_cam.link.auth import Redactor, same_token
-from greenscreen_cam.link.protocol import CHANNEL_LABEL, parse_prompt, parse_text
+from greenscreen_cam.link.protocol import CHANNEL_LABEL, parse_prompt, parse_text, prompt_drop
 
 if TYPE_CHECKING:
     from greenscreen_cam.config import ServeSettings
@@ -384,15 +384,16 @@ class SessionRegistry:
     def set_prompt(self, session_id: str, msg: dict[str, Any] | None) -> None:
         """Select the subject on the session's next frame (a ``prompt`` message), or None to reset.
 
-        A prompt with ``"add": true`` adds a subject and keeps the others; any other replaces them all.
+        A prompt with ``"add": true`` adds a subject and keeps the others; ``"drop": n`` stops
+        tracking subject ``n``; any other replaces them all.
 
         Raises:
-            ServeNotFound: no such session. LinkProtocolError/PromptError: a malformed prompt, or
-            an added subject beyond the most one session may track.
+            ServeNotFound: no such session. LinkProtocolError/PromptError: a malformed prompt, an
+            added subject beyond the most one session may track, or a drop of a subject not there.
         """
         if session_id not in self.sessions:
             raise ServeNotFound("no such session")
-        if msg is not None:
+        if msg is not None and prompt_drop(msg) is None:
             parse_prompt(msg, 1000, 1000)  # check it now (scaling keeps its proportions)
         self.worker.set_prompt(session_id, msg)
 

@@ -11,11 +11,13 @@ model). The worker knows sessions only by id: it calls back with each mask messa
 event loop it was started with.
 
 A session may track several subjects (prompts with ``"add": true``, at most
-:data:`~greenscreen_cam.track.multi.MAX_SUBJECTS`): its first subject is the tracker above, each
-further one a tracker of its own that steps after the batch on the same image encoding (no
-second encoder run), and the session's mask is their union
+:data:`~greenscreen_cam.track.multi.MAX_SUBJECTS`; ``"drop": n`` stops one): its first subject is
+the tracker above, each further one a tracker of its own that steps after the batch on the same
+image encoding (no second encoder run), and the session's mask is their union
 (:func:`~greenscreen_cam.track.multi.union_result`), as the local :class:`~greenscreen_cam.track.multi.MultiTracker`
-keys it. A step's measured time includes those extra steps.
+keys it: it goes down the link as one probability plane per subject, so that the client
+upsamples each before they meet (the official predictor's order). A step's measured time includes
+those extra steps.
 
 The per-session slots are not :class:`~greenscreen_cam.core.LatestSlot`: the worker waits for a
 frame in *any* session, so all slots share one condition.
@@ -30,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from greenscreen_cam.errors import LinkProtocolError, PromptError
 from greenscreen_cam.link.protocol import (
@@ -42,6 +44,7 @@ from greenscreen_cam.link.protocol import (
     parse_prompt,
     probability_u8,
     prompt_adds,
+    prompt_drop,
 )
 from greenscreen_cam.track import tracking
 
@@ -58,6 +61,8 @@ DeliverFn = Callable[[bytes, str], None]
 """Called on the loop with one binary mask message and its state name."""
 ErrorFn = Callable[[str], None]
 """Called on the loop with one error line for the session's client."""
+PromptKind = Literal["new", "add", "drop"]
+"""A queued prompt message: replaces every subject, adds one, or drops one."""
 
 
 def load_serving_model(s: ModelSettings, *, random_weights: bool = False) -> tuple[Any, str, str, int]:
@@ -133,11 +138,11 @@ class _Entry:
     deliver: DeliverFn
     error: ErrorFn
     slot: tuple[Any, int] | None = None
-    prompts: list[tuple[dict[str, Any], bool]] = field(default_factory=list)
-    """Prompt messages for the next frame, each with whether it adds its subject (a replacing one is first)."""
+    prompts: list[tuple[dict[str, Any], PromptKind]] = field(default_factory=list)
+    """Prompt messages for the next frame, each with its kind (a replacing ``"new"`` one is first)."""
     reset: bool = False
     subjects: int = 0
-    """Subjects the session holds once its queued prompts are applied (what a new ``add`` is counted against)."""
+    """Subjects the session holds once its queued prompts are applied (what a new ``add`` or ``drop`` is checked against)."""
     seq: int = 0
     extras: list[StreamingTracker] = field(default_factory=list)
     """The trackers of the second and later subjects (worker thread only)."""
@@ -244,29 +249,38 @@ class ModelWorker:
         """Apply a prompt message, or None for a reset, to the session's next frame.
 
         A message with ``"add": true`` adds its subject to the session's others (the first
-        subject when it has none); any other prompt replaces them all, and a reset drops them all.
+        subject when it has none); ``"drop": n`` stops tracking subject ``n`` (1-based, in the order
+        they were selected; the next one becomes the first); any other prompt replaces them all,
+        and a reset drops them all.
 
         Raises:
-            PromptError: an ``add`` beyond ``max_subjects``; the session keeps its subjects.
-            LinkProtocolError: a malformed ``add``.
+            PromptError: an ``add`` beyond ``max_subjects``, or a ``drop`` of a subject the session
+                does not have; the session keeps its subjects.
+            LinkProtocolError: a malformed ``add`` or ``drop``.
         """
-        add = msg is not None and prompt_adds(msg)
+        drop = prompt_drop(msg) if msg is not None else None
+        add = msg is not None and drop is None and prompt_adds(msg)
         with self._cond:
             entry = self._entries.get(sid)
             if entry is None:
                 return
             if msg is None:
                 entry.prompts, entry.reset, entry.subjects = [], True, 0
+            elif drop is not None:
+                if drop > entry.subjects:
+                    raise PromptError(f"no subject {drop} to drop: the session tracks {entry.subjects}")
+                entry.prompts.append((msg, "drop"))
+                entry.subjects -= 1
             elif add and entry.subjects > 0:
                 if entry.subjects >= self.max_subjects:
                     raise PromptError(
                         f"already tracking {entry.subjects} subjects (the most is {self.max_subjects});"
                         " a plain prompt or a reset starts again"
                     )
-                entry.prompts.append((msg, True))
+                entry.prompts.append((msg, "add"))
                 entry.subjects += 1
             else:
-                entry.prompts, entry.reset, entry.subjects = [(msg, False)], False, 1
+                entry.prompts, entry.reset, entry.subjects = [(msg, "new")], False, 1
 
     # -------------------------------------------------------------- admission
     def measured_step_times(self) -> dict[int, float]:
@@ -383,20 +397,24 @@ class ModelWorker:
         self._call(e.deliver, msg, STATE_NAMES[STATE_WAITING])
 
     def _prompts(
-        self, e: _Entry, messages: list[tuple[dict[str, Any], bool]], w: int, h: int
+        self, e: _Entry, messages: list[tuple[dict[str, Any], PromptKind]], w: int, h: int
     ) -> tuple[Prompt | None, list[Prompt]]:
         """The session's queued prompt messages on a ``w x h`` frame: ``(prompt for the first subject, added subjects)``.
 
         A replacing prompt drops the extra subjects; an ``add`` with no subject left is the
-        first. A message that does not fit the frame, or an add beyond ``max_subjects``, is
-        refused with its reason and changes nothing.
+        first; a ``drop`` forgets one subject (:meth:`_drop`). A message that does not fit the
+        frame, an add beyond ``max_subjects`` or a drop of a subject not there is refused with its
+        reason and changes nothing.
         """
         first: Prompt | None = None
         added: list[Prompt] = []
-        for msg, add in messages:
+        for msg, kind in messages:
             try:
+                if kind == "drop":
+                    first = self._drop(e, int(msg["drop"]) - 1, first, added)
+                    continue
                 prompt = parse_prompt(msg, w, h)
-                if add and (first is not None or e.tracker.is_prompted):
+                if kind == "add" and (first is not None or e.tracker.is_prompted):
                     held = 1 + len(e.extras) + len(added)
                     if held >= self.max_subjects:
                         raise PromptError(f"already tracking {held} subjects (the most is {self.max_subjects})")
@@ -407,6 +425,31 @@ class ModelWorker:
             except (LinkProtocolError, PromptError) as ex:
                 self._call(e.error, str(ex))
         return first, added
+
+    def _drop(self, e: _Entry, index: int, first: Prompt | None, added: list[Prompt]) -> Prompt | None:
+        """Forget subject ``index`` (0-based: the first, then ``extras``, then the ``added`` still to come).
+
+        Dropping the first promotes the next subject: an extra tracker becomes the session's
+        tracker (with its memory), or else the next added prompt becomes the first. Dropping the
+        only subject leaves the session waiting for a prompt. ``added`` is changed in place; the
+        prompt for the first subject is returned.
+        """
+        count = (1 if first is not None or e.tracker.is_prompted else 0) + len(e.extras) + len(added)
+        if not 0 <= index < count:
+            raise PromptError(f"no subject {index + 1} to drop: the session tracks {count}")
+        if index > 0:
+            if index - 1 < len(e.extras):
+                e.extras.pop(index - 1).reset()  # its memory is freed now
+            else:
+                added.pop(index - 1 - len(e.extras))
+            return first
+        if self.stacked is not None:
+            self.stacked.leave(e.tracker)
+        e.tracker.reset()
+        if first is None and e.extras:
+            e.tracker = e.extras.pop(0)
+            return None
+        return added.pop(0) if added else None
 
     def _union(
         self, e: _Entry, first: TrackResult, encoded: Encoded, hw: tuple[int, int], added: list[Prompt]
@@ -422,7 +465,7 @@ class ModelWorker:
             e.extras.append(tracker)
         return union_result(results, first.frame_index, any(r.is_prompt_frame for r in results))
 
-    def _step(self, jobs: list[tuple[_Entry, Any, int, list[tuple[dict[str, Any], bool]], bool]]) -> None:
+    def _step(self, jobs: list[tuple[_Entry, Any, int, list[tuple[dict[str, Any], PromptKind]], bool]]) -> None:
         """One worker step: the newest frame of every session with one, through the model.
 
         The first subject of every session runs in :func:`step_batch` (stacked when its bank is
@@ -448,8 +491,8 @@ class ModelWorker:
         finally:
             with self._cond:  # what a new add is counted against: the subjects held, plus the adds queued since
                 for e, *_ in jobs:
-                    if not e.reset and all(add for _, add in e.prompts):
-                        e.subjects = e.held() + len(e.prompts)
+                    if not e.reset and all(kind != "new" for _, kind in e.prompts):
+                        e.subjects = e.held() + sum(-1 if kind == "drop" else 1 for _, kind in e.prompts)
 
     def _track(self, active: list[tuple[_Entry, int, Any, Prompt | None, list[Prompt]]]) -> None:
         start = time.perf_counter()

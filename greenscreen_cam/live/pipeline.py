@@ -338,8 +338,23 @@ class Pipeline:
 
     def drop_subject_at(self, x: float, y: float) -> None:
         """Stop tracking the subject whose mask covers frame pixel ``(x, y)``; any thread."""
-        with self._lock:
-            self._subject_ops.append(("drop", (x, y)))
+        remote = self._async
+        if remote is None:
+            with self._lock:
+                self._subject_ops.append(("drop", (x, y)))
+            return
+        subject_at, drop = getattr(remote, "subject_at", None), getattr(remote, "drop_subject", None)
+        if not callable(subject_at) or not callable(drop):
+            self.on_event("this tracker cannot drop one subject: press r to select again")
+            return
+        index = subject_at(x, y)
+        if index is None:
+            self.on_event(f"no subject under the cursor at {x:.0f},{y:.0f}: nothing dropped")
+            return
+        left = drop(index)
+        self.on_event(
+            f"subject {index + 1} dropped; {left} left" if left else "last subject dropped: press r to select one"
+        )
 
     def _apply_drops(self, tracker: Tracker, points: list[tuple[float, float]], frame: Frame) -> None:
         for x, y in points:

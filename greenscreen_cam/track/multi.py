@@ -8,8 +8,9 @@ goes through the image encoder once, whatever the number of subjects; each subje
 memory attention, the mask decoder and the memory encoder on those features.
 
 The key keeps the union of the subjects: :meth:`MultiTracker.track` answers one
-:class:`~greenscreen_cam.track.segmenter.TrackResult` whose logits are the per-pixel maximum over the
-subjects (``> 0`` wherever any subject is), so a bystander that nobody selected stays keyed
+:class:`~greenscreen_cam.track.segmenter.TrackResult` holding every subject's own result; the key
+upsamples each subject's logits and only then takes their per-pixel maximum (``> 0`` wherever
+any subject is), the official predictor's order, so a bystander that nobody selected stays keyed
 out. It has the methods the pipeline calls on a single tracker (``prompt``, ``track``,
 ``reset``, ``is_prompted``), so it drops in where a :class:`StreamingTracker` was used.
 
@@ -18,6 +19,7 @@ Frames are ``(H, W, 3)`` uint8 RGB numpy arrays; prompts are in that frame's pix
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,12 +37,21 @@ MAX_SUBJECTS = 8
 
 
 def union_result(results: Sequence[TrackResult], frame_index: int, is_prompt_frame: bool) -> TrackResult:
-    """One result whose mask is the union of ``results`` (per-pixel maximum of the logits).
+    """One result whose mask is the union of ``results``, taken in the official predictor's order.
+
+    ``SAM2VideoPredictor`` upsamples every object's logits to the video size and only then takes
+    their union. Taking the maximum of the low-resolution logits first and upsampling it once
+    differs wherever two subjects meet (IoU down to 0.986 over a clip), so the result keeps each
+    subject (``parts``): its :attr:`~TrackResult.logits` and :meth:`~TrackResult.low_res_numpy`
+    planes are upsampled one by one before they meet. ``low_res_logits`` is their low-resolution
+    maximum, for a quick look (which subject is where), not for keying.
 
     Its object score is the highest of the subjects', so it is visible when any subject is.
     """
     if not results:
         raise ValueError("union of no results")
+    if len(results) == 1:
+        return dataclasses.replace(results[0], frame_index=frame_index, is_prompt_frame=is_prompt_frame)
     low = results[0].low_res_logits
     for r in results[1:]:
         low = torch.maximum(low, r.low_res_logits)
@@ -50,6 +61,7 @@ def union_result(results: Sequence[TrackResult], frame_index: int, is_prompt_fra
         results[0].frame_hw,
         max(r.object_score for r in results),
         is_prompt_frame,
+        parts=tuple(results),
     )
 
 

@@ -57,7 +57,12 @@ STAGES = (
 _IMG_MEAN = (0.485, 0.456, 0.406)
 _IMG_STD = (0.229, 0.224, 0.225)
 _STREAM_LENGTH = 2**31 - 1
-"""``num_frames`` given to SAM 2: a live stream has no end, so no pointer window is cut short."""
+"""``num_frames`` given to SAM 2: a live stream has no end, so no pointer window is cut short.
+
+sam2 scales the object pointers' temporal encoding by ``min(num_frames, max_obj_ptrs_in_encoder) - 1``:
+on a video shorter than 16 frames the official predictor's scale is shorter than a stream's, and its
+masks drift from greencam's from frame 1 (by about 1e-5 in the logits). From 16 frames on, the two
+are the same bit for bit; the official comparisons in the tests use clips of at least 16 frames."""
 
 
 @dataclass
@@ -70,6 +75,9 @@ class TrackResult:
         frame_hw: ``(H, W)`` of the frame they belong to.
         object_score: SAM 2's object-visibility logit; ``> 0`` means the subject is visible.
         is_prompt_frame: True on a frame that received a prompt.
+        parts: For the union of several subjects (:func:`greenscreen_cam.track.multi.union_result`),
+            each subject's own result; ``low_res_logits`` is then only their low-resolution maximum,
+            and the key is taken from the parts, each upsampled first (the official order).
     """
 
     frame_index: int
@@ -80,6 +88,7 @@ class TrackResult:
     _logits: torch.Tensor | None = None
     _low_host: np.ndarray | None = None
     """The low-resolution logits already copied to the host (the steady-state step copies them once)."""
+    parts: tuple[TrackResult, ...] = ()
 
     @property
     def visible(self) -> bool:
@@ -87,7 +96,13 @@ class TrackResult:
 
     @property
     def logits(self) -> torch.Tensor:
-        """Mask logits at the frame's resolution, ``(H, W)`` float32 (bilinear, as sam2 upsamples)."""
+        """Mask logits at the frame's resolution, ``(H, W)`` float32 (bilinear, as sam2 upsamples).
+
+        For a union, the per-pixel maximum of every subject's own upsampled logits: exactly the
+        official predictor's ``(video_res_masks > 0).any(0)`` where it is ``> 0``.
+        """
+        if self._logits is None and self.parts:
+            self._logits = torch.stack([p.logits for p in self.parts]).amax(dim=0)
         if self._logits is None:
             self._logits = F.interpolate(self.low_res_logits, size=self.frame_hw, mode="bilinear", align_corners=False)[
                 0, 0
@@ -95,7 +110,13 @@ class TrackResult:
         return self._logits
 
     def low_res_numpy(self) -> np.ndarray:
-        """The low-resolution logits as a ``(S/4, S/4)`` float32 numpy array (for the compositor)."""
+        """The low-resolution logits as a ``(S/4, S/4)`` float32 numpy array (for the compositor).
+
+        A union of ``n`` subjects gives ``(n, S/4, S/4)``, one plane per subject: the compositor
+        upsamples each before they meet (:func:`greenscreen_cam.key.compositor.upsample_union`).
+        """
+        if self.parts:
+            return np.stack([p.low_res_numpy() for p in self.parts])
         if self._low_host is not None:
             return self._low_host
         return self.low_res_logits[0, 0].float().cpu().numpy()

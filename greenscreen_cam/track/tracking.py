@@ -79,7 +79,11 @@ class TrackOutput(Protocol):
         ...
 
     def low_res_numpy(self) -> np.ndarray:
-        """``(h, w)`` float32 mask logits at the tracker's resolution covering the whole frame, ``> 0`` = subject."""
+        """``(h, w)`` float32 mask logits at the tracker's resolution covering the whole frame, ``> 0`` = subject.
+
+        ``(n, h, w)`` for a union of ``n`` subjects: one plane each, for the key to upsample one
+        by one before they meet (the official predictor's order).
+        """
         ...
 
 

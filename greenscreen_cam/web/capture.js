@@ -3,6 +3,7 @@
 import { Keyer } from "./keyer.js";
 import {
   decodeMask,
+  dropMessage,
   iceGathered,
   MAX_SUBJECTS,
   postOffer,
@@ -218,6 +219,31 @@ ui.canvas.addEventListener("pointerup", (ev) => {
     subjects.push(subject);
     subjectsToUrl();
     sendSubject(subject, true);
+  }
+});
+
+// D drops the subject under the pointer (the preview window's d); the others keep tracking.
+let pointer = null; // the pointer's last position over the canvas, camera pixels
+ui.canvas.addEventListener("pointermove", (ev) => {
+  if (ui.canvas.width) pointer = toCamera(ev);
+});
+ui.canvas.addEventListener("pointerleave", () => {
+  pointer = null;
+});
+document.addEventListener("keydown", (ev) => {
+  if (ev.key.toLowerCase() !== "d" || ev.ctrlKey || ev.metaKey || ev.altKey || ev.target.closest?.("input, select, textarea")) return;
+  if (!pointer || !subjects.length) return;
+  const index = keyer.subjectAt(pointer[0], pointer[1], ui.canvas.width, ui.canvas.height);
+  if (index < 0 || index >= subjects.length) {
+    setMessage("No subject under the pointer to drop: point at one and press D.");
+    return;
+  }
+  subjects.splice(index, 1);
+  subjectsToUrl();
+  if (conn?.dc?.readyState === "open") conn.dc.send(dropMessage(index + 1));
+  if (!subjects.length) {
+    keyer.setMask(null);
+    showWaitingHint();
   }
 });
 

@@ -73,7 +73,9 @@ export class Keyer {
    * The probabilities are upsampled bilinearly (pixel centres aligned, like OpenCV's
    * INTER_LINEAR) to an alpha image of up to 8x the mask size and at most the frame size,
    * and only then go through the step: the edge follows the interpolated p = 0.5 contour
-   * and stays one or two pixels wide. The canvas upsamples the rest of the way.
+   * and stays one or two pixels wide. The canvas upsamples the rest of the way. A mask of
+   * several subjects (mask.planes) is upsampled plane by plane and the planes meet in their
+   * per-pixel maximum after that, as the official predictor takes the union.
    */
   setMask(mask) {
     this.mask = mask;
@@ -95,7 +97,7 @@ export class Keyer {
       this.ys = bilinearTaps(ah, mask.height);
     }
     const px = this.alphaImage.data;
-    const src = mask.data;
+    const planes = mask.planes && mask.planes.length ? mask.planes : [mask.data];
     const mw = mask.width;
     const { i0: x0, i1: x1, f: fx } = this.xs;
     const { i0: y0, i1: y1, f: fy } = this.ys;
@@ -105,17 +107,48 @@ export class Keyer {
       const r1 = y1[y] * mw;
       const wy = fy[y];
       for (let x = 0; x < aw; x++, j += 4) {
-        const a = src[r0 + x0[x]];
-        const b = src[r0 + x1[x]];
-        const c = src[r1 + x0[x]];
-        const d = src[r1 + x1[x]];
         const wx = fx[x];
-        const top = a + (b - a) * wx;
-        const bottom = c + (d - c) * wx;
-        px[j] = ALPHA_LUT[(top + (bottom - top) * wy + 0.5) | 0];
+        let best = 0;
+        for (const src of planes) {
+          const a = src[r0 + x0[x]];
+          const b = src[r0 + x1[x]];
+          const c = src[r1 + x0[x]];
+          const d = src[r1 + x1[x]];
+          const top = a + (b - a) * wx;
+          const bottom = c + (d - c) * wx;
+          const v = top + (bottom - top) * wy;
+          if (v > best) best = v;
+        }
+        px[j] = ALPHA_LUT[(best + 0.5) | 0];
       }
     }
     this.alphaCtx.putImageData(this.alphaImage, 0, 0);
+  }
+
+  /**
+   * The subject (0-based plane of the current mask) that covers frame pixel (x, y) most surely,
+   * or -1 where none does (the probability is at most 0.5 in every plane).
+   * @param {number} x frame pixels
+   * @param {number} y
+   * @param {number} width the frame's width
+   * @param {number} height its height
+   */
+  subjectAt(x, y, width, height) {
+    const mask = this.mask;
+    if (!mask || !width || !height) return -1;
+    const mx = Math.min(mask.width - 1, Math.max(0, Math.floor((x * mask.width) / width)));
+    const my = Math.min(mask.height - 1, Math.max(0, Math.floor((y * mask.height) / height)));
+    const planes = mask.planes && mask.planes.length ? mask.planes : [mask.data];
+    let best = -1;
+    let bestValue = 128; // above p = 0.5
+    planes.forEach((plane, i) => {
+      const v = plane[my * mask.width + mx];
+      if (v >= bestValue) {
+        best = i;
+        bestValue = v + 1;
+      }
+    });
+    return best;
   }
 
   /**

@@ -6,8 +6,9 @@
 //   8-11  uint32 mask sequence number
 //   12-13 uint16 width      14-15 uint16 height
 //   16    uint8 state (0 tracking, 1 lost, 2 waiting for a prompt)
-//   17    uint8 encoding (1 = 8-bit probability 0..255, row-major, zlib)
-//   18-19 reserved          20-23 float32 object score
+//   17    uint8 encoding (1 = 8-bit probability 0..255, row-major, zlib;
+//                            2 = one such plane per subject, plane after plane, zlib)
+//   18-19 uint16 planes (encoding 2; 2..MAX_SUBJECTS)   20-23 float32 object score
 //   24..  payload
 
 export const KEY_COLOR = [0, 175, 57];
@@ -20,7 +21,10 @@ const MAGIC = 0x47434d31; // "GCM1"
  * Parse and decompress one mask message.
  * @param {ArrayBuffer} buffer the data channel message
  * @returns {Promise<{tag:number, seq:number, width:number, height:number, state:string,
- *   score:number, data:Uint8Array}>} data: width*height probabilities 0..255, row-major
+ *   score:number, data:Uint8Array, planes:Uint8Array[]}>} planes: one width*height plane of
+ *   probabilities 0..255 (row-major) per subject, in the order they were selected; data: the
+ *   first plane, or their per-pixel maximum for a quick look (the keyer upsamples each plane
+ *   before they meet, as the official predictor does)
  */
 export async function decodeMask(buffer) {
   if (buffer.byteLength < HEADER) throw new Error(`mask message too short (${buffer.byteLength} bytes)`);
@@ -29,11 +33,20 @@ export async function decodeMask(buffer) {
   const width = view.getUint16(12);
   const height = view.getUint16(14);
   const encoding = view.getUint8(17);
-  if (encoding !== 1) throw new Error(`unknown mask encoding ${encoding}`);
+  if (encoding !== 1 && encoding !== 2) throw new Error(`unknown mask encoding ${encoding}`);
+  const count = encoding === 2 ? view.getUint16(18) : 1;
+  if (encoding === 2 && (count < 2 || count > MAX_SUBJECTS)) throw new Error(`a mask of ${count} planes`);
   const payload = new Uint8Array(buffer, HEADER);
   const stream = new Blob([payload]).stream().pipeThrough(new DecompressionStream("deflate"));
-  const data = new Uint8Array(await new Response(stream).arrayBuffer());
-  if (data.length !== width * height) throw new Error(`mask payload has ${data.length} values, expected ${width * height}`);
+  const raw = new Uint8Array(await new Response(stream).arrayBuffer());
+  const size = width * height;
+  if (raw.length !== count * size) throw new Error(`mask payload has ${raw.length} values, expected ${count * size}`);
+  const planes = Array.from({ length: count }, (_, i) => raw.subarray(i * size, (i + 1) * size));
+  let data = planes[0];
+  if (count > 1) {
+    data = new Uint8Array(size);
+    for (const plane of planes) for (let i = 0; i < size; i++) if (plane[i] > data[i]) data[i] = plane[i];
+  }
   return {
     tag: view.getUint32(4),
     seq: view.getUint32(8),
@@ -42,6 +55,7 @@ export async function decodeMask(buffer) {
     state: STATES[view.getUint8(16)] ?? "tracking",
     score: view.getFloat32(20),
     data,
+    planes,
   };
 }
 
@@ -64,6 +78,16 @@ export function promptMessage(subject, width, height, add = false) {
   };
   if (add) msg.add = true;
   return JSON.stringify(msg);
+}
+
+/**
+ * The text message that stops tracking subject ``n`` (1-based, in the order they were selected);
+ * the others keep tracking (greenscreen_cam/link/protocol.py drop_message).
+ * @param {number} n
+ * @returns {string}
+ */
+export function dropMessage(n) {
+  return JSON.stringify({ type: "prompt", drop: n });
 }
 
 /** Newer-than for 32-bit wrapping sequence numbers. */
