@@ -5,7 +5,7 @@
   decoder, memory encoder) converted once by OpenVINO and compiled for ``--openvino-device``
   (see :mod:`greenscreen_cam.track.openvino_engine`); torch device ``cpu`` only.
 - ``auto``: OpenVINO when the tracker runs on the CPU and OpenVINO is installed, torch elsewhere
-  (CUDA, MPS).
+  (CUDA, MPS); ``$GREENCAM_ENGINE`` (``torch`` / ``openvino``) overrides what ``auto`` picks.
 
 Stdlib only: the CLI checks the choice before anything heavy is imported.
 """
@@ -13,6 +13,7 @@ Stdlib only: the CLI checks the choice before anything heavy is imported.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 from greenscreen_cam.errors import ConfigError, EngineError
 
@@ -20,6 +21,8 @@ __all__ = ["ENGINES", "OPENVINO_DEVICES", "OPENVINO_INSTALL", "openvino_installe
 
 ENGINES = ("auto", "torch", "openvino")
 OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
+ENGINE_ENV = "GREENCAM_ENGINE"
+"""``GREENCAM_ENGINE=torch`` (or ``openvino``) decides what ``auto`` means: the test suite pins torch."""
 OPENVINO_INSTALL = "python -m pip install openvino"
 """The install command named when OpenVINO is missing (``make install`` installs it too)."""
 
@@ -49,6 +52,8 @@ def resolve_engine(setting: str, device: str, *, installed: bool | None = None) 
     """
     if setting not in ENGINES:
         raise ConfigError(f"--engine {setting!r} is not one of {', '.join(ENGINES)}")
+    if setting == "auto" and os.environ.get(ENGINE_ENV, "").strip() in ("torch", "openvino"):
+        setting = os.environ[ENGINE_ENV].strip()
     if setting == "torch":
         return "torch"
     on_cpu = device == "cpu"

@@ -206,7 +206,7 @@ class OpenVINOEngine:
         key = cache_key(checkpoint_sha256(checkpoint), name, self.resolution, ov.__version__)
         self.cache_path = root / _entry_name(key)
         self.rebuilt = False
-        self.probe = self._probe()
+        self.probe = self._positions()
         models = self._cached(key)
         if models is None:
             models = self._convert(root, key)
@@ -218,14 +218,27 @@ class OpenVINOEngine:
 
     # ------------------------------------------------------------------ building
     @torch.no_grad()
-    def _probe(self) -> dict[str, Any]:
-        """One torch run of the encoder and of a primed steady bank: example inputs, positions, sizes."""
-        from greenscreen_cam.track.segmenter import Prompt, StreamingTracker
-
+    def _positions(self) -> dict[str, Any]:
+        """One torch run of the encoder on a blank frame: its positional encodings and sizes (image independent)."""
         s = self.resolution
         image = torch.zeros(1, 3, s, s)
         backbone = self.net.forward_image(image)
         _, feats, pos, sizes = sam2_private.prepare_backbone_features(self.net, backbone)
+        return {
+            "image": image,
+            "feats": [f.clone() for f in feats],
+            "pos": [p.clone() for p in pos],
+            "sizes": [tuple(x) for x in sizes],
+        }
+
+    @torch.no_grad()
+    def _step_example(self) -> dict[str, Any]:
+        """A primed steady bank from a few blank frames: example inputs of the step graph (conversion only)."""
+        from greenscreen_cam.track.segmenter import Prompt, StreamingTracker
+
+        s = self.resolution
+        image = self.probe["image"]
+        feats, pos = self.probe["feats"], self.probe["pos"]
         tracker = StreamingTracker(self.net)
         tracker.step(image, (s, s), Prompt(box=(s / 4, s / 4, s / 2, s / 2)))
         for _ in range(bank_full_at(self.net) + 1):
@@ -248,9 +261,6 @@ class OpenVINOEngine:
             read.values,
         )
         return {
-            "image": image,
-            "pos": [p.clone() for p in pos],
-            "sizes": [tuple(x) for x in sizes],
             "step_inputs": tuple(x.detach().clone() for x in step_inputs),
             "slots": bank.slots,
             "mem_dtype": bank.mem_dtype,
@@ -282,13 +292,14 @@ class OpenVINOEngine:
         import openvino as ov
 
         probe = self.probe
+        example = self._step_example()
         hw = probe["sizes"][-1][0] * probe["sizes"][-1][1]
         self.say(f"openvino: converting SAM 2 {key['model']} at {self.resolution} px (once; cached in {root}) ...")
         start = time.perf_counter()
         models = {
             "encoder": ov.convert_model(_Encoder(self.net), example_input=(probe["image"],)),
             "step": ov.convert_model(
-                _Step(self.net, probe["slots"], hw, probe["mem_dtype"]), example_input=probe["step_inputs"]
+                _Step(self.net, example["slots"], hw, example["mem_dtype"]), example_input=example["step_inputs"]
             ),
         }
         self.say(f"openvino: converted the image encoder and the tracker step in {time.perf_counter() - start:.1f} s")
