@@ -14,10 +14,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import weakref
+from typing import Any
 
 from greenscreen_cam.errors import ConfigError, EngineError
 
-__all__ = ["ENGINES", "OPENVINO_DEVICES", "OPENVINO_INSTALL", "openvino_installed", "resolve_engine"]
+__all__ = [
+    "ENGINES",
+    "OPENVINO_DEVICES",
+    "OPENVINO_INSTALL",
+    "engine_for",
+    "openvino_installed",
+    "register_engine",
+    "resolve_engine",
+]
 
 ENGINES = ("auto", "torch", "openvino")
 OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
@@ -70,3 +80,19 @@ def resolve_engine(setting: str, device: str, *, installed: bool | None = None) 
 def check_openvino_device(value: str) -> str | None:
     """None when ``value`` is an OpenVINO device name greencam passes through, else the problem."""
     return None if value.upper() in OPENVINO_DEVICES else f"{value!r} is not one of {', '.join(OPENVINO_DEVICES)}"
+
+
+_ENGINES_BY_NET: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def register_engine(net: Any, engine: Any) -> None:
+    """Remember ``engine`` as the compiled engine of the loaded model ``net`` (for hosts given only the net)."""
+    _ENGINES_BY_NET[net] = engine
+
+
+def engine_for(net: Any) -> Any:
+    """The engine registered for ``net`` (``greencam serve``'s worker gets the net alone), or None: torch."""
+    try:
+        return _ENGINES_BY_NET.get(net)
+    except TypeError:  # not weak-referenceable: never registered
+        return None

@@ -37,6 +37,9 @@ def load(choice: ModelChoice, options: LoadOptions) -> LoadedModel:
             device=choice.openvino_device,
             notify=options.notify,
         )
+        from greenscreen_cam.track.engines import register_engine
+
+        register_engine(net, engine)
     return wrap(net, choice.spec.name, choice.device, choice.resolution, captured=choice.captured, engine=engine)
 
 
