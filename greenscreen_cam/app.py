@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 Notify = Callable[[str], None]
 
 
-def load_tracker(choice: ModelChoice, *, profile: bool = False, compile_mode: bool | str = False) -> Tracker:
+def load_tracker(
+    choice: ModelChoice, *, profile: bool = False, compile_mode: bool | str = False, notify: Notify | None = None
+) -> Tracker:
     """Load the model (slow) through the tracker backend registry and make one tracker over it.
 
     Args:
@@ -44,11 +46,12 @@ def load_tracker(choice: ModelChoice, *, profile: bool = False, compile_mode: bo
         profile: Record per-stage times (benchmarks).
         compile_mode: ``torch.compile`` the image encoder: True, or a compile mode such as
             ``"reduce-overhead"`` (CUDA graphs).
+        notify: Receives progress lines while loading (the OpenVINO engine's first conversion).
 
     Raises:
         GreencamError: as :func:`greenscreen_cam.track.tracking.load_model`.
     """
-    loaded = load_model(choice, options=LoadOptions(compile_mode=compile_mode))
+    loaded = load_model(choice, options=LoadOptions(compile_mode=compile_mode, notify=notify))
     return loaded.new_tracker(profile=profile)
 
 
@@ -194,7 +197,7 @@ def open_pipeline(
         tracker: Tracker | AsyncTracking
         if choice is not None:
             say(f"loading {choice.describe()} ...")
-            tracker = load_tracker(choice)
+            tracker = load_tracker(choice, notify=say)
             if isinstance(prompt, Selection) or s.preview:  # the preview's r adds subjects
                 from greenscreen_cam.track.multi import MultiTracker
 

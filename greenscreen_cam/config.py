@@ -213,6 +213,8 @@ SYNC_MODES: tuple[str, ...] = get_args(SyncMode)
 """``--sync`` modes: ``auto`` (frame-accurate while the tracker keeps up), ``on`` (always), ``off`` (newest mask)."""
 
 _COMPILE_MODES = ("auto", "on", "off")
+_ENGINES = ("auto", "torch", "openvino")  # greenscreen_cam.track.engines.ENGINES (config stays stdlib)
+_OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 
 
 @dataclass
@@ -236,6 +238,19 @@ class ModelSettings:
         "(off until this path is verified on a GPU).",
         group="Model",
         check=lambda v: None if v in _COMPILE_MODES else f"{v!r} is not one of {', '.join(_COMPILE_MODES)}",
+    )
+    engine: str = setting(
+        "auto",
+        "Tracker engine: torch (bit-exact with the official predictor), openvino (CPU, about twice as fast), "
+        "or auto (openvino on the CPU when installed, torch on CUDA/MPS).",
+        group="Model",
+        check=lambda v: None if v in _ENGINES else f"{v!r} is not one of {', '.join(_ENGINES)}",
+    )
+    openvino_device: str = setting(
+        "CPU",
+        "OpenVINO device for --engine openvino: CPU, GPU (Intel iGPU), NPU or AUTO (only CPU is tested).",
+        group="Model",
+        check=lambda v: None if v.upper() in _OPENVINO_DEVICES else f"{v!r} is not one of CPU, GPU, NPU, AUTO",
     )
 
 

@@ -78,6 +78,12 @@ class TrackerBackendError(GreencamError):
     exit_code = 7
 
 
+class EngineError(GreencamError):
+    """The tracker engine asked for cannot run here (``--engine openvino`` without OpenVINO installed)."""
+
+    exit_code = 6
+
+
 class DeviceError(GreencamError):
     """A compute device (cuda, mps) that is not available."""
 

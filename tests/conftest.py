@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import warnings
@@ -18,6 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
+# ``--engine auto`` would pick OpenVINO on this CPU: the suite compares against the official predictor
+# bit for bit, so ``auto`` means torch here (and in every greencam subprocess); OpenVINO tests ask for it.
+os.environ.setdefault("GREENCAM_ENGINE", "torch")
 
 
 def _hardware_missing(marker: str) -> str | None:

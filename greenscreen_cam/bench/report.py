@@ -36,7 +36,8 @@ def print_result(result: dict[str, Any], console: Any) -> None:
         return
     title = (
         f"{result['model']} @ {result['resolution']} on {result['device']} ({result['dtype']}"
-        f"{', compiled' if result['compiled'] else ''}), {result['frames']} frames {result['frame_size']}"
+        f"{', compiled' if result['compiled'] else ''}"
+        f"{', engine ' + result['engine'] if result.get('engine') else ''}), {result['frames']} frames {result['frame_size']}"
     )
     table = Table(title=title)
     table.add_column("stage")

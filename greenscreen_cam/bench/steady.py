@@ -82,7 +82,8 @@ def deviation(tracker: Any, imgs: list[np.ndarray], prompt: Any, logits: list[An
     from greenscreen_cam.track.segmenter import StreamingTracker
 
     captured = bool(getattr(tracker, "captured", False))
-    if not captured and tracker.autocast is None:
+    engine = getattr(tracker, "engine", None)
+    if not captured and tracker.autocast is None and engine is None:
         return None  # eager float32 itself (the steady step is bit-exact there: tests/test_steady.py)
     reference = StreamingTracker(tracker.model, steady=False)
     ious, diffs = [], []
@@ -93,6 +94,7 @@ def deviation(tracker: Any, imgs: list[np.ndarray], prompt: Any, logits: list[An
         ious.append(1.0 if union == 0 else (a & b).sum().item() / union)
         diffs.append((ours.float().to(ref.device) - ref).abs().max().item())
     path = ("captured " if captured else "") + ("bf16" if tracker.autocast is not None else "float32")
+    path += " openvino" if engine is not None else ""
     return {
         "path": path,
         "mean_iou": float(np.mean(ious)),

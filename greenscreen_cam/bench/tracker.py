@@ -120,6 +120,8 @@ def bench_tracker(
             "compiled": compile_model,
             "compile": settings.compile,
             "captured": bool(getattr(tracker, "captured", False)),
+            "engine": choice.engine,
+            "openvino_device": choice.openvino_device if choice.engine == "openvino" else None,
             "frames": len(imgs),
             "frame_size": f"{w}x{h}",
             "source": source or "synthetic",

@@ -190,13 +190,17 @@ class ModelWorker:
     ) -> None:
         from greenscreen_cam.track import models
         from greenscreen_cam.track.batched import SessionBatch
+        from greenscreen_cam.track.engines import engine_for
         from greenscreen_cam.track.multi import MAX_SUBJECTS
 
         self.model = model
         self.model_name = model_name
         self.device = device
         self.resolution = resolution
-        self.batch = batch
+        self.engine = engine_for(model) if model is not None else None
+        """The OpenVINO engine (``--engine openvino``/``auto`` on a CPU): each session then steps on its own through
+        it (one frame per encoder call, no stacked torch step); None: torch, batched as ``batch`` says."""
+        self.batch = batch and self.engine is None
         self.autocast = models.autocast_dtype(device)
         self.on_event: EventFn = on_event or (lambda line: None)
         self._cond = threading.Condition()
@@ -206,7 +210,7 @@ class ModelWorker:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stacked = (
-            SessionBatch(model, autocast=self.autocast, captured=captured) if batch and model is not None else None
+            SessionBatch(model, autocast=self.autocast, captured=captured) if self.batch and model is not None else None
         )
         self.step_times: dict[int, float] = {}
         """EWMA of the wall time in seconds of fully stacked worker steps, per bucket (batch=False: per session count)."""
@@ -221,7 +225,7 @@ class ModelWorker:
         """Give session ``sid`` its own tracker over the shared model."""
         from greenscreen_cam.track.segmenter import StreamingTracker
 
-        entry = _Entry(StreamingTracker(self.model, autocast=self.autocast), deliver, error)
+        entry = _Entry(StreamingTracker(self.model, autocast=self.autocast, engine=self.engine), deliver, error)
         with self._cond:
             self._entries[sid] = entry
 
@@ -460,7 +464,7 @@ class ModelWorker:
 
         results = [first] + [t.step_encoded(encoded, hw, None) for t in e.extras]
         for prompt in added:
-            tracker = StreamingTracker(self.model, autocast=self.autocast)
+            tracker = StreamingTracker(self.model, autocast=self.autocast, engine=self.engine)
             results.append(tracker.step_encoded(encoded, hw, prompt))
             e.extras.append(tracker)
         return union_result(results, first.frame_index, any(r.is_prompt_frame for r in results))

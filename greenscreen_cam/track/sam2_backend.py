@@ -26,14 +26,31 @@ def load(choice: ModelChoice, options: LoadOptions) -> LoadedModel:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache_dir() / "inductor"))
         mode = options.compile_mode if isinstance(options.compile_mode, str) else None
         net.image_encoder.forward = torch.compile(net.image_encoder.forward, dynamic=False, mode=mode)
-    return wrap(net, choice.spec.name, choice.device, choice.resolution, captured=choice.captured)
+    engine = None
+    if choice.engine == "openvino":
+        from greenscreen_cam.track.openvino_engine import OpenVINOEngine
+
+        engine = OpenVINOEngine(
+            net,
+            name=choice.spec.name,
+            checkpoint=choice.checkpoint,
+            device=choice.openvino_device,
+            notify=options.notify,
+        )
+        from greenscreen_cam.track.engines import register_engine
+
+        register_engine(net, engine)
+    return wrap(net, choice.spec.name, choice.device, choice.resolution, captured=choice.captured, engine=engine)
 
 
-def wrap(net: Any, name: str, device: str, resolution: int, *, captured: bool = False) -> LoadedModel:
+def wrap(
+    net: Any, name: str, device: str, resolution: int, *, captured: bool = False, engine: Any = None
+) -> LoadedModel:
     """A :class:`LoadedModel` over an already loaded sam2 ``SAM2Base`` (tests, a host that loaded it).
 
     With ``captured`` (``--compile on`` on CUDA) each new tracker captures its steady-state step as a
-    CUDA graph when it is made, before the pipeline starts, never on a live frame.
+    CUDA graph when it is made, before the pipeline starts, never on a live frame. With ``engine`` (an
+    :class:`~greenscreen_cam.track.openvino_engine.OpenVINOEngine`) every tracker shares its compiled graphs.
     """
     from greenscreen_cam.track import models
     from greenscreen_cam.track.segmenter import StreamingTracker
@@ -41,9 +58,9 @@ def wrap(net: Any, name: str, device: str, resolution: int, *, captured: bool = 
     autocast = models.autocast_dtype(device)
 
     def make_tracker(profile: bool) -> StreamingTracker:
-        tracker = StreamingTracker(net, autocast=autocast, profile=profile, captured=captured)
+        tracker = StreamingTracker(net, autocast=autocast, profile=profile, captured=captured, engine=engine)
         if captured:
             tracker.prepare()
         return tracker
 
-    return LoadedModel("sam2", name, device, resolution, net, resolution // 4, make_tracker)
+    return LoadedModel("sam2", name, device, resolution, net, resolution // 4, make_tracker, engine)

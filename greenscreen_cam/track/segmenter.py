@@ -154,6 +154,8 @@ class StreamingTracker:
         captured: Replay that step as a CUDA graph (``--compile on``; CUDA only, see
             :func:`greenscreen_cam.track.steady.resolve_compile`). Call :meth:`prepare` before the camera
             opens so that the capture does not delay a live frame.
+        engine: An :class:`~greenscreen_cam.track.openvino_engine.OpenVINOEngine` over ``model``
+            (``--engine openvino``): it runs the image encoder of single frames and the steady step.
 
     Frames are ``(H, W, 3)`` uint8 **RGB** numpy arrays. Use :meth:`prompt` on the
     frame where the subject is selected, then :meth:`track` on every following
@@ -168,6 +170,7 @@ class StreamingTracker:
         profile: bool = False,
         steady: bool = True,
         captured: bool = False,
+        engine: Any = None,
     ) -> None:
         if getattr(model, "memory_temporal_stride_for_eval", 1) != 1:
             raise ValueError("only memory_temporal_stride_for_eval == 1 is supported")
@@ -176,6 +179,7 @@ class StreamingTracker:
         self.image_size: int = int(model.image_size)
         self.autocast = autocast
         self.profile = profile
+        self.engine = engine
         self.timings: dict[str, list[float]] = defaultdict(list)
         self._mean = torch.tensor(_IMG_MEAN, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(_IMG_STD, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -350,8 +354,11 @@ class StreamingTracker:
         """
         amp = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()
         with amp, self.stage("image_encoder"):
-            backbone = self.model.forward_image(images)
-            _, feats, pos, sizes = sam2_private.prepare_backbone_features(self.model, backbone)
+            if self.engine is not None and images.shape[0] == 1:  # the converted encoder takes one frame
+                feats, pos, sizes = self.engine.encode(images)
+            else:
+                backbone = self.model.forward_image(images)
+                _, feats, pos, sizes = sam2_private.prepare_backbone_features(self.model, backbone)
         batch = int(images.shape[0])
         if batch == 1:
             return [Encoded(list(feats), list(pos), list(sizes))]
@@ -469,6 +476,8 @@ class StreamingTracker:
             if self._graph is not None:
                 with self.stage("steady_step"):
                     out = self._graph(encoded.feats, encoded.pos)
+            elif self.engine is not None:
+                out = self.engine.steady(bank, encoded.feats, encoded.pos, self.stage)
             else:
                 out = steady_step(bank, encoded.feats, encoded.pos, encoded.sizes, self.stage)
         with self.stage("postprocess"):

@@ -49,7 +49,18 @@ import torch.nn.functional as F
 
 from greenscreen_cam.track import sam2_private
 
-__all__ = ["CapturedStep", "SteadyBank", "StepOutput", "bank_full_at", "steady_step"]
+__all__ = [
+    "BankRead",
+    "CapturedStep",
+    "SteadyBank",
+    "StepOutput",
+    "attend_bank",
+    "bank_full_at",
+    "pack_output",
+    "read_bank",
+    "steady_step",
+    "write_bank",
+]
 
 _MUTABLE = ("t", "mem", "v", "ptr")
 
@@ -276,6 +287,7 @@ def attend_memory(
     recent_values: Callable[[int], torch.Tensor],
     mem_shape: tuple[int, int],
     out_shape: tuple[int, int, int, int],
+    rotate: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """sam2's memory attention over a full bank, op for op (the one loop of the steady and stacked steps).
 
@@ -288,6 +300,8 @@ def attend_memory(
         recent_values: ``recent_values(layer)`` -> the recent memories' values for that layer, ``(B, h, R*HW, D)``.
         mem_shape: ``(R, HW)``: recent memories read and tokens per memory.
         out_shape: ``(B, C, H, W)`` of the conditioned features returned.
+        rotate: ``rotate(x, attn)`` -> ``x`` (``(..., N, D)``) rotated by ``attn``'s rotary encoding, in
+            place of sam2's complex-number form (the OpenVINO engine's real cos/sin form); None = sam2's.
     """
     from sam2.modeling.position_encoding import apply_rotary_enc
 
@@ -308,9 +322,13 @@ def attend_memory(
         _ensure_freqs(attn, q.shape[-2], device)
         k_mem = attn.k_proj(mem + mem_pos if layer.pos_enc_at_cross_attn_keys else mem)
         k_mem = sam2_private.separate_heads(attn, k_mem, attn.num_heads)
-        k_mem = _rotate(k_mem.unflatten(-2, (r, hw)), attn.freqs_cis).flatten(-3, -2)
+        if rotate is None:
+            k_mem = _rotate(k_mem.unflatten(-2, (r, hw)), attn.freqs_cis).flatten(-3, -2)
+            q, _ = apply_rotary_enc(q, q[:, :, :0], freqs_cis=attn.freqs_cis)
+        else:
+            k_mem = rotate(k_mem.unflatten(-2, (r, hw)), attn).flatten(-3, -2)
+            q = rotate(q, attn)
         v_mem = recent_values(li)
-        q, _ = apply_rotary_enc(q, q[:, :, :0], freqs_cis=attn.freqs_cis)
         k_ptr = attn.k_proj(ptr_mem + ptr_pos if layer.pos_enc_at_cross_attn_keys else ptr_mem)
         keys = torch.cat([buf["k_cond"][li], k_mem, sam2_private.separate_heads(attn, k_ptr, attn.num_heads)], dim=-2)
         values = torch.cat(
@@ -358,66 +376,114 @@ def steady_step(
     Returns:
         The frame's outputs, still on the device.
     """
-    from sam2.modeling.sam2_utils import get_1d_sine_pe
-
     timed = stage or (lambda _name: nullcontext())
     model = bank.model
+    with timed("memory_attention"):
+        read = read_bank(bank, feats[-1].size(1))
+        pix_feat = attend_bank(model, bank, read, feats, pos, sizes)
+    with timed("mask_decoder"):
+        low_res, high_res, obj_ptr, obj_score = decode_masks(model, pix_feat, feats, sizes)
+    with timed("memory_encoder"):
+        assert bank.mem_dtype is not None
+        new_mem = encode_memory(model, feats, sizes, high_res, obj_score, bank.mem_dtype)
+        write_bank(bank, read.t, new_mem, obj_ptr)
+    return pack_output(low_res, obj_score)
+
+
+@dataclass
+class BankRead:
+    """What one steady step reads from the bank (:func:`read_bank`), in memory attention's layout.
+
+    Attributes:
+        t: ``(B,)`` the frame being tracked (the bank's counter, already advanced).
+        read_mem: ``(R,)`` ring slots of frames ``t-R .. t-1``.
+        mem: ``(B, R*HW, mem_dim)`` recent spatial memories; ``mem_pos`` their positions.
+        ptr_mem, ptr_pos: ``(B, tokens, mem_dim)`` object-pointer tokens and positions.
+        values: ``(L, B, h, R*HW, D)`` the recent memories' cross-attention values per layer.
+    """
+
+    t: torch.Tensor
+    read_mem: torch.Tensor
+    mem: torch.Tensor
+    mem_pos: torch.Tensor
+    ptr_mem: torch.Tensor
+    ptr_pos: torch.Tensor
+    values: torch.Tensor
+
+
+def read_bank(bank: SteadyBank, batch: int) -> BankRead:
+    """Advance the bank's counter and gather what the frame reads (device-side, no host sync)."""
+    from sam2.modeling.sam2_utils import get_1d_sine_pe
+
+    model = bank.model
     buf = bank.buffers
-    feat, feat_pos = feats[-1], pos[-1]
-    batch, channels = feat.size(1), model.hidden_dim
-    height, width = sizes[-1]
-    hw = height * width
+    channels = model.hidden_dim
     r, p = bank.slots, bank.ptr_slots
     mem_dtype, pos_dtype = bank.mem_dtype, bank.pos_dtype
     assert mem_dtype is not None and pos_dtype is not None
-    device = feat.device
-    attention = model.memory_attention
+    device = buf["t"].device
+    t = buf["t"].add_(1)  # (B,) the frame being tracked
+    steps = torch.arange(r + p + 1, device=device)
+    read_mem = torch.remainder(t[:, None] + steps[None, :r], r)[0]  # slots of t-R .. t-1
+    read_ptr = torch.remainder(t[:, None] - steps[None, 1 : p + 1], p)[0]  # slots of t-1 .. t-P
+    mem = buf["mem"].index_select(1, read_mem).flatten(1, 2)  # (B, R*HW, mem_dim)
+    mem_pos = buf["pos"].expand(batch, -1, -1)
 
-    with timed("memory_attention"):
-        t = buf["t"].add_(1)  # (B,) the frame being tracked
-        steps = torch.arange(r + p + 1, device=device)
-        read_mem = torch.remainder(t[:, None] + steps[None, :r], r)[0]  # slots of t-R .. t-1
-        read_ptr = torch.remainder(t[:, None] - steps[None, 1 : p + 1], p)[0]  # slots of t-1 .. t-P
-        mem = buf["mem"].index_select(1, read_mem).flatten(1, 2)  # (B, R*HW, mem_dim)
-        mem_pos = buf["pos"].expand(batch, -1, -1)
+    # Object pointers [conditioning frame, t-1, ..., t-P], as sam2 builds them.
+    ptrs = torch.cat([buf["ptr_cond"][:, None], buf["ptr"].index_select(1, read_ptr)], dim=1)
+    ptr_mem = ptrs.transpose(0, 1)  # (1 + P, B, C)
+    n_ptr = p + 1
+    if model.add_tpos_enc_to_obj_ptrs:
+        tpos_dim = channels if model.proj_tpos_enc_in_obj_ptrs else model.mem_dim
+        # the conditioning frame's pointer is t frames away (the conditioning frame is frame 0)
+        pos_ints = torch.cat([t[:1], steps[1 : p + 1]])
+        obj_pos = get_1d_sine_pe(pos_ints / p, dim=tpos_dim)
+        ptr_pos = model.obj_ptr_tpos_proj(obj_pos).unsqueeze(1).expand(-1, batch, model.mem_dim)
+    else:
+        ptr_pos = ptr_mem.new_zeros(n_ptr, batch, model.mem_dim)
+    ptr_mem_bf, ptr_pos_bf = pointer_tokens(model, ptr_mem, ptr_pos, channels, mem_dtype, pos_dtype)
+    values = buf["v"].index_select(3, read_mem).flatten(3, 4)
+    return BankRead(t, read_mem, mem, mem_pos, ptr_mem_bf, ptr_pos_bf, values)
 
-        # Object pointers [conditioning frame, t-1, ..., t-P], as sam2 builds them.
-        ptrs = torch.cat([buf["ptr_cond"][:, None], buf["ptr"].index_select(1, read_ptr)], dim=1)
-        ptr_mem = ptrs.transpose(0, 1)  # (1 + P, B, C)
-        n_ptr = p + 1
-        if model.add_tpos_enc_to_obj_ptrs:
-            tpos_dim = channels if model.proj_tpos_enc_in_obj_ptrs else model.mem_dim
-            # the conditioning frame's pointer is t frames away (the conditioning frame is frame 0)
-            pos_ints = torch.cat([t[:1], steps[1 : p + 1]])
-            obj_pos = get_1d_sine_pe(pos_ints / p, dim=tpos_dim)
-            ptr_pos = model.obj_ptr_tpos_proj(obj_pos).unsqueeze(1).expand(-1, batch, model.mem_dim)
-        else:
-            ptr_pos = ptr_mem.new_zeros(n_ptr, batch, model.mem_dim)
-        ptr_mem_bf, ptr_pos_bf = pointer_tokens(model, ptr_mem, ptr_pos, channels, mem_dtype, pos_dtype)
 
-        pix_feat = attend_memory(
-            attention,
-            feat,
-            feat_pos,
-            mem,
-            mem_pos,
-            ptr_mem_bf,
-            ptr_pos_bf,
-            buf,
-            lambda li: buf["v"][li].index_select(2, read_mem).flatten(2, 3),
-            (r, hw),
-            (batch, channels, height, width),
-        )
+def attend_bank(
+    model: Any,
+    bank: SteadyBank,
+    read: BankRead,
+    feats: list[torch.Tensor],
+    pos: list[torch.Tensor],
+    sizes: list[tuple[int, int]],
+    rotate: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Memory attention of the frame over what :func:`read_bank` read: ``(B, C, H, W)``."""
+    feat = feats[-1]
+    height, width = sizes[-1]
+    return attend_memory(
+        model.memory_attention,
+        feat,
+        pos[-1],
+        read.mem,
+        read.mem_pos,
+        read.ptr_mem,
+        read.ptr_pos,
+        bank.buffers,
+        lambda li: read.values[li],
+        (bank.slots, height * width),
+        (feat.size(1), model.hidden_dim, height, width),
+        rotate,
+    )
 
-    with timed("mask_decoder"):
-        low_res, high_res, obj_ptr, obj_score = decode_masks(model, pix_feat, feats, sizes)
 
-    with timed("memory_encoder"):
-        new_mem = encode_memory(model, feats, sizes, high_res, obj_score, mem_dtype)
-        write = torch.remainder(t, r)[:1]
-        bank._store_spatial(new_mem, write)
-        buf["ptr"].index_copy_(1, torch.remainder(t, p)[:1], obj_ptr.to(buf["ptr"].dtype).unsqueeze(1))
+def write_bank(bank: SteadyBank, t: torch.Tensor, new_mem: torch.Tensor, obj_ptr: torch.Tensor) -> None:
+    """Store frame ``t``'s memory ``(B, HW, mem_dim)`` and object pointer ``(B, C)`` in their ring slots."""
+    buf = bank.buffers
+    bank._store_spatial(new_mem, torch.remainder(t, bank.slots)[:1])
+    buf["ptr"].index_copy_(1, torch.remainder(t, bank.ptr_slots)[:1], obj_ptr.to(buf["ptr"].dtype).unsqueeze(1))
 
+
+def pack_output(low_res: torch.Tensor, obj_score: torch.Tensor) -> StepOutput:
+    """The step's one output: ``low_res`` ``(B, 1, s, s)`` logits with the object score behind them."""
+    batch = low_res.shape[0]
     packed = torch.cat([low_res.float().flatten(1), obj_score.float().reshape(batch, -1)[:, :1]], dim=1)
     side = low_res.shape[-1]
     return StepOutput(packed, packed[:, :-1].view(batch, 1, side, side), packed[:, -1:])

@@ -192,9 +192,14 @@ class ModelChoice:
     checkpoint: Path
     captured: bool = False
     """Replay the steady-state step as a CUDA graph (``--compile``, see :func:`greenscreen_cam.track.steady.resolve_compile`)."""
+    engine: str = "torch"
+    """``torch`` or ``openvino`` (``--engine``, resolved by :func:`greenscreen_cam.track.engines.resolve_engine`)."""
+    openvino_device: str = "CPU"
+    """OpenVINO's device for the ``openvino`` engine (``--openvino-device``)."""
 
     def describe(self) -> str:
-        return f"SAM 2 {self.spec.name} at {self.resolution} px on {self.device}"
+        engine = f", OpenVINO {self.openvino_device}" if self.engine == "openvino" else ""
+        return f"SAM 2 {self.spec.name} at {self.resolution} px on {self.device}{engine}"
 
 
 def resolve_model(s: ModelSettings, *, random_weights: Path | None = None) -> ModelChoice:
@@ -204,15 +209,17 @@ def resolve_model(s: ModelSettings, *, random_weights: Path | None = None) -> Mo
     written there instead of looking for the real file (tests and benchmarks).
     """
     from greenscreen_cam.track import models
+    from greenscreen_cam.track.engines import resolve_engine
     from greenscreen_cam.track.steady import resolve_compile
 
     spec, dev, res = models.choose(s.model, s.device, s.resolution)
     captured = resolve_compile(s.compile, dev)
+    engine = resolve_engine(getattr(s, "engine", "torch"), dev)
     if random_weights is not None:
         path = models.save_random_checkpoint(spec, random_weights / spec.filename)
     else:
         path = models.resolve_checkpoint(spec, Path(s.checkpoint).expanduser() if s.checkpoint else None)
-    return ModelChoice(spec, dev, res, path, captured)
+    return ModelChoice(spec, dev, res, path, captured, engine, getattr(s, "openvino_device", "CPU").upper())
 
 
 @dataclass(frozen=True)
@@ -225,6 +232,8 @@ class LoadOptions:
     """
 
     compile_mode: bool | str = False
+    notify: Callable[[str], None] | None = None
+    """Receives progress lines while loading (the OpenVINO engine's conversion and compilation)."""
 
 
 @dataclass
@@ -249,6 +258,8 @@ class LoadedModel:
     net: Any
     mask_side: int
     make_tracker: Callable[[bool], Tracker]
+    engine: Any = None
+    """The backend's compiled engine shared by its trackers (the OpenVINO engine), or None (torch)."""
 
     def new_tracker(self, *, profile: bool = False) -> Tracker:
         """A fresh per-session tracker (no subject, no memory) over this model.
