@@ -131,3 +131,130 @@ def test_no_pactl_is_an_audio_error_with_the_install_command(tmp_path: Path) -> 
     env = dict(os.environ, PATH=str(tmp_path))
     with pytest.raises(AudioError, match="apt install pulseaudio-utils"):
         DelayedMicrophone(pactl=Pactl(env)).open()
+
+
+# --------------------------------------------------------------------------- following the picture
+
+
+class FakeMic:
+    """Stands in for DelayedMicrophone: records set_delay calls; can lose its server or its microphone."""
+
+    master = "fakemic"
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.present = True
+        self.loaded = True
+        self.server_gone = False
+        self.closed = False
+
+    def _check(self) -> None:
+        if self.server_gone:
+            raise AudioError("Connection failure: Connection refused")
+
+    def set_delay(self, ms: float) -> None:
+        self._check()
+        self.delays.append(ms)
+        self.loaded = True
+
+    def healthy(self) -> bool:
+        self._check()
+        return self.loaded
+
+    def microphone_present(self) -> bool:
+        self._check()
+        return self.present
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(predicate())
+
+
+def test_auto_follows_the_picture_only_when_it_moves_by_more_than_20_ms_and_says_so() -> None:
+    from greenscreen_cam.live.audio_sync import AudioFollower
+
+    mic, said = FakeMic(), []
+    follower = AudioFollower(mic, "auto", say=said.append, check_every=0.05).start()  # type: ignore[arg-type]
+    try:
+        for p50 in (330.0, 340.0, 325.0, 349.0, 420.0):
+            snap = {"frames_out": 10, "delay_p50_ms": p50}
+            follower.update(snap)
+            time.sleep(0.15)
+        assert wait_until(lambda: mic.delays == [330.0, 420.0]), mic.delays
+        assert follower.applied_ms == 420.0
+        assert said[0].startswith("microphone: greencam Microphone carries fakemic delayed 330 ms")
+        assert said[1] == "microphone: delay 330 -> 420 ms (the picture's added delay moved)"
+        snap = {"frames_out": 11, "delay_p50_ms": 421.0}
+        follower.update(snap)
+        assert snap["audio_delay_ms"] == 420.0  # what greencam ctl status and the status line show
+    finally:
+        follower.close()
+    assert mic.closed and follower.applied_ms is None
+
+
+def test_a_fixed_delay_is_applied_once_whatever_the_picture_does() -> None:
+    from greenscreen_cam.live.audio_sync import AudioFollower
+
+    mic, said = FakeMic(), []
+    follower = AudioFollower(mic, 250.0, say=said.append, check_every=0.05).start()  # type: ignore[arg-type]
+    try:
+        follower.update({"frames_out": 10, "delay_p50_ms": 500.0})
+        assert wait_until(lambda: mic.delays == [250.0])
+        time.sleep(0.2)
+        assert mic.delays == [250.0]
+    finally:
+        follower.close()
+
+
+def test_a_sound_server_gone_mid_call_is_said_once_and_the_follower_stops() -> None:
+    from greenscreen_cam.live.audio_sync import AudioFollower
+
+    mic, said = FakeMic(), []
+    follower = AudioFollower(mic, "auto", say=said.append, check_every=0.02).start()  # type: ignore[arg-type]
+    try:
+        follower.update({"frames_out": 10, "delay_p50_ms": 300.0})
+        assert wait_until(lambda: mic.delays == [300.0])
+        mic.server_gone = True
+        for p50 in (400.0, 500.0):
+            follower.update({"frames_out": 10, "delay_p50_ms": p50})
+            time.sleep(0.1)
+        assert wait_until(lambda: any("not delayed any more" in m for m in said))
+        assert sum("not delayed any more" in m for m in said) == 1
+        assert follower.applied_ms is None
+    finally:
+        follower.close()
+
+
+def test_an_unplugged_microphone_is_reported_once_and_picked_up_when_it_returns() -> None:
+    from greenscreen_cam.live.audio_sync import AudioFollower
+
+    mic, said = FakeMic(), []
+    follower = AudioFollower(mic, "auto", say=said.append, check_every=0.02).start()  # type: ignore[arg-type]
+    try:
+        follower.update({"frames_out": 10, "delay_p50_ms": 300.0})
+        assert wait_until(lambda: mic.delays == [300.0])
+        mic.present, mic.loaded = False, False  # module-loopback went with it
+        assert wait_until(lambda: any("is gone (unplugged?)" in m for m in said))
+        time.sleep(0.1)
+        assert sum("is gone" in m for m in said) == 1
+        mic.present = True
+        assert wait_until(lambda: mic.delays == [300.0, 300.0])
+        assert any("is back" in m for m in said)
+    finally:
+        follower.close()
+
+
+def test_open_follower_without_a_sound_server_says_once_the_microphone_is_not_delayed(tmp_path: Path) -> None:
+    from greenscreen_cam.live.audio_sync import open_follower
+
+    said: list[str] = []
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path), PULSE_SERVER=f"unix:{tmp_path}/none")
+    assert open_follower("auto", "default", said.append, pactl=Pactl(env)) is None
+    assert len(said) == 1 and said[0].startswith("microphone: not delayed (")
+    assert open_follower("off", "default", said.append) is None and len(said) == 1

@@ -78,6 +78,8 @@ class Stats:
     sync: str = "exact"
     completed: bool = False
     stopped: float | None = None
+    audio_delay_ms: float | None = None
+    """The greencam microphone's delay in force (``--audio-delay``), None while the sound is not delayed."""
     sinks: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per output on a thread of its own: frames ``sent`` and ``dropped`` (see :mod:`greenscreen_cam.media.outputs`)."""
     idle_periods: int = 0
@@ -126,6 +128,7 @@ class Stats:
             "idle_seconds": self.idle_seconds,
             "idle_frames": self.idle_frames,
             "resume_ms": ms(self.resume_times, 50),
+            "audio_delay_ms": self.audio_delay_ms,
             "sink_dropped": sum(c["dropped"] for c in self.sinks.values()),
             "sinks": {name: dict(c) for name, c in self.sinks.items()},
         }
