@@ -258,3 +258,142 @@ def test_open_follower_without_a_sound_server_says_once_the_microphone_is_not_de
     assert open_follower("auto", "default", said.append, pactl=Pactl(env)) is None
     assert len(said) == 1 and said[0].startswith("microphone: not delayed (")
     assert open_follower("off", "default", said.append) is None and len(said) == 1
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _flash_clip(path: Path, seconds: int = 12, fps: int = 30) -> Path:
+    """Dark textured frames with a white flash (3 frames) at the start of every second from 1 s on."""
+    import numpy as np
+
+    from tests.conftest import write_video
+
+    rng = np.random.default_rng(1)
+    base = (rng.uniform(20, 70, (120, 160, 3))).astype(np.uint8)
+    frames = []
+    for i in range(seconds * fps):
+        flash = i >= fps and i % fps < 3
+        frames.append(np.full_like(base, 255) if flash else base)
+    return write_video(path, frames, fps=fps)
+
+
+def _onsets(times: list[float], bright: list[bool], gap: float = 0.5) -> list[float]:
+    out: list[float] = []
+    for t, b in zip(times, bright):
+        if b and (not out or t - out[-1] > gap):
+            out.append(t)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="not yet within 30 ms on this loaded 2-core CPU: --sync on's picture delay jitters by 50-150 ms from "
+    "second to second (2 fps tracker) and each re-applied loopback drops a click; measured offsets -64..+11 ms",
+)
+def test_end_to_end_the_flash_and_its_click_come_out_together_while_the_picture_is_delayed(
+    server: SoundServer, checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vcam_backend
+) -> None:
+    """greencam start --realtime --sync on --audio-delay auto, with a flash each second as the camera.
+
+    A click train plays into the microphone; the test puts the microphone (its monitor), the greencam
+    Microphone, the camera's frames and the virtual camera's frames on one clock. A click that went in
+    with a flash must come out of greencam Microphone within 30 ms of the flash leaving the virtual
+    camera: the audio delay equals the picture's own.
+    """
+    import threading
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from greenscreen_cam.cli import app
+    from greenscreen_cam.live import pipeline as pipeline_module
+    from greenscreen_cam.media import sources
+    from tests.soundserver import RATE, Player, Recorder, click_train, onsets
+
+    for key in ("XDG_RUNTIME_DIR", "PULSE_RUNTIME_PATH"):
+        monkeypatch.setenv(key, server.env[key])
+    monkeypatch.delenv("PULSE_SERVER", raising=False)
+    monkeypatch.setenv("GREENCAM_CHECKPOINTS", str(checkpoint_dir))
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+    captured: list[tuple[float, bool]] = []
+    real_open = sources.open_source
+
+    def open_source(*args, **kwargs):
+        src = real_open(*args, **kwargs)
+        read = src.read
+
+        def timed_read():
+            frame = read()
+            if frame is not None:
+                captured.append((frame.timestamp, float(frame.image.mean()) > 200))
+            return frame
+
+        src.read = timed_read
+        return src
+
+    monkeypatch.setattr(sources, "open_source", open_source)
+    real_init = pipeline_module.Pipeline.__init__
+
+    def paused_init(self, *args, **kwargs):  # keying off: the flash passes untouched, the delay stays
+        real_init(self, *args, **kwargs)
+        self.set_paused(True)
+
+    monkeypatch.setattr(pipeline_module.Pipeline, "__init__", paused_init)
+    clip = _flash_clip(tmp_path / "flash.mp4", seconds=16)
+    recorders: list[Recorder] = []  # the microphone's monitor, then greencam Microphone
+    players: list[Player] = []
+    stop = threading.Event()
+
+    def record_once_the_greencam_microphone_is_there() -> None:
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline:
+            if SOURCE in Pactl(server.env).source_names():
+                recorders.extend([Recorder(server, "testmic.monitor"), Recorder(server, SOURCE)])
+                players.append(Player(server, "testmic", click_train(60.0, period=1.0, first=0.3)))
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=record_once_the_greencam_microphone_is_there, daemon=True)
+    watcher.start()
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["start", "--device", "cpu", "--resolution", "256", "--source", str(clip), "--realtime",
+             "--sync", "on", "--bbox", "40,30,80,60", "--audio-delay", "auto", "--microphone", "testmic.monitor",
+             "--virtual-backend", "greencam-test", "--idle", "never"],
+        )  # fmt: skip
+    finally:
+        stop.set()
+        watcher.join(10)
+        for player in players:
+            player.proc.kill()
+            player.wait(5)
+        samples = [r.stop() for r in recorders]
+    assert result.exit_code == 0, result.output
+    assert "microphone: greencam Microphone carries testmic.monitor delayed" in result.output, result.output
+    assert len(samples) == 2, "greencam Microphone never appeared"
+    (reference, delayed), (ref_samples, del_samples) = recorders, samples
+    assert [m for m in Pactl(server.env).modules() if m.owner is not None] == [], "modules left after the run"
+    cam = vcam_backend.instances[0]
+    flashes_in = _onsets([t for t, _ in captured], [b for _, b in captured])
+    flashes_out = _onsets(cam.times, [float(f.mean()) > 200 for f in cam.frames])
+    picture = [o - i for i, o in zip(flashes_in, flashes_out)]
+    assert len(picture) >= 8, (flashes_in, flashes_out)
+    clicks_in = [reference.first_sample_time() + t for t in onsets(ref_samples)]
+    clicks_out = np.array([delayed.first_sample_time() + t for t in onsets(del_samples)])
+    late = flashes_in[-4:]  # once the audio delay has followed the picture's
+    offsets = []
+    for flash_in, flash_out in zip(late, flashes_out[len(flashes_in) - 4 :]):
+        delay = flash_out - flash_in
+        for click in clicks_in:  # each click that went in within this second
+            if not 0 <= click - flash_in < 1.0:
+                continue
+            nearest = clicks_out[np.argmin(np.abs(clicks_out - (click + delay)))]
+            offsets.append(nearest - (click + delay))  # >0: the click comes out after its flash would
+    print(f"picture delay at the flashes {[round(p * 1000) for p in picture]} ms; "
+          f"click minus flash {[round(o * 1000, 1) for o in offsets]} ms; {len(ref_samples) / RATE:.1f} s recorded")  # fmt: skip
+    assert offsets, "no click recorded while the flashes went out"
+    assert min(picture[-4:]) > 0.25, f"the picture should be held over 250 ms here, got {picture}"
+    assert float(np.median(np.abs(offsets))) <= 0.030, offsets

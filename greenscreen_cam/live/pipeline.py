@@ -115,6 +115,7 @@ class Stats:
             "latency_p95_ms": ms(self.latencies, 95),
             "delay_p50_ms": ms(self.delays, 50),
             "delay_p95_ms": ms(self.delays, 95),
+            "delay_recent_ms": percentile(list(self.delays)[-30:], 50) * 1000.0,  # about the last second
             "own_mask_share": self.own_masks / self.frames_out if self.frames_out else 0.0,
             "keyed_frames": self.keyed,
             "mask_age_ms": self.mask_age * 1000.0,
