@@ -397,3 +397,64 @@ def test_end_to_end_the_flash_and_its_click_come_out_together_while_the_picture_
     assert offsets, "no click recorded while the flashes went out"
     assert min(picture[-4:]) > 0.25, f"the picture should be held over 250 ms here, got {picture}"
     assert float(np.median(np.abs(offsets))) <= 0.030, offsets
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+def test_greencam_devices_lists_the_microphones_and_marks_the_greencam_one(
+    server: SoundServer, pactl: Pactl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from greenscreen_cam.cli import app
+
+    for key in ("XDG_RUNTIME_DIR", "PULSE_RUNTIME_PATH"):
+        monkeypatch.setenv(key, server.env[key])
+    pactl.load("module-null-sink", "sink_name=room", "sink_properties=device.description=Room")
+    pactl.load("module-remap-source", "master=room.monitor", "source_name=headset")
+    with DelayedMicrophone("headset", pactl=pactl):
+        listed = CliRunner().invoke(app, ["devices", "--json"])
+        table = CliRunner().invoke(app, ["devices"])
+    assert listed.exit_code == 0, listed.output
+    mics = {m["name"]: m for m in json.loads(listed.output)["microphones"]}
+    assert mics[SOURCE]["greencam"] and mics[SOURCE]["description"] == "greencam Microphone"
+    assert "headset" in mics and not mics["headset"]["greencam"]
+    assert "room.monitor" not in mics  # monitors of outputs are no microphones
+    assert "greencam Microphone (greencam output)" in table.output
+
+
+@pytest.mark.slow
+def test_sigterm_unloads_the_microphone_modules_of_a_running_greencam(
+    server: SoundServer, pactl: Pactl, checkpoint_dir: Path, tmp_path: Path
+) -> None:
+    """What the systemd service's stop and a Ctrl-C do (both stop through the same handler)."""
+    from tests.conftest import moving_disc_frames, write_video
+
+    clip = write_video(tmp_path / "long.mp4", moving_disc_frames(4) * 150)  # 20 s at 30 fps
+    env = dict(
+        server.env, PYTHONPATH=str(REPO), GREENCAM_CHECKPOINTS=str(checkpoint_dir), XDG_CONFIG_HOME="/nonexistent"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "greenscreen_cam", "start", "--device", "cpu", "--resolution", "256",
+         "--source", str(clip), "--realtime", "--bbox", "30,25,60,70", "--output", str(tmp_path / "o.mp4"),
+         "--audio-delay", "auto", "--microphone", "testmic.monitor"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if "module-loopback" in greencam_modules(pactl):
+                break
+            time.sleep(0.1)
+        assert "module-loopback" in greencam_modules(pactl), "greencam never delayed the microphone"
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "greencam Microphone carries testmic.monitor" in output, output
+    assert greencam_modules(pactl) == [], output

@@ -332,3 +332,11 @@ class DelayedMicrophone:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def list_microphones(pactl: Pactl | None = None) -> tuple[list[Microphone], str | None]:
+    """The microphones of the sound server (greencam's own marked), and why none could be listed (or None)."""
+    try:
+        return (pactl or Pactl(timeout=2.0)).microphones(), None
+    except AudioError as e:
+        return [], f"no microphones listed: {e}"
