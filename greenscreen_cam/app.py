@@ -229,6 +229,7 @@ def open_pipeline(
             on_status=_with_audio(on_status, follower),
             on_event=say,
             idle=gate,
+            playout_window=48 if follower is None else 300,  # a delayed microphone wants a steady picture delay
         )
         if follower is not None:
             follower.stats = pipeline.stats  # greencam ctl status shows the delay in force

@@ -183,14 +183,14 @@ def test_auto_follows_the_picture_only_when_it_moves_by_more_than_20_ms_and_says
     follower = AudioFollower(mic, "auto", say=said.append, check_every=0.05).start()  # type: ignore[arg-type]
     try:
         for p50 in (330.0, 340.0, 325.0, 349.0, 420.0):
-            snap = {"frames_out": 10, "delay_p50_ms": p50}
+            snap = {"frames_out": 10, "latency_recent_ms": p50}
             follower.update(snap)
             time.sleep(0.15)
         assert wait_until(lambda: mic.delays == [330.0, 420.0]), mic.delays
         assert follower.applied_ms == 420.0
         assert said[0].startswith("microphone: greencam Microphone carries fakemic delayed 330 ms")
         assert said[1] == "microphone: delay 330 -> 420 ms (the picture's added delay moved)"
-        snap = {"frames_out": 11, "delay_p50_ms": 421.0}
+        snap = {"frames_out": 11, "latency_recent_ms": 421.0}
         follower.update(snap)
         assert snap["audio_delay_ms"] == 420.0  # what greencam ctl status and the status line show
     finally:
@@ -204,7 +204,7 @@ def test_a_fixed_delay_is_applied_once_whatever_the_picture_does() -> None:
     mic, said = FakeMic(), []
     follower = AudioFollower(mic, 250.0, say=said.append, check_every=0.05).start()  # type: ignore[arg-type]
     try:
-        follower.update({"frames_out": 10, "delay_p50_ms": 500.0})
+        follower.update({"frames_out": 10, "latency_recent_ms": 500.0})
         assert wait_until(lambda: mic.delays == [250.0])
         time.sleep(0.2)
         assert mic.delays == [250.0]
@@ -218,11 +218,11 @@ def test_a_sound_server_gone_mid_call_is_said_once_and_the_follower_stops() -> N
     mic, said = FakeMic(), []
     follower = AudioFollower(mic, "auto", say=said.append, check_every=0.02).start()  # type: ignore[arg-type]
     try:
-        follower.update({"frames_out": 10, "delay_p50_ms": 300.0})
+        follower.update({"frames_out": 10, "latency_recent_ms": 300.0})
         assert wait_until(lambda: mic.delays == [300.0])
         mic.server_gone = True
         for p50 in (400.0, 500.0):
-            follower.update({"frames_out": 10, "delay_p50_ms": p50})
+            follower.update({"frames_out": 10, "latency_recent_ms": p50})
             time.sleep(0.1)
         assert wait_until(lambda: any("not delayed any more" in m for m in said))
         assert sum("not delayed any more" in m for m in said) == 1
@@ -237,7 +237,7 @@ def test_an_unplugged_microphone_is_reported_once_and_picked_up_when_it_returns(
     mic, said = FakeMic(), []
     follower = AudioFollower(mic, "auto", say=said.append, check_every=0.02).start()  # type: ignore[arg-type]
     try:
-        follower.update({"frames_out": 10, "delay_p50_ms": 300.0})
+        follower.update({"frames_out": 10, "latency_recent_ms": 300.0})
         assert wait_until(lambda: mic.delays == [300.0])
         mic.present, mic.loaded = False, False  # module-loopback went with it
         assert wait_until(lambda: any("is gone (unplugged?)" in m for m in said))
@@ -289,8 +289,10 @@ def _onsets(times: list[float], bright: list[bool], gap: float = 0.5) -> list[fl
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=False,
-    reason="not yet within 30 ms on this loaded 2-core CPU: --sync on's picture delay jitters by 50-150 ms from "
-    "second to second (2 fps tracker) and each re-applied loopback drops a click; measured offsets -64..+11 ms",
+    reason="not yet within 30 ms on this loaded 2-core CPU: the sound comes out 40-110 ms before its flash. The "
+    "picture's delay drifts by 100-200 ms over the run (2 fps tracker) and the microphone follows a second "
+    "behind; the virtual camera's output thread adds 30-50 ms that the pipeline's latency does not see; a "
+    "re-applied loopback drops the clicks in flight",
 )
 def test_end_to_end_the_flash_and_its_click_come_out_together_while_the_picture_is_delayed(
     server: SoundServer, checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vcam_backend
@@ -379,19 +381,20 @@ def test_end_to_end_the_flash_and_its_click_come_out_together_while_the_picture_
     cam = vcam_backend.instances[0]
     flashes_in = _onsets([t for t, _ in captured], [b for _, b in captured])
     flashes_out = _onsets(cam.times, [float(f.mean()) > 200 for f in cam.frames])
-    picture = [o - i for i, o in zip(flashes_in, flashes_out)]
+    pairs = [(i, next(o for o in flashes_out if o > i)) for i in flashes_in if any(o > i for o in flashes_out)]
+    picture = [o - i for i, o in pairs]
     assert len(picture) >= 8, (flashes_in, flashes_out)
     clicks_in = [reference.first_sample_time() + t for t in onsets(ref_samples)]
     clicks_out = np.array([delayed.first_sample_time() + t for t in onsets(del_samples)])
-    late = flashes_in[-4:]  # once the audio delay has followed the picture's
     offsets = []
-    for flash_in, flash_out in zip(late, flashes_out[len(flashes_in) - 4 :]):
+    for flash_in, flash_out in pairs[-4:]:
         delay = flash_out - flash_in
         for click in clicks_in:  # each click that went in within this second
             if not 0 <= click - flash_in < 1.0:
                 continue
             nearest = clicks_out[np.argmin(np.abs(clicks_out - (click + delay)))]
-            offsets.append(nearest - (click + delay))  # >0: the click comes out after its flash would
+            if abs(nearest - (click + delay)) < 0.5:  # else this click was dropped (a re-applied delay)
+                offsets.append(nearest - (click + delay))  # >0: the click comes out after its flash would
     print(f"picture delay at the flashes {[round(p * 1000) for p in picture]} ms; "
           f"click minus flash {[round(o * 1000, 1) for o in offsets]} ms; {len(ref_samples) / RATE:.1f} s recorded")  # fmt: skip
     assert offsets, "no click recorded while the flashes went out"

@@ -79,7 +79,7 @@ class AudioFollower:
 
     def update(self, snapshot: dict[str, Any]) -> None:
         """A status snapshot from the pipeline (any thread); annotates it with ``audio_delay_ms``."""
-        recent = snapshot.get("delay_recent_ms", snapshot.get("delay_p50_ms"))
+        recent = snapshot.get("latency_recent_ms", snapshot.get("latency_p50_ms"))
         if self.auto and snapshot.get("frames_out", 0) and recent is not None:
             self._target = float(recent)
             self._wake.set()

@@ -115,7 +115,7 @@ class Stats:
             "latency_p95_ms": ms(self.latencies, 95),
             "delay_p50_ms": ms(self.delays, 50),
             "delay_p95_ms": ms(self.delays, 95),
-            "delay_recent_ms": percentile(list(self.delays)[-30:], 50) * 1000.0,  # about the last second
+            "latency_recent_ms": percentile(list(self.latencies)[-30:], 50) * 1000.0,  # about the last second
             "own_mask_share": self.own_masks / self.frames_out if self.frames_out else 0.0,
             "keyed_frames": self.keyed,
             "mask_age_ms": self.mask_age * 1000.0,
@@ -207,6 +207,8 @@ class Pipeline:
             :class:`~greenscreen_cam.media.sources.CameraSource` has), run no tracker step and send a
             placeholder frame ``idle_fps`` times a second; resume when it says active again.
         idle_fps: Placeholder frames per second while idle.
+        playout_window: Frames whose readiness sets the live playout delay (a longer window keeps the
+            picture's delay steadier, which a delayed microphone needs: ``--audio-delay``).
     """
 
     def __init__(
@@ -229,6 +231,7 @@ class Pipeline:
         on_event: Callable[[str], None] | None = None,
         idle: IdleGate | None = None,
         idle_fps: float = 2.0,
+        playout_window: int = 48,
     ) -> None:
         if idle is not None and not (callable(getattr(source, "suspend", None)) and source.live):
             raise ValueError("idle needs a live source that can be suspended (a camera)")
@@ -248,6 +251,7 @@ class Pipeline:
         self.max_frames = max_frames
         self.sync = sync
         self.max_delay = max_delay
+        self.playout_window = playout_window
         self.flow = flow
         self.on_status = on_status or (lambda s: None)
         self.on_event = on_event or (lambda m: None)
@@ -604,7 +608,9 @@ class Pipeline:
 
     def _run_live(self) -> None:
         tracker: AsyncTracking | ThreadedTracker = self._async or ThreadedTracker(self._track)
-        scheduler = KeyScheduler(self.sync, max_delay=self.max_delay, flow=self.flow or None)
+        scheduler = KeyScheduler(
+            self.sync, max_delay=self.max_delay, flow=self.flow or None, window=self.playout_window
+        )
         interval = 1.0 / (self.source.fps or 30.0)
         reader = LatestFrameReader(self.source)
         quiet = max(3 * interval, 0.1)  # a gap this long is no jitter: the camera is away
