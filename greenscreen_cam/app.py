@@ -29,6 +29,7 @@ __all__ = ["ModelChoice", "check_start", "load_tracker", "open_pipeline", "resol
 
 if TYPE_CHECKING:
     from greenscreen_cam.link.sessions import ServeLimits
+    from greenscreen_cam.live.audio_sync import AudioFollower
     from greenscreen_cam.live.idle import IdleGate
     from greenscreen_cam.live.pipeline import Pipeline
     from greenscreen_cam.media.outputs import OutputContext, Policy
@@ -211,6 +212,7 @@ def open_pipeline(
             if mode == "live"
             else None
         )
+        follower = _open_audio(stack, s, say) if mode == "live" else None
         pipeline = Pipeline(
             src,
             tracker,
@@ -224,13 +226,16 @@ def open_pipeline(
             preview=preview,
             max_frames=s.max_frames,
             sync=s.sync,
-            max_delay=s.max_delay / 1000.0,
+            max_delay=_max_delay_ms(s, follower) / 1000.0,
             flow=s.flow,
             lost_after=s.lost_after,
-            on_status=on_status,
+            on_status=_with_audio(on_status, follower),
             on_event=say,
             idle=gate,
+            playout_window=48 if follower is None else 300,  # a delayed microphone wants a steady picture delay
         )
+        if follower is not None:
+            follower.stats = pipeline.stats  # greencam ctl status shows the delay in force
         if run_mode(s) == "live":
             _open_control(stack, pipeline, s, say)
         yield pipeline
@@ -238,6 +243,40 @@ def open_pipeline(
             sink.abort()
             if matte is not None:
                 matte.abort()
+
+
+def _open_audio(stack: ExitStack, s: Settings, say: Notify) -> AudioFollower | None:
+    """``--audio-delay``: the started greencam microphone follower, unloaded when the run ends; None when off."""
+    from greenscreen_cam.config import parse_audio_delay
+    from greenscreen_cam.live.audio_sync import open_follower
+
+    follower = open_follower(parse_audio_delay(s.audio_delay), s.microphone, say)
+    if follower is not None:
+        stack.callback(follower.close)
+    return follower
+
+
+def _max_delay_ms(s: Settings, follower: AudioFollower | None) -> float:
+    """``--max-delay`` in force: as given, else what the sound's delay allows (see ``default_max_delay``)."""
+    from greenscreen_cam.live.audio_sync import default_max_delay
+
+    if s.max_delay is not None:
+        return s.max_delay
+    return default_max_delay(None if follower is None else follower.delay)
+
+
+def _with_audio(
+    on_status: Callable[[dict[str, Any]], None] | None, follower: AudioFollower | None
+) -> Callable[[dict[str, Any]], None] | None:
+    if follower is None:
+        return on_status
+
+    def both(snapshot: dict[str, Any]) -> None:
+        follower.update(snapshot)
+        if on_status is not None:
+            on_status(snapshot)
+
+    return both
 
 
 def _threaded(sink: Any, name: str, policy: Policy, *, file: bool, ctx: OutputContext) -> Any:

@@ -349,16 +349,17 @@ def _say(message: str) -> None:
 def devices(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List cameras and virtual cameras."""
+    """List cameras, virtual cameras and microphones (with the greencam Microphone when it runs)."""
+    from greenscreen_cam.media.audio import list_microphones
     from greenscreen_cam.media.devices import LINUX_VCAM_PERSIST, list_devices, virtual_camera_help
 
     found = list_devices()
     cams = [d for d in found if not d.virtual]
     vcams = [d for d in found if d.virtual]
+    mics, no_mics = list_microphones() if sys.platform.startswith("linux") else ([], None)
     if as_json:
-        out.print_json(
-            json.dumps({"cameras": [d.to_dict() for d in cams], "virtual_cameras": [d.to_dict() for d in vcams]})
-        )
+        listed = {"cameras": [d.to_dict() for d in cams], "virtual_cameras": [d.to_dict() for d in vcams]}
+        out.print_json(json.dumps(listed | {"microphones": [dataclasses.asdict(m) for m in mics]}))
         return
     if found:
         table = Table(title="Video devices")
@@ -374,6 +375,15 @@ def devices(
         out.print("No virtual camera found: " + virtual_camera_help(), soft_wrap=True)
         if sys.platform.startswith("linux"):
             out.print(LINUX_VCAM_PERSIST, soft_wrap=True)
+    if mics:
+        table = Table(title="Microphones (--microphone NAME)")
+        for col in ("name", "description"):
+            table.add_column(col)
+        for m in mics:
+            table.add_row(m.name, f"[green]{m.description} (greencam output)[/]" if m.greencam else m.description)
+        out.print(table)
+    elif no_mics:
+        out.print(no_mics, soft_wrap=True, markup=False)
 
 
 # --------------------------------------------------------------------------- models / download

@@ -208,6 +208,33 @@ def check_resolution(value: int) -> int:
     return value
 
 
+def parse_audio_delay(text: str) -> str | float:
+    """``--audio-delay``: ``"auto"``, ``"off"`` or milliseconds in [0, 5000].
+
+    Example:
+        >>> parse_audio_delay("330"), parse_audio_delay("auto")
+        (330.0, 'auto')
+    """
+    value = str(text).strip().lower()
+    if value in ("auto", "off"):
+        return value
+    try:
+        ms = float(value.removesuffix("ms").strip())
+    except ValueError:
+        raise ConfigError(f"--audio-delay must be auto, off or milliseconds, got {text!r}") from None
+    if not 0 <= ms <= 5000:
+        raise ConfigError(f"--audio-delay must be in [0, 5000] ms, got {ms:g}")
+    return ms
+
+
+def _audio_delay_problem(value: Any) -> str | None:
+    try:
+        parse_audio_delay(value)
+    except ConfigError as e:
+        return str(e).removeprefix("--audio-delay ")
+    return None
+
+
 SyncMode = Literal["auto", "on", "off"]
 SYNC_MODES: tuple[str, ...] = get_args(SyncMode)
 """``--sync`` modes: ``auto`` (frame-accurate while the tracker keeps up), ``on`` (always), ``off`` (newest mask)."""
@@ -349,12 +376,29 @@ class Settings(KeyingSettings, ModelSettings, NetworkSettings):
         group="Live loop",
         check=_one_of(*SYNC_MODES),
     )
-    max_delay: float = setting(
-        90.0,
-        "Most milliseconds --sync auto may delay the picture; 90 keeps lip sync with audio greencam cannot "
-        "delay (ITU-R BT.1359); raise it, or use --sync on, when the audio is delayed too (OBS).",
+    max_delay: float | None = setting(
+        None,
+        "Most milliseconds --sync auto may delay the picture. Default 90 (lip sync with sound that is not "
+        "delayed, ITU-R BT.1359); with --audio-delay auto the microphone waits too, so the default is 1000 "
+        "and every frame is keyed with its own mask, as --sync on does (with a fixed --audio-delay MS: MS).",
         group="Live loop",
         check=_between(0, 5000, unit=" ms"),
+        shown_default="90; 1000 with --audio-delay auto",
+    )
+    audio_delay: str = setting(
+        "off",
+        "Linux: a 'greencam Microphone' carrying --microphone delayed with the picture, for call apps "
+        "(PulseAudio or PipeWire). auto = the picture's added delay, re-applied when it moves by over 20 ms; "
+        "MS = fixed milliseconds; off = no greencam microphone.",
+        group="Live loop",
+        check=lambda v: _audio_delay_problem(v),
+        metavar="auto|off|MS",
+    )
+    microphone: str = setting(
+        "default",
+        "The microphone --audio-delay delays: default, or a name from greencam devices.",
+        group="Live loop",
+        metavar="NAME",
     )
     flow: bool = setting(
         False, "With --sync off: warp the newest mask with optical flow between tracker updates.", group="Live loop"

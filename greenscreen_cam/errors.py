@@ -84,6 +84,12 @@ class EngineError(GreencamError):
     exit_code = 6
 
 
+class AudioError(GreencamError):
+    """The sound server, or the microphone to delay, cannot be used (never fatal to the camera)."""
+
+    exit_code = 6
+
+
 class DeviceError(GreencamError):
     """A compute device (cuda, mps) that is not available."""
 

@@ -432,10 +432,12 @@ def test_live_default_adds_at_most_90_ms_and_says_edges_suffer(checkpoint_dir, t
     import re
 
     from greenscreen_cam.config import Settings
+    from greenscreen_cam.live.audio_sync import default_max_delay
 
     from .conftest import moving_disc_frames, write_video
 
-    assert Settings().sync == "auto" and Settings().max_delay == 90.0
+    assert Settings().sync == "auto" and Settings().max_delay is None and Settings().audio_delay == "off"
+    assert default_max_delay(None) == 90.0 and default_max_delay("auto") == 1000.0
     monkeypatch.setenv("GREENCAM_CHECKPOINTS", str(checkpoint_dir))
     monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
     source = write_video(tmp_path / "src.mp4", moving_disc_frames(4) * 15)  # 60 frames at 30 fps: 2 s

@@ -173,7 +173,9 @@ class Dispatcher:
         cmd, args = argv[0].strip().lower().replace("-", "_"), argv[1:]
         if cmd == "status":
             status = dict(self.target.status())
-            return Reply(True, str(status.get("state", "running")), status)
+            audio = status.get("audio_delay_ms")
+            sound = f"greencam Microphone delayed {audio:.0f} ms" if audio is not None else "microphone not delayed"
+            return Reply(True, f"{status.get('state', 'running')}; {sound}", status)
         if cmd in ("reselect", "pause", "resume", "quit"):
             if args:
                 return Reply(False, f"{cmd} takes no value")

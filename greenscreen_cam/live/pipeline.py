@@ -78,6 +78,8 @@ class Stats:
     sync: str = "exact"
     completed: bool = False
     stopped: float | None = None
+    audio_delay_ms: float | None = None
+    """The greencam microphone's delay in force (``--audio-delay``), None while the sound is not delayed."""
     sinks: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per output on a thread of its own: frames ``sent`` and ``dropped`` (see :mod:`greenscreen_cam.media.outputs`)."""
     idle_periods: int = 0
@@ -113,6 +115,7 @@ class Stats:
             "latency_p95_ms": ms(self.latencies, 95),
             "delay_p50_ms": ms(self.delays, 50),
             "delay_p95_ms": ms(self.delays, 95),
+            "latency_recent_ms": percentile(list(self.latencies)[-30:], 50) * 1000.0,  # about the last second
             "own_mask_share": self.own_masks / self.frames_out if self.frames_out else 0.0,
             "keyed_frames": self.keyed,
             "mask_age_ms": self.mask_age * 1000.0,
@@ -126,6 +129,7 @@ class Stats:
             "idle_seconds": self.idle_seconds,
             "idle_frames": self.idle_frames,
             "resume_ms": ms(self.resume_times, 50),
+            "audio_delay_ms": self.audio_delay_ms,
             "sink_dropped": sum(c["dropped"] for c in self.sinks.values()),
             "sinks": {name: dict(c) for name, c in self.sinks.items()},
         }
@@ -203,6 +207,8 @@ class Pipeline:
             :class:`~greenscreen_cam.media.sources.CameraSource` has), run no tracker step and send a
             placeholder frame ``idle_fps`` times a second; resume when it says active again.
         idle_fps: Placeholder frames per second while idle.
+        playout_window: Frames whose readiness sets the live playout delay (a longer window keeps the
+            picture's delay steadier, which a delayed microphone needs: ``--audio-delay``).
     """
 
     def __init__(
@@ -225,6 +231,7 @@ class Pipeline:
         on_event: Callable[[str], None] | None = None,
         idle: IdleGate | None = None,
         idle_fps: float = 2.0,
+        playout_window: int = 48,
     ) -> None:
         if idle is not None and not (callable(getattr(source, "suspend", None)) and source.live):
             raise ValueError("idle needs a live source that can be suspended (a camera)")
@@ -244,6 +251,7 @@ class Pipeline:
         self.max_frames = max_frames
         self.sync = sync
         self.max_delay = max_delay
+        self.playout_window = playout_window
         self.flow = flow
         self.on_status = on_status or (lambda s: None)
         self.on_event = on_event or (lambda m: None)
@@ -600,7 +608,9 @@ class Pipeline:
 
     def _run_live(self) -> None:
         tracker: AsyncTracking | ThreadedTracker = self._async or ThreadedTracker(self._track)
-        scheduler = KeyScheduler(self.sync, max_delay=self.max_delay, flow=self.flow or None)
+        scheduler = KeyScheduler(
+            self.sync, max_delay=self.max_delay, flow=self.flow or None, window=self.playout_window
+        )
         interval = 1.0 / (self.source.fps or 30.0)
         reader = LatestFrameReader(self.source)
         quiet = max(3 * interval, 0.1)  # a gap this long is no jitter: the camera is away

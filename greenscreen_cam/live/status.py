@@ -90,10 +90,11 @@ class StatusLine:
 
     def line(self, s: dict[str, Any]) -> str:
         edges = " (edges lag)" if s["sync"] == "capped" else ""  # held to --max-delay: lip sync before edges
+        mic = f" mic +{s['audio_delay_ms']:.0f} ms" if s.get("audio_delay_ms") is not None else ""
         return (
             f"in {s['input_fps']:5.1f} fps | out {s['output_fps']:5.1f} fps | tracker {s['tracker_fps']:5.1f} fps | "
             f"latency p50 {s['latency_p50_ms']:.0f} ms p95 {s['latency_p95_ms']:.0f} ms | "
-            f"sync {s['sync']} +{s['delay_p50_ms']:.0f}/{s['delay_p95_ms']:.0f} ms{edges} | {s['subject']} | "
+            f"sync {s['sync']} +{s['delay_p50_ms']:.0f}/{s['delay_p95_ms']:.0f} ms{edges}{mic} | {s['subject']} | "
             f"{self.where}"
         )
 
