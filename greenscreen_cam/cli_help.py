@@ -13,6 +13,8 @@ Examples:
 
   greencam start --bbox 400,80,480,640 --sync on --max-delay 200   # every frame keyed with its own mask
 
+  greencam start --audio-delay auto   # Linux: pick "greencam Microphone" in the call app; own masks, lips in sync
+
   greencam start --bbox 400,80,480,640 --idle never   # keep the webcam on while no app watches
 
   greencam start --source talk.mp4 --bbox 780,120,280,340 --output keyed.mp4 --background blur:30

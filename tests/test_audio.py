@@ -461,3 +461,22 @@ def test_sigterm_unloads_the_microphone_modules_of_a_running_greencam(
             proc.wait(10)
     assert "greencam Microphone carries testmic.monitor" in output, output
     assert greencam_modules(pactl) == [], output
+
+
+def test_ctl_status_says_the_audio_delay_in_force() -> None:
+    from greenscreen_cam.config import Settings
+    from greenscreen_cam.live.control import Dispatcher
+
+    class Target:
+        audio: float | None = 340.0
+
+        def status(self) -> dict:
+            return {"state": "tracking", "audio_delay_ms": self.audio}
+
+    target = Target()
+    dispatch = Dispatcher(target, Settings())  # type: ignore[arg-type]
+    reply = dispatch(["status"])
+    assert reply.ok and reply.message == "tracking; greencam Microphone delayed 340 ms"
+    assert reply.status is not None and reply.status["audio_delay_ms"] == 340.0
+    target.audio = None
+    assert dispatch(["status"]).message == "tracking; microphone not delayed"
