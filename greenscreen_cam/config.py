@@ -268,7 +268,7 @@ class ModelSettings:
     )
     engine: str = setting(
         "auto",
-        "Tracker engine: torch (bit-exact with the official predictor), openvino (CPU, about twice as fast), "
+        "Tracker engine: torch (bit-exact with the official predictor), openvino (CPU; faster in eager-bound steps, see docs/benchmarks.md), "
         "or auto (openvino on the CPU when installed, torch on CUDA/MPS).",
         group="Model",
         check=lambda v: None if v in _ENGINES else f"{v!r} is not one of {', '.join(_ENGINES)}",
