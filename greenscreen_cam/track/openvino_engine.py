@@ -249,17 +249,7 @@ class OpenVINOEngine:
         with torch.inference_mode():  # the probe tracker's bank: advanced once, then dropped
             read = read_bank(bank, 1)
         buf = bank.buffers
-        step_inputs = (
-            *[f.clone() for f in feats],
-            pos[-1].clone(),
-            read.mem,
-            read.mem_pos,
-            read.ptr_mem,
-            read.ptr_pos,
-            buf["k_cond"],
-            buf["v_cond"],
-            read.values,
-        )
+        step_inputs = _step_inputs([f.clone() for f in feats], pos[-1].clone(), read, buf)
         return {
             "step_inputs": tuple(x.detach().clone() for x in step_inputs),
             "slots": bank.slots,
@@ -343,20 +333,22 @@ class OpenVINOEngine:
         with stage("memory_attention"):
             read = read_bank(bank, 1)
         with stage("steady_step"):
-            low_res, obj_score, new_mem, obj_ptr = self._run(
-                "step",
-                (
-                    *feats,
-                    pos[-1],
-                    read.mem,
-                    read.mem_pos,
-                    read.ptr_mem,
-                    read.ptr_pos,
-                    buf["k_cond"],
-                    buf["v_cond"],
-                    read.values,
-                ),
-            )
+            low_res, obj_score, new_mem, obj_ptr = self._run("step", _step_inputs(feats, pos[-1], read, buf))
         with stage("memory_encoder"):
             write_bank(bank, read.t, new_mem, obj_ptr)
         return pack_output(low_res, obj_score)
+
+
+def _step_inputs(feats: Any, pos: torch.Tensor, read: Any, buf: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The step graph's inputs in its signature's order: the same tuple converts it and runs it."""
+    return (
+        *feats,
+        pos,
+        read.mem,
+        read.mem_pos,
+        read.ptr_mem,
+        read.ptr_pos,
+        buf["k_cond"],
+        buf["v_cond"],
+        read.values,
+    )
