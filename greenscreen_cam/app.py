@@ -232,7 +232,7 @@ def open_pipeline(
             on_status=_with_audio(on_status, follower),
             on_event=say,
             idle=gate,
-            playout_window=48 if follower is None else 300,  # a delayed microphone wants a steady picture delay
+            steady_delay=follower is not None,  # a delayed microphone wants a steady picture delay
         )
         if follower is not None:
             follower.stats = pipeline.stats  # greencam ctl status shows the delay in force

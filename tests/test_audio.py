@@ -56,7 +56,11 @@ def test_the_greencam_microphone_carries_the_microphone_delayed_by_what_was_aske
 def test_it_is_named_greencam_microphone_and_every_module_goes_on_close(pactl: Pactl) -> None:
     mic = DelayedMicrophone("testmic.monitor", pactl=pactl).open()
     mic.set_delay(200)
-    mic.set_delay(260)  # a re-apply replaces the loopback, it does not add one
+    mic.set_delay(260)  # a re-apply replaces the loopback once the new one's sound comes out
+    assert sorted(greencam_modules(pactl)).count("module-loopback") == 2  # the old one plays out what it holds
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and greencam_modules(pactl).count("module-loopback") > 1:
+        time.sleep(0.05)
     names = greencam_modules(pactl)
     assert sorted(names) == ["module-loopback", "module-null-sink", "module-remap-source"]
     assert any(m.name == SOURCE and m.description == "greencam Microphone" for m in pactl.microphones())
@@ -64,6 +68,20 @@ def test_it_is_named_greencam_microphone_and_every_module_goes_on_close(pactl: P
     assert greencam_modules(pactl) == []
     assert SOURCE not in pactl.source_names()
     mic.close()  # twice is harmless
+
+
+def test_a_change_of_delay_leaves_no_gap_and_close_unloads_a_loopback_still_playing_out(
+    server: SoundServer, pactl: Pactl
+) -> None:
+    with DelayedMicrophone("testmic.monitor", pactl=pactl) as mic:
+        mic.set_delay(330)
+        time.sleep(1.0)
+        mic.set_delay(120)
+        time.sleep(1.0)
+        measured = measure_delay(server, "testmic", SOURCE, seconds=4.0) * 1000
+        mic.set_delay(600)  # closed while the 120 ms loopback still plays out
+    assert abs(measured - 120) <= 15, measured
+    assert greencam_modules(pactl) == []
 
 
 def test_modules_left_by_a_killed_greencam_are_removed_at_the_next_start(server: SoundServer, pactl: Pactl) -> None:
@@ -193,6 +211,8 @@ def test_auto_follows_the_picture_only_when_it_moves_by_more_than_20_ms_and_says
         snap = {"frames_out": 11, "latency_recent_ms": 421.0}
         follower.update(snap)
         assert snap["audio_delay_ms"] == 420.0  # what greencam ctl status and the status line show
+        follower.update({"frames_out": 12, "latency_recent_ms": 421.0, "output_lag_ms": 45.0})
+        assert wait_until(lambda: mic.delays[-1] == 466.0), mic.delays  # the virtual camera's own lag counts too
     finally:
         follower.close()
     assert mic.closed and follower.applied_ms is None
@@ -286,23 +306,67 @@ def _onsets(times: list[float], bright: list[bool], gap: float = 0.5) -> list[fl
     return out
 
 
+@pytest.fixture()
+def tracker_args(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """How ``greencam start`` tracks: on its own CPU (``local``) or through a ``greencam serve`` on 127.0.0.1."""
+    if request.param == "local":
+        yield []
+        return
+    import socket
+
+    import aioice.ice
+
+    from tests.conftest import REPO as root
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("GREENCAM_TOKEN", None)
+    loopback = (
+        "import aioice.ice, sys; aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ['127.0.0.1']; "
+        "from greenscreen_cam.cli import main; sys.argv[0] = 'greencam'; sys.exit(main())"
+    )
+    serve = subprocess.Popen(
+        [sys.executable, "-c", loopback, "serve", "--port", str(port), "--token", "audio-test-token-0123456789",
+         "--random-weights", "--device", "cpu", "--resolution", "256"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert serve.stderr is not None
+        deadline, line = time.monotonic() + 120, ""
+        while time.monotonic() < deadline and "serving" not in line:
+            line = serve.stderr.readline()
+            assert line or serve.poll() is None, "greencam serve exited"
+        assert "serving" in line, line
+        yield ["--server", f"http://127.0.0.1:{port}", "--token", "audio-test-token-0123456789"]
+    finally:
+        serve.terminate()
+        try:
+            serve.wait(30)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait(10)
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="not yet within 30 ms on this loaded 2-core CPU: the sound comes out 40-110 ms before its flash. The "
-    "picture's delay drifts by 100-200 ms over the run (2 fps tracker) and the microphone follows a second "
-    "behind; the virtual camera's output thread adds 30-50 ms that the pipeline's latency does not see; a "
-    "re-applied loopback drops the clicks in flight",
-)
+@pytest.mark.parametrize("tracker_args", ["local", "server"], indirect=True)
 def test_end_to_end_the_flash_and_its_click_come_out_together_while_the_picture_is_delayed(
-    server: SoundServer, checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vcam_backend
+    server: SoundServer,
+    checkpoint_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    vcam_backend,
+    tracker_args: list[str],
 ) -> None:
     """greencam start --realtime --sync on --audio-delay auto, with a flash each second as the camera.
 
     A click train plays into the microphone; the test puts the microphone (its monitor), the greencam
     Microphone, the camera's frames and the virtual camera's frames on one clock. A click that went in
     with a flash must come out of greencam Microphone within 30 ms of the flash leaving the virtual
-    camera: the audio delay equals the picture's own.
+    camera: the audio delay equals the picture's own. With ``start --server`` the picture's delay
+    includes the round trip to greencam serve, and so does the microphone's.
     """
     import threading
 
@@ -364,7 +428,7 @@ def test_end_to_end_the_flash_and_its_click_come_out_together_while_the_picture_
             app,
             ["start", "--device", "cpu", "--resolution", "256", "--source", str(clip), "--realtime",
              "--sync", "on", "--bbox", "40,30,80,60", "--audio-delay", "auto", "--microphone", "testmic.monitor",
-             "--virtual-backend", "greencam-test", "--idle", "never"],
+             "--virtual-backend", "greencam-test", "--idle", "never", *tracker_args],
         )  # fmt: skip
     finally:
         stop.set()
@@ -375,6 +439,8 @@ def test_end_to_end_the_flash_and_its_click_come_out_together_while_the_picture_
         samples = [r.stop() for r in recorders]
     assert result.exit_code == 0, result.output
     assert "microphone: greencam Microphone carries testmic.monitor delayed" in result.output, result.output
+    if tracker_args:
+        assert "connected to" in result.output, result.output  # tracked by greencam serve
     assert len(samples) == 2, "greencam Microphone never appeared"
     (reference, delayed), (ref_samples, del_samples) = recorders, samples
     assert [m for m in Pactl(server.env).modules() if m.owner is not None] == [], "modules left after the run"

@@ -185,6 +185,23 @@ def test_block_policy_delivers_every_frame_in_order():
     assert threaded.dropped == 0
 
 
+def test_the_live_outputs_lag_is_measured_and_a_buffering_file_does_not_count():
+    """What a frame handed over still takes to be out (the delayed microphone adds it to the picture's delay)."""
+    live = ThreadedSink(Recorder(delay=0.04), name="virtual", policy="drop")
+    quick = ThreadedSink(Recorder(), name="stream", policy="drop")
+    file = ThreadedSink(Recorder(delay=0.2), name="file.mp4", policy="buffer", depth=4)
+    both = MultiSink([quick, live, file])
+    assert outputs.sink_lag(both) == 0.0  # nothing sent yet
+    for i in range(6):
+        both.send(np.full((4, 4, 3), i, np.uint8))
+        time.sleep(0.06)  # slower than the live output: nothing is dropped on its thread
+    lag = outputs.sink_lag(both)
+    assert 0.035 <= lag < 0.15, lag  # the slow live output's 40 ms, not the file's 200 ms backlog
+    assert outputs.sink_lag(quick) < 0.03
+    assert outputs.sink_lag(Recorder()) == 0.0  # not threaded: its send was the output
+    both.close()
+
+
 def test_buffer_policy_rides_out_a_stall_and_then_drops_the_oldest_never_waiting():
     """A live recording: a disk that pauses loses nothing within the buffer; past it the oldest frames go."""
 

@@ -133,6 +133,34 @@ def test_playout_delay_is_steady() -> None:
     assert scheduler.stats()["target_delay_ms"] == pytest.approx(np.percentile([d * 1000 for d in steady], 95), abs=35)
 
 
+def test_steady_playout_holds_one_delay_through_jitter_and_moves_in_steps() -> None:
+    """``steady`` (a delayed microphone follows it): a jittery tracker gets one delay, not a drifting one;
+    a slower tracker raises it at once, a faster one lowers it only after a while."""
+
+    def duration(i: int) -> float:  # 0.18-0.26 s of jitter, then a slow patch, then fast again
+        if 150 <= i < 240:
+            return 0.35
+        if i >= 240:
+            return 0.08
+        return 0.18 + 0.08 * ((i * 7919) % 13) / 12
+
+    out, _, _ = run("on", duration, n=420, hold_limit=1.0, steady=True)
+    plain, _, _ = run("on", duration, n=420, hold_limit=1.0)
+    assert indices(out) == list(range(420))
+    delays = [round(k.delay, 4) for k in out]
+
+    def distinct(values: list[float]) -> int:
+        return len({round(v * 100) for v in values})  # 10 ms bins
+
+    assert distinct(delays[60:140]) == 1, delays[60:140]  # held through the jitter
+    assert distinct([round(k.delay, 4) for k in plain[60:140]]) > 1  # where the plain playout drifts
+    before, slow = delays[130], max(delays[150:240])
+    assert slow > before + 0.1  # raised for the slow patch
+    assert min(delays[250:300]) >= slow - 0.05, delays[240:300]  # not lowered at once
+    assert delays[-1] < slow - 0.2, delays[300:]  # lowered once the tracker stayed fast
+    assert distinct(delays[-40:]) == 1
+
+
 def test_stalled_tracker_grows_nothing() -> None:
     stall_after = 3
 

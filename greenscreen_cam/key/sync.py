@@ -353,6 +353,12 @@ class KeyScheduler:
         warper: The optical flow (default :class:`FlowWarper` with its defaults).
         chain: Move a mask frame by frame (each consecutive flow computed once and cached) rather
             than in one jump; far better over more than a frame or two.
+        steady: Hold the playout delay in steps instead of letting it follow the percentile frame by
+            frame (a delayed microphone follows the picture's delay, and each change of its delay
+            skips or repeats some sound): the delay rises at once to ``headroom`` above the
+            percentile when frames get later than it, and falls only after the percentile has stayed
+            more than ``2 * headroom`` below it for ``window`` frames.
+        headroom: See ``steady`` (seconds).
 
     Frames must be pushed in capture order (increasing :attr:`Frame.index`); output is in the same
     order. Memory is bounded: at most ``max_held`` frames plus the few tracked frames they need.
@@ -372,6 +378,8 @@ class KeyScheduler:
         blend: bool = True,
         warper: FlowWarper | None = None,
         chain: bool = True,
+        steady: bool = False,
+        headroom: float = 0.04,
     ) -> None:
         if mode not in SYNC_MODES:
             raise ConfigError(f"--sync must be one of {', '.join(SYNC_MODES)}, got {mode!r}")
@@ -403,6 +411,10 @@ class KeyScheduler:
         self._delays: deque[float] = deque(maxlen=600)
         self._recent_sources: deque[str] = deque(maxlen=window)
         self.target_delay = 0.0
+        self.steady = steady
+        self.headroom = headroom
+        self._window = window
+        self._below = 0  # steady: frames in a row whose percentile was well below the delay held
         self.counters = _Counters()
 
     # ------------------------------------------------------------------ feeding
@@ -593,10 +605,26 @@ class KeyScheduler:
         frame = held.frame
         ready_delay = (held.ready_at if held.ready_at is not None else now) - frame.timestamp
         self._ready_delays.append(min(ready_delay, self.cap))
-        self.target_delay = percentile(self._ready_delays, self.quantile)
+        wanted = percentile(self._ready_delays, self.quantile)
+        self.target_delay = self._steady_delay(wanted) if self.steady else wanted
         keyed = self._key(frame, now)
         self._count(keyed)
         return keyed
+
+    def _steady_delay(self, wanted: float) -> float:
+        """The playout delay in steps (``steady``): up at once, down only when it has been too long for a while."""
+        held = self.target_delay
+        if wanted > held:
+            self._below = 0
+            return min(wanted + self.headroom, self.cap)
+        if wanted < held - 2 * self.headroom:
+            self._below += 1
+            if self._below >= self._window:
+                self._below = 0
+                return wanted + self.headroom
+        else:
+            self._below = 0
+        return held
 
     def _key(self, frame: Frame, now: float) -> Keyed:
         i = frame.index

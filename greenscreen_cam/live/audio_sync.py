@@ -81,7 +81,8 @@ class AudioFollower:
         """A status snapshot from the pipeline (any thread); annotates it with ``audio_delay_ms``."""
         recent = snapshot.get("latency_recent_ms", snapshot.get("latency_p50_ms"))
         if self.auto and snapshot.get("frames_out", 0) and recent is not None:
-            self._target = float(recent)
+            # what the viewers see: capture to the virtual camera, its output thread included
+            self._target = float(recent) + float(snapshot.get("output_lag_ms") or 0.0)
             self._wake.set()
         snapshot["audio_delay_ms"] = self.applied_ms
 

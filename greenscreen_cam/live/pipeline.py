@@ -38,7 +38,7 @@ from greenscreen_cam.errors import GreencamError, PromptError, TrackerError
 from greenscreen_cam.key.compositor import Compositor
 from greenscreen_cam.key.sync import AsyncTracker, Keyed, KeyScheduler, ThreadedTracker
 from greenscreen_cam.live.idle import IDLE_LABEL, IdleGate, placeholder_frame
-from greenscreen_cam.media.outputs import sink_counts
+from greenscreen_cam.media.outputs import sink_counts, sink_lag
 from greenscreen_cam.media.sinks import Sink
 from greenscreen_cam.media.sources import LatestFrameReader, PrefetchReader, Source
 from greenscreen_cam.track.prompt import Prompt, Selection
@@ -80,6 +80,8 @@ class Stats:
     stopped: float | None = None
     audio_delay_ms: float | None = None
     """The greencam microphone's delay in force (``--audio-delay``), None while the sound is not delayed."""
+    output_lag: float = 0.0
+    """Seconds a frame handed to the live outputs takes to be out (their threads, the device's pacing)."""
     sinks: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per output on a thread of its own: frames ``sent`` and ``dropped`` (see :mod:`greenscreen_cam.media.outputs`)."""
     idle_periods: int = 0
@@ -116,6 +118,7 @@ class Stats:
             "delay_p50_ms": ms(self.delays, 50),
             "delay_p95_ms": ms(self.delays, 95),
             "latency_recent_ms": percentile(list(self.latencies)[-30:], 50) * 1000.0,  # about the last second
+            "output_lag_ms": self.output_lag * 1000.0,
             "own_mask_share": self.own_masks / self.frames_out if self.frames_out else 0.0,
             "keyed_frames": self.keyed,
             "mask_age_ms": self.mask_age * 1000.0,
@@ -207,8 +210,8 @@ class Pipeline:
             :class:`~greenscreen_cam.media.sources.CameraSource` has), run no tracker step and send a
             placeholder frame ``idle_fps`` times a second; resume when it says active again.
         idle_fps: Placeholder frames per second while idle.
-        playout_window: Frames whose readiness sets the live playout delay (a longer window keeps the
-            picture's delay steadier, which a delayed microphone needs: ``--audio-delay``).
+        steady_delay: Hold the live playout delay steady, moving it only in steps (what a delayed
+            microphone needs, ``--audio-delay``: see :class:`~greenscreen_cam.key.sync.KeyScheduler`).
     """
 
     def __init__(
@@ -231,7 +234,7 @@ class Pipeline:
         on_event: Callable[[str], None] | None = None,
         idle: IdleGate | None = None,
         idle_fps: float = 2.0,
-        playout_window: int = 48,
+        steady_delay: bool = False,
     ) -> None:
         if idle is not None and not (callable(getattr(source, "suspend", None)) and source.live):
             raise ValueError("idle needs a live source that can be suspended (a camera)")
@@ -251,7 +254,7 @@ class Pipeline:
         self.max_frames = max_frames
         self.sync = sync
         self.max_delay = max_delay
-        self.playout_window = playout_window
+        self.steady_delay = steady_delay
         self.flow = flow
         self.on_status = on_status or (lambda s: None)
         self.on_event = on_event or (lambda m: None)
@@ -586,6 +589,7 @@ class Pipeline:
 
     def _count_sinks(self) -> None:
         counts = sink_counts(self.sink)
+        self.stats.output_lag = sink_lag(self.sink)
         if self.matte is not None:
             counts.update(sink_counts(self.matte))
         self.stats.sinks = counts
@@ -608,9 +612,7 @@ class Pipeline:
 
     def _run_live(self) -> None:
         tracker: AsyncTracking | ThreadedTracker = self._async or ThreadedTracker(self._track)
-        scheduler = KeyScheduler(
-            self.sync, max_delay=self.max_delay, flow=self.flow or None, window=self.playout_window
-        )
+        scheduler = KeyScheduler(self.sync, max_delay=self.max_delay, flow=self.flow or None, steady=self.steady_delay)
         interval = 1.0 / (self.source.fps or 30.0)
         reader = LatestFrameReader(self.source)
         quiet = max(3 * interval, 0.1)  # a gap this long is no jitter: the camera is away

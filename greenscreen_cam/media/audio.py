@@ -15,8 +15,9 @@ running one's modules alone.
 
 ``module-loopback`` aims at ``latency_msec`` and adapts its rate to hold it; measured with the
 click-train test (tests/test_audio.py) it settles about :data:`LOOPBACK_EXCESS_MS` above the request,
-so that much is taken off what is asked for. A changed delay reloads the loopback (a short gap or
-skip in the sound: it happens only when the picture's delay moves by more than the threshold).
+so that much is taken off what is asked for. A changed delay loads a new loopback and lets the old
+one play out its sound before it is unloaded (the difference of the two delays is skipped or
+repeated once; it happens only when the picture's delay moves by more than the threshold).
 
 Nothing here is fatal to the camera: a missing or vanished sound server, or an unplugged
 microphone, is one line through ``say`` and the picture keeps going.
@@ -235,6 +236,7 @@ class DelayedMicrophone:
         self._sink: int | None = None
         self._source: int | None = None
         self._loopback: int | None = None
+        self._retiring: set[int] = set()  # replaced loopbacks still playing out their sound
         self._lock = threading.Lock()
 
     @property
@@ -272,30 +274,59 @@ class DelayedMicrophone:
         return self
 
     def set_delay(self, ms: float) -> None:
-        """Delay the microphone by ``ms`` (reloads the loopback: a short gap in the sound).
+        """Delay the microphone by ``ms``.
+
+        The new loopback is loaded first and the old one unloaded only once the new one's first
+        sound comes out (after its latency), so a change skips or repeats the difference of the two
+        delays rather than leaving a gap of silence.
 
         Raises:
-            AudioError: the sound server or the microphone is gone (the old loopback stays unloaded).
+            AudioError: the sound server or the microphone is gone (the old loopback is unloaded).
         """
         with self._lock:
             if self._sink is None or self.master is None:
                 raise AudioError("the greencam microphone is not open")
             old, self._loopback, self.delay_ms = self._loopback, None, None
             ask = max(MIN_DELAY_MS, ms - self.excess_ms)
-            self._loopback = self.pactl.load(
-                "module-loopback",
-                f"source={self.master}",
-                f"sink={SINK}",
-                f"latency_msec={ask:.0f}",
-                "source_dont_move=true",
-                "sink_dont_move=true",
-                f"sink_input_properties='media.name=\"greencam delay\" {self._owner}'",
-                f"source_output_properties='media.name=\"greencam delay\" {self._owner}'",
-            )
+            try:
+                self._loopback = self.pactl.load(
+                    "module-loopback",
+                    f"source={self.master}",
+                    f"sink={SINK}",
+                    f"latency_msec={ask:.0f}",
+                    "source_dont_move=true",
+                    "sink_dont_move=true",
+                    f"sink_input_properties='media.name=\"greencam delay\" {self._owner}'",
+                    f"source_output_properties='media.name=\"greencam delay\" {self._owner}'",
+                )
+            except AudioError:
+                if old is not None:
+                    self._retire(old, 0.0)
+                raise
             self.delay_ms = float(ms)
             if old is not None:
+                self._retire(old, ask / 1000.0)
+
+    def _retire(self, index: int, after: float) -> None:
+        """Unload loopback ``index`` in ``after`` seconds (at once by :meth:`close`); lock held."""
+        self._retiring.add(index)
+
+        def unload() -> None:
+            with self._lock:
+                if index not in self._retiring:
+                    return  # close() got there first
+                self._retiring.discard(index)
                 with suppress(AudioError):  # it unloaded itself (its microphone went away)
-                    self.pactl.unload(old)
+                    self.pactl.unload(index)
+
+        if after <= 0:
+            self._retiring.discard(index)
+            with suppress(AudioError):
+                self.pactl.unload(index)
+            return
+        timer = threading.Timer(after, unload)
+        timer.daemon = True
+        timer.start()
 
     def healthy(self) -> bool:
         """Whether the loopback is still loaded (module-loopback unloads itself when its microphone goes).
@@ -318,6 +349,10 @@ class DelayedMicrophone:
             self._unload_all()
 
     def _unload_all(self) -> None:
+        for index in sorted(self._retiring):
+            with suppress(AudioError):
+                self.pactl.unload(index)
+        self._retiring.clear()
         for attr in ("_loopback", "_source", "_sink"):
             index = getattr(self, attr)
             setattr(self, attr, None)

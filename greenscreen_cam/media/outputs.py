@@ -32,6 +32,7 @@ import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,9 +226,11 @@ class ThreadedSink(ClosingSink):
         self.policy = policy
         self.close_timeout = close_timeout
         self.sent = 0
+        self.lags: deque[float] = deque(maxlen=30)
+        """Seconds from :meth:`send` to the wrapped sink's ``send`` returning, for the recent frames."""
         self._overflow = 0
         self.error: BaseException | None = None
-        self._slot: LatestSlot[np.ndarray] = LatestSlot()
+        self._slot: LatestSlot[tuple[np.ndarray, float]] = LatestSlot()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
         self._stopped = threading.Event()
         self._closed = False
@@ -244,13 +247,14 @@ class ThreadedSink(ClosingSink):
         self._raise_failure()
         if self._closed:
             raise SinkError(f"output {self.name} is already closed")
+        item = (frame, time.perf_counter())
         if self.policy == "drop":
-            self._slot.put(frame)
+            self._slot.put(item)
             return
         if self.policy == "buffer":
             while True:
                 try:
-                    self._queue.put_nowait(frame)
+                    self._queue.put_nowait(item)
                     return
                 except queue.Full:
                     try:  # the output is a second behind: its oldest waiting frame goes
@@ -260,24 +264,26 @@ class ThreadedSink(ClosingSink):
                         pass
         while True:
             try:
-                self._queue.put(frame, timeout=0.1)
+                self._queue.put(item, timeout=0.1)
                 return
             except queue.Full:
                 self._raise_failure()  # a sink that died while the queue was full must not hang the loop
 
     def _next(self) -> Any:
         if self.policy == "drop":
-            frame = self._slot.take()
-            return _END if frame is None else frame
+            item = self._slot.take()
+            return _END if item is None else item
         return self._queue.get()
 
     def _loop(self) -> None:
         try:
             while not self._stopped.is_set():
-                frame = self._next()
-                if frame is _END or self._stopped.is_set():
+                item = self._next()
+                if item is _END or self._stopped.is_set():
                     return
+                frame, handed = item
                 self.sink.send(frame)
+                self.lags.append(time.perf_counter() - handed)
                 self.sent += 1
         except BaseException as e:  # raised again on the caller's thread
             self.error = e
@@ -344,6 +350,21 @@ def buffer_depth(width: int, height: int, fps: float, budget_bytes: int = 256 <<
     """Frames a ``buffer`` output may hold: about one second at ``fps``, at most ``budget_bytes`` of RGB frames."""
     frame_bytes = max(1, width * height * 3)
     return max(2, min(round(fps or 30.0), budget_bytes // frame_bytes))
+
+
+def sink_lag(sink: object) -> float:
+    """Seconds (median of the recent frames) a frame handed to ``sink`` takes to be out: the slowest
+    live output under it (``drop`` policy: the virtual camera, streams; files that buffer do not
+    count); 0.0 when none is threaded (the send itself was the output)."""
+    lags = []
+    children = getattr(sink, "sinks", None)
+    if isinstance(sink, ThreadedSink) and sink.policy == "drop":
+        recent = list(sink.lags)
+        if recent:
+            lags.append(float(np.median(recent)))
+    elif isinstance(children, list):
+        lags.extend(sink_lag(child) for child in children)
+    return max(lags, default=0.0)
 
 
 def sink_counts(sink: object) -> dict[str, dict[str, int]]:
