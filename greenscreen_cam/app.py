@@ -202,7 +202,11 @@ def open_pipeline(
             if isinstance(prompt, Selection) or s.preview:  # the preview's r adds subjects
                 from greenscreen_cam.track.multi import MultiTracker
 
-                tracker = MultiTracker(getattr(tracker, "model"), autocast=getattr(tracker, "autocast", None))  # noqa: B009
+                tracker = MultiTracker(
+                    getattr(tracker, "model"),  # noqa: B009
+                    autocast=getattr(tracker, "autocast", None),
+                    engine=getattr(tracker, "engine", None),
+                )
             if isinstance(prompt, Selection):
                 say(f"tracking {len(prompt)} subjects (one image encoding per frame, the key keeps them all)")
         else:

@@ -242,6 +242,7 @@ SYNC_MODES: tuple[str, ...] = get_args(SyncMode)
 _COMPILE_MODES = ("auto", "on", "off")
 _ENGINES = ("auto", "torch", "openvino")  # greenscreen_cam.track.engines.ENGINES (config stays stdlib)
 _OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
+_OPENVINO_PRECISIONS = ("f32", "bf16")
 
 
 @dataclass
@@ -268,7 +269,8 @@ class ModelSettings:
     )
     engine: str = setting(
         "auto",
-        "Tracker engine: torch (bit-exact with the official predictor), openvino (CPU; faster in eager-bound steps, see docs/benchmarks.md), "
+        "Tracker engine: torch (bit-exact with the official predictor), openvino (CPU only; as fast as torch "
+        "in f32 on a 2-core CPU, about 1.7x with --openvino-precision bf16: docs/benchmarks.md), "
         "or auto (openvino on the CPU when installed, torch on CUDA/MPS).",
         group="Model",
         check=lambda v: None if v in _ENGINES else f"{v!r} is not one of {', '.join(_ENGINES)}",
@@ -278,6 +280,13 @@ class ModelSettings:
         "OpenVINO device for --engine openvino: CPU, GPU (Intel iGPU), NPU or AUTO (only CPU is tested).",
         group="Model",
         check=lambda v: None if v.upper() in _OPENVINO_DEVICES else f"{v!r} is not one of CPU, GPU, NPU, AUTO",
+    )
+    openvino_precision: str = setting(
+        "f32",
+        "OpenVINO arithmetic: f32 (within 1e-3 of torch) or bf16 (faster on CPUs with AVX512-BF16 or AMX, "
+        "less exact; measured in docs/benchmarks.md).",
+        group="Model",
+        check=lambda v: None if v in _OPENVINO_PRECISIONS else f"{v!r} is not one of f32, bf16",
     )
 
 
@@ -388,8 +397,9 @@ class Settings(KeyingSettings, ModelSettings, NetworkSettings):
     audio_delay: str = setting(
         "off",
         "Linux: a 'greencam Microphone' carrying --microphone delayed with the picture, for call apps "
-        "(PulseAudio or PipeWire). auto = the picture's added delay, re-applied when it moves by over 20 ms; "
-        "MS = fixed milliseconds; off = no greencam microphone.",
+        "(PulseAudio or PipeWire). The picture's delay is then held steady, in steps. auto = that delay "
+        "(capture to virtual camera), re-applied when it moves by over 20 ms; MS = fixed milliseconds; "
+        "off = no greencam microphone.",
         group="Live loop",
         check=lambda v: _audio_delay_problem(v),
         metavar="auto|off|MS",

@@ -258,7 +258,9 @@ def bench_subjects(
         tracker, choice = load_bench_tracker(settings, random_weights, Path(tmp))
         rows: list[dict[str, Any]] = []
         for n in counts:
-            multi = MultiTracker(tracker.model, autocast=getattr(tracker, "autocast", None))
+            multi = MultiTracker(
+                tracker.model, autocast=getattr(tracker, "autocast", None), engine=getattr(tracker, "engine", None)
+            )
             step = width // (n + 1)
             boxes = [
                 Prompt(box=(step * (i + 1) - step // 3, height // 6, 2 * step // 3, 2 * height // 3)) for i in range(n)

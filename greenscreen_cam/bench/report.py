@@ -37,7 +37,9 @@ def print_result(result: dict[str, Any], console: Any) -> None:
     title = (
         f"{result['model']} @ {result['resolution']} on {result['device']} ({result['dtype']}"
         f"{', compiled' if result['compiled'] else ''}"
-        f"{', engine ' + result['engine'] if result.get('engine') else ''}), {result['frames']} frames {result['frame_size']}"
+        f"{', engine ' + result['engine'] if result.get('engine') else ''}"
+        f"{' ' + result['openvino_precision'] if result.get('openvino_precision') else ''}), "
+        f"{result['frames']} frames {result['frame_size']}"
     )
     table = Table(title=title)
     table.add_column("stage")

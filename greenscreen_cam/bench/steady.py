@@ -94,7 +94,8 @@ def deviation(tracker: Any, imgs: list[np.ndarray], prompt: Any, logits: list[An
         ious.append(1.0 if union == 0 else (a & b).sum().item() / union)
         diffs.append((ours.float().to(ref.device) - ref).abs().max().item())
     path = ("captured " if captured else "") + ("bf16" if tracker.autocast is not None else "float32")
-    path += " openvino" if engine is not None else ""
+    if engine is not None:
+        path = f"openvino {engine.config.get('INFERENCE_PRECISION_HINT', 'f32')}"
     return {
         "path": path,
         "mean_iou": float(np.mean(ious)),

@@ -111,6 +111,8 @@ def bench_tracker(
                 totals.append((time.perf_counter() - start) * 1000.0)
             logits.append(out.low_res_logits.clone())
         stages = {name: median_ms(tracker.timings[name][1:]) for name in STAGES}
+        if tracker.timings.get("steady_step"):  # the OpenVINO step: attention, decoder and memory encoder in one graph
+            stages["steady_step"] = median_ms(tracker.timings["steady_step"])
         result: dict[str, Any] = {
             "kind": "tracker",
             "model": choice.spec.name,
@@ -122,6 +124,7 @@ def bench_tracker(
             "captured": bool(getattr(tracker, "captured", False)),
             "engine": choice.engine,
             "openvino_device": choice.openvino_device if choice.engine == "openvino" else None,
+            "openvino_precision": choice.openvino_precision if choice.engine == "openvino" else None,
             "frames": len(imgs),
             "frame_size": f"{w}x{h}",
             "source": source or "synthetic",

@@ -86,7 +86,11 @@ _ENGINES_BY_NET: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary
 
 
 def register_engine(net: Any, engine: Any) -> None:
-    """Remember ``engine`` as the compiled engine of the loaded model ``net`` (for hosts given only the net)."""
+    """Remember ``engine`` as the compiled engine of the loaded model ``net`` (for hosts given only the net);
+    None forgets it (the net steps in torch again)."""
+    if engine is None:
+        _ENGINES_BY_NET.pop(net, None)
+        return
     _ENGINES_BY_NET[net] = engine
 
 

@@ -73,6 +73,8 @@ class MultiTracker:
         autocast: As :class:`StreamingTracker`.
         profile: As :class:`StreamingTracker` (the image encoder is timed once per frame).
         max_subjects: Most subjects held at once; one more is a :class:`PromptError`.
+        engine: The OpenVINO engine (``--engine openvino``) the encoder and every subject step
+            through, or None (torch).
 
     Example:
         >>> tracker = MultiTracker(model)                      # doctest: +SKIP
@@ -88,6 +90,7 @@ class MultiTracker:
         autocast: torch.dtype | None = None,
         profile: bool = False,
         max_subjects: int = MAX_SUBJECTS,
+        engine: Any = None,
     ) -> None:
         if max_subjects < 1:
             raise ValueError("max_subjects must be >= 1")
@@ -95,7 +98,9 @@ class MultiTracker:
         self.autocast = autocast
         self.profile = profile
         self.max_subjects = max_subjects
-        self._encoder = StreamingTracker(model, autocast=autocast, profile=profile)
+        self.engine = engine
+        """The OpenVINO engine every subject steps through (``--engine``), or None: torch."""
+        self._encoder = StreamingTracker(model, autocast=autocast, profile=profile, engine=engine)
         """Preprocesses and encodes frames (its own memory stays empty); its timings hold those stages."""
         self.subjects: list[StreamingTracker] = []
         self.last_results: list[TrackResult] = []
@@ -201,7 +206,7 @@ class MultiTracker:
         if keep:
             results = [sub.step_encoded(encoded, hw, None) for sub in self.subjects]
         for p in new:
-            sub = StreamingTracker(self.model, autocast=self.autocast, profile=self.profile)
+            sub = StreamingTracker(self.model, autocast=self.autocast, profile=self.profile, engine=self.engine)
             results.append(sub.step_encoded(encoded, hw, p))
             self.subjects.append(sub)
         self._frame_index += 1

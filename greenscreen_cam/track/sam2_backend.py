@@ -28,7 +28,7 @@ def load(choice: ModelChoice, options: LoadOptions) -> LoadedModel:
         net.image_encoder.forward = torch.compile(net.image_encoder.forward, dynamic=False, mode=mode)
     engine = None
     if choice.engine == "openvino":
-        from greenscreen_cam.track.openvino_engine import OpenVINOEngine
+        from greenscreen_cam.track.openvino_engine import DEFAULT_CONFIG, OpenVINOEngine
 
         engine = OpenVINOEngine(
             net,
@@ -36,6 +36,7 @@ def load(choice: ModelChoice, options: LoadOptions) -> LoadedModel:
             checkpoint=choice.checkpoint,
             device=choice.openvino_device,
             notify=options.notify,
+            config={**DEFAULT_CONFIG, "INFERENCE_PRECISION_HINT": choice.openvino_precision},
         )
         from greenscreen_cam.track.engines import register_engine
 

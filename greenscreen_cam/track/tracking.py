@@ -196,9 +196,11 @@ class ModelChoice:
     """``torch`` or ``openvino`` (``--engine``, resolved by :func:`greenscreen_cam.track.engines.resolve_engine`)."""
     openvino_device: str = "CPU"
     """OpenVINO's device for the ``openvino`` engine (``--openvino-device``)."""
+    openvino_precision: str = "f32"
+    """OpenVINO's inference precision, ``f32`` or ``bf16`` (``--openvino-precision``)."""
 
     def describe(self) -> str:
-        engine = f", OpenVINO {self.openvino_device}" if self.engine == "openvino" else ""
+        engine = f", OpenVINO {self.openvino_device} {self.openvino_precision}" if self.engine == "openvino" else ""
         return f"SAM 2 {self.spec.name} at {self.resolution} px on {self.device}{engine}"
 
 
@@ -219,7 +221,16 @@ def resolve_model(s: ModelSettings, *, random_weights: Path | None = None) -> Mo
         path = models.save_random_checkpoint(spec, random_weights / spec.filename)
     else:
         path = models.resolve_checkpoint(spec, Path(s.checkpoint).expanduser() if s.checkpoint else None)
-    return ModelChoice(spec, dev, res, path, captured, engine, getattr(s, "openvino_device", "CPU").upper())
+    return ModelChoice(
+        spec,
+        dev,
+        res,
+        path,
+        captured,
+        engine,
+        getattr(s, "openvino_device", "CPU").upper(),
+        getattr(s, "openvino_precision", "f32"),
+    )
 
 
 @dataclass(frozen=True)
