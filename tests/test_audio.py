@@ -41,6 +41,7 @@ def greencam_modules(pactl: Pactl) -> list[str]:
     return [m.name for m in pactl.modules() if m.owner is not None]
 
 
+@pytest.mark.slow  # 13 s each: two 4 s recordings
 @pytest.mark.parametrize("ms", [100, 330, 700])
 def test_the_greencam_microphone_carries_the_microphone_delayed_by_what_was_asked(
     server: SoundServer, pactl: Pactl, ms: int
@@ -70,6 +71,7 @@ def test_it_is_named_greencam_microphone_and_every_module_goes_on_close(pactl: P
     mic.close()  # twice is harmless
 
 
+@pytest.mark.slow
 def test_a_change_of_delay_leaves_no_gap_and_close_unloads_a_loopback_still_playing_out(
     server: SoundServer, pactl: Pactl
 ) -> None:
