@@ -240,9 +240,18 @@ SYNC_MODES: tuple[str, ...] = get_args(SyncMode)
 """``--sync`` modes: ``auto`` (frame-accurate while the tracker keeps up), ``on`` (always), ``off`` (newest mask)."""
 
 _COMPILE_MODES = ("auto", "on", "off")
-_ENGINES = ("auto", "torch", "openvino")  # greenscreen_cam.track.engines.ENGINES (config stays stdlib)
-_OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
-_OPENVINO_PRECISIONS = ("f32", "bf16")
+ENGINES = ("auto", "torch", "openvino")
+"""``--engine`` values (what each means: :mod:`greenscreen_cam.track.engines`)."""
+OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
+"""``--openvino-device`` values, passed through to OpenVINO (any case)."""
+OPENVINO_PRECISIONS = ("f32", "bf16")
+"""``--openvino-precision`` values."""
+
+
+def check_openvino_device(value: Any) -> str | None:
+    """None when ``value`` is an OpenVINO device name greencam passes through, else the problem."""
+    ok = str(value).upper() in OPENVINO_DEVICES
+    return None if ok else f"{value!r} is not one of {', '.join(OPENVINO_DEVICES)}"
 
 
 @dataclass
@@ -273,20 +282,20 @@ class ModelSettings:
         "in f32 on a 2-core CPU, about 1.7x with --openvino-precision bf16: docs/benchmarks.md), "
         "or auto (openvino on the CPU when installed, torch on CUDA/MPS).",
         group="Model",
-        check=lambda v: None if v in _ENGINES else f"{v!r} is not one of {', '.join(_ENGINES)}",
+        check=_one_of(*ENGINES),
     )
     openvino_device: str = setting(
         "CPU",
         "OpenVINO device for --engine openvino: CPU, GPU (Intel iGPU), NPU or AUTO (only CPU is tested).",
         group="Model",
-        check=lambda v: None if v.upper() in _OPENVINO_DEVICES else f"{v!r} is not one of CPU, GPU, NPU, AUTO",
+        check=check_openvino_device,
     )
     openvino_precision: str = setting(
         "f32",
         "OpenVINO arithmetic: f32 (within 1e-3 of torch) or bf16 (faster on CPUs with AVX512-BF16 or AMX, "
         "less exact; measured in docs/benchmarks.md).",
         group="Model",
-        check=lambda v: None if v in _OPENVINO_PRECISIONS else f"{v!r} is not one of f32, bf16",
+        check=_one_of(*OPENVINO_PRECISIONS),
     )
 
 

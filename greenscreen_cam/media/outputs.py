@@ -33,7 +33,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -352,28 +352,24 @@ def buffer_depth(width: int, height: int, fps: float, budget_bytes: int = 256 <<
     return max(2, min(round(fps or 30.0), budget_bytes // frame_bytes))
 
 
+def threaded_outputs(sink: object) -> Iterator[ThreadedSink]:
+    """Each :class:`ThreadedSink` under ``sink`` (a MultiSink, a ThreadedSink or anything else)."""
+    children = getattr(sink, "sinks", None)
+    if isinstance(sink, ThreadedSink):
+        yield sink
+    elif isinstance(children, list):
+        for child in children:
+            yield from threaded_outputs(child)
+
+
 def sink_lag(sink: object) -> float:
     """Seconds (median of the recent frames) a frame handed to ``sink`` takes to be out: the slowest
     live output under it (``drop`` policy: the virtual camera, streams; files that buffer do not
     count); 0.0 when none is threaded (the send itself was the output)."""
-    lags = []
-    children = getattr(sink, "sinks", None)
-    if isinstance(sink, ThreadedSink) and sink.policy == "drop":
-        recent = list(sink.lags)
-        if recent:
-            lags.append(float(np.median(recent)))
-    elif isinstance(children, list):
-        lags.extend(sink_lag(child) for child in children)
-    return max(lags, default=0.0)
+    lags = [list(out.lags) for out in threaded_outputs(sink) if out.policy == "drop"]
+    return max((float(np.median(recent)) for recent in lags if recent), default=0.0)
 
 
 def sink_counts(sink: object) -> dict[str, dict[str, int]]:
     """Per threaded output under ``sink`` (a MultiSink, a ThreadedSink or anything else): frames sent and dropped."""
-    out: dict[str, dict[str, int]] = {}
-    children = getattr(sink, "sinks", None)
-    if isinstance(sink, ThreadedSink):
-        out[sink.name] = {"sent": sink.sent, "dropped": sink.dropped}
-    elif isinstance(children, list):
-        for child in children:
-            out.update(sink_counts(child))
-    return out
+    return {out.name: {"sent": out.sent, "dropped": out.dropped} for out in threaded_outputs(sink)}

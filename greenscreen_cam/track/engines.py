@@ -17,11 +17,11 @@ import os
 import weakref
 from typing import Any
 
+from greenscreen_cam.config import ENGINES
 from greenscreen_cam.errors import ConfigError, EngineError
 
 __all__ = [
     "ENGINES",
-    "OPENVINO_DEVICES",
     "OPENVINO_INSTALL",
     "engine_for",
     "openvino_installed",
@@ -29,8 +29,6 @@ __all__ = [
     "resolve_engine",
 ]
 
-ENGINES = ("auto", "torch", "openvino")
-OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 ENGINE_ENV = "GREENCAM_ENGINE"
 """``GREENCAM_ENGINE=torch`` (or ``openvino``) decides what ``auto`` means: the test suite pins torch."""
 OPENVINO_INSTALL = "python -m pip install openvino"
@@ -75,11 +73,6 @@ def resolve_engine(setting: str, device: str, *, installed: bool | None = None) 
     if setting == "openvino" and not have:
         raise EngineError(f"--engine openvino needs OpenVINO, which is not installed: {OPENVINO_INSTALL}")
     return "openvino" if on_cpu and have else "torch"
-
-
-def check_openvino_device(value: str) -> str | None:
-    """None when ``value`` is an OpenVINO device name greencam passes through, else the problem."""
-    return None if value.upper() in OPENVINO_DEVICES else f"{value!r} is not one of {', '.join(OPENVINO_DEVICES)}"
 
 
 _ENGINES_BY_NET: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
